@@ -1,0 +1,16 @@
+"""uefi-hv: a firmware-level Intel VMX hypervisor generated from a spec.
+
+Data flow (one module per step, see ARCHITECTURE.md):
+    parse -> model -> check -> generate -> build -> image -> emulate
+and cli, the thin shell over them.
+"""
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+#: The repository root: dsl/, templates/ and ovmf/ live beside the package.
+ROOT = Path(__file__).resolve().parent.parent
+DSL_DIR = ROOT / "dsl"
+TEMPLATES_DIR = ROOT / "templates"
+OVMF_DIR = ROOT / "ovmf"
