@@ -47,3 +47,12 @@ def render(template: str, out: Path, sources: list[str], **context) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
+
+
+def generate_banner(outdir: Path) -> list[Path]:
+    """The pipeline's banner application (templates/banner/): one C file that
+    prints the CPU's VMX support and powers off. Returns its sources."""
+    from uefi_hv import __version__
+
+    return [render("banner/banner.c.j2", Path(outdir) / "banner.c", [],
+                   name="uefi-hv", version=__version__)]
