@@ -174,13 +174,14 @@ def _check_protective_mbr(path: Path, mbr: bytes) -> None:
 
 
 def _find_header(path: Path, f) -> tuple[int, tuple]:
-    """The GPT header at LBA 1: at byte 512, or at 4096 on a 4Kn disk."""
-    for sector_size in (512, 4096):
-        f.seek(sector_size)
-        raw = f.read(sector_size)
-        if raw[:8] == _GPT_SIGNATURE:
-            return sector_size, _check_header(path, raw, sector_size)
-    raise ImageError(f"error: {path}: not a GPT disk (no 'EFI PART' header at LBA 1); {_MAKE_ONE}")
+    """The GPT header at LBA 1.  Images are made with 512-byte sectors (what
+    USB sticks present); a 4Kn image would be refused here, by its header."""
+    sector_size = 512
+    f.seek(sector_size)
+    raw = f.read(sector_size)
+    if raw[:8] != _GPT_SIGNATURE:
+        raise ImageError(f"error: {path}: not a GPT disk (no 'EFI PART' header at LBA 1); {_MAKE_ONE}")
+    return sector_size, _check_header(path, raw, sector_size)
 
 
 def _check_header(path: Path, raw: bytes, sector_size: int) -> tuple:
