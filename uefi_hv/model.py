@@ -207,6 +207,129 @@ class Spec:
     msr_intercepts: list[MsrIntercept] = field(default_factory=list)
     exits: list[ExitHandler] = field(default_factory=list)
     settings: dict[str, object] = field(default_factory=dict)       # e.g. {"external_interrupts": True, "chain": "..."}
+    # added by the DSL step (parse.py):
+    vm_instruction_errors: dict[str, "VmInstructionError"] = field(default_factory=dict)  # by name
+    msrs: dict[str, "Msr"] = field(default_factory=dict)            # by name
+    setting_locs: dict[str, Loc] = field(default_factory=dict)      # where each setting was written
+    files: list[str] = field(default_factory=list)                  # spec files, in load order
+    sources: dict[str, str] = field(default_factory=dict, repr=False)   # file -> text (for diagnostics)
 
     def field_named(self, name: str) -> Field:
         return self.fields[name]
+
+
+# --- additions for the DSL (parse/check) and the generator --------------------
+
+@dataclass(frozen=True)
+class VmInstructionError:
+    """SDM Vol. 3C 30.4 "VM Instruction Error Numbers": read from
+    VM_INSTRUCTION_ERROR after a VMX instruction fails with ZF=1."""
+
+    number: int
+    name: str                      # e.g. "entry_invalid_host_state_fields"
+    description: str = ""          # the SDM's wording
+    loc: Optional[Loc] = None
+
+
+@dataclass(frozen=True)
+class Msr:
+    """A model-specific register named in the catalogue (read(msr NAME), msr_bitmap)."""
+
+    name: str                      # e.g. "IA32_EFER"
+    number: int
+    description: str = ""
+    loc: Optional[Loc] = None
+
+
+#: Registers `read(...)` can name (see ReadReg); all are read in the
+#: hypervisor's own host environment.
+REGISTERS = ("cr0", "cr3", "cr4", "cs", "ss", "ds", "es", "fs", "gs", "tr",
+             "fs.base", "gs.base", "sidt.base", "sgdt.base")
+
+#: Symbols the generated code provides (Symbol.name) -> True when the value
+#: differs per CPU (so only `per_cpu` may use it).
+SYMBOLS = {
+    "vmexit_entry": False,      # the VM-exit entry point (assembly)
+    "host_stack_top": True,     # top of this CPU's host stack
+    "host_cr3": False,          # the hypervisor's own page tables
+    "host_gdt": True,           # this CPU's GDT (it holds this CPU's TSS descriptor)
+    "host_tss": True,           # this CPU's TSS
+    "host_idt": False,          # the hypervisor's IDT, shared by all CPUs
+    "per_cpu_data": True,       # this CPU's data block (e.g. for GS base)
+}
+
+
+@dataclass(frozen=True)
+class ActionInfo:
+    """An action a VM-exit handler can take (ExitHandler.action)."""
+
+    name: str
+    reasons: tuple = ()            # exit reasons it can handle; () = any
+    options: dict = field(default_factory=dict, hash=False)   # option -> kind: flag|names|global|int|string
+    text: str = ""
+
+
+EXIT_ACTIONS = {a.name: a for a in (
+    ActionInfo("cpuid", ("cpuid",), {"hide": "names", "signature": "flag"},
+               "execute CPUID for the guest; `hide` clears feature bits (vmx: CPUID.1:ECX[5]), "
+               "`signature` answers leaf 0x40000000 with the hypervisor's signature"),
+    ActionInfo("msr", ("rdmsr", "wrmsr"), {},
+               "RDMSR/WRMSR through the msr_bitmap intercepts; other MSRs pass through"),
+    ActionInfo("vmcall", ("vmcall",), {}, "the hypervisor's VMCALL interface"),
+    ActionInfo("xsetbv", ("xsetbv",), {}, "emulate XSETBV (validated, then executed)"),
+    ActionInfo("invd", ("invd",), {}, "emulate INVD as WBINVD"),
+    ActionInfo("cr_access", ("cr_access",), {}, "emulate MOV to/from CR0/CR3/CR4/CR8"),
+    ActionInfo("inject_ud", (), {}, "inject #UD into the guest (e.g. VMX instructions)"),
+    ActionInfo("triple_fault", ("triple_fault",), {},
+               "log the guest state and shut down"),
+    ActionInfo("log_shutdown", (), {}, "log the exit and shut down"),
+    ActionInfo("init", ("init_signal",), {}, "put the vCPU in wait-for-SIPI"),
+    ActionInfo("sipi", ("sipi",), {}, "start the vCPU at the SIPI vector"),
+    ActionInfo("dispatch_idt", ("external_interrupt",), {"idt_base": "global"},
+               "call the host handler of an acknowledged interrupt through the IDT gate at "
+               "idt_base + 16 * vector (the seed: idt_base is a global, never a VMREAD)"),
+    ActionInfo("inject_pending", ("interrupt_window",), {},
+               "inject the pending external interrupt when the guest can take it"),
+)}
+
+#: Actions of msr_bitmap intercepts (MsrIntercept.action).
+MSR_ACTIONS = {
+    "feature_control_locked": "reads of IA32_FEATURE_CONTROL return it locked with VMX off",
+    "inject_gp": "inject #GP(0), as a CPU without the MSR does",
+    "passthrough_log": "execute the access for the guest and log it",
+}
+
+#: Settings (`option NAME = VALUE`) -> kind: "bool" or "string".
+SETTINGS = {
+    "external_interrupts": "bool",   # pin.external_interrupt_exiting + ack-on-exit + handlers
+    "chain": "string",               # the EFI image the hypervisor starts next
+}
+
+#: RuntimeRule.kind -> the args it carries (the generator implements each).
+RUNTIME_RULE_KINDS = {
+    "cr_fixed": ("reg", "fixed0_msr", "fixed1_msr"),
+    "control_allowed": ("group", "capability_msr", "true_msr"),
+    "host_selector_rpl_ti": ("field",),
+    "host_selector_nonzero": ("field",),
+    "canonical": ("field",),
+    "host_64bit": (),
+    "pat_valid": ("field",),
+    "efer_consistent": ("field",),
+}
+
+
+@dataclass(frozen=True)
+class RuntimeRule:
+    """An SDM rule only the CPU can decide, run by the generated code on the
+    values it is about to write, just before VMLAUNCH."""
+
+    id: str                        # e.g. "HOST-SEL-RPL-TI:HOST_CS_SELECTOR"
+    section: str                   # e.g. "SDM 26.2.3"
+    title: str
+    kind: str                      # key of RUNTIME_RULE_KINDS
+    args: dict = field(default_factory=dict, hash=False)
+
+#: CPUID feature bits a `cpuid` handler can hide (option hide = NAME).
+CPUID_HIDE = {
+    "vmx": "CPUID.1:ECX[5]",        # the guest sees no VMX (so it never tries VMXON)
+}
