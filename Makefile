@@ -1,0 +1,52 @@
+# uefi-hv: `make run` boots the pipeline, `make test` runs the tests.
+# Both start with `setup`, which installs what is missing and is quick when
+# nothing is.
+
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+BUILD := build
+# Debian packages the steps use (build: gcc binutils gnu-efi; image: mtools
+# dosfstools fdisk; emulate: qemu-system-x86 ovmf bochs bochsbios vgabios).
+DEBS  := gcc binutils gnu-efi mtools dosfstools fdisk qemu-system-x86 ovmf \
+         bochs bochsbios vgabios python3-venv
+PYTHON_STAMP := $(VENV)/.uefi-hv-installed
+# Extra pytest arguments, e.g. make test PYTEST_ARGS="tests/test_image.py -x"
+PYTEST_ARGS ?=
+
+.PHONY: setup debs run test clean
+
+setup: debs $(PYTHON_STAMP)
+
+# apt-get only when something is missing (and `apt-get update` only then).
+debs:
+	@installed=$$(dpkg-query -W -f='$${Package} $${db:Status-Abbrev}\n' $(DEBS) 2>/dev/null \
+	              | awk '$$2 == "ii" { print $$1 }'); \
+	missing=$$(for p in $(DEBS); do grep -qx "$$p" <<<"$$installed" || echo "$$p"; done | xargs); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "error: missing Debian packages: $$missing" >&2; \
+	    echo "       as root: apt-get update && apt-get install $$missing" >&2; \
+	    exit 3; \
+	  fi; \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
+	fi
+
+$(PYTHON_STAMP): pyproject.toml
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+run: setup
+	$(BIN)/uefi-hv build --banner -o $(BUILD)/banner
+	$(BIN)/uefi-hv image $(BUILD)/banner -o $(BUILD)/banner.img
+	$(BIN)/uefi-hv run $(BUILD)/banner.img --emulator bochs --timeout 60
+
+# -n 2: the suite is sized for two cores. pytest's own exit status is make's:
+# 5 (no tests collected) fails like any other.
+test: setup
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(BUILD) runs .pytest_cache .hypothesis

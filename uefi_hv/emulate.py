@@ -1,0 +1,682 @@
+"""emulate: boot a disk image in QEMU (driven over QMP) or Bochs, and judge the run.
+
+One interface, two backends (EMULATORS.md says what each can do here):
+    boot(image, emulator="bochs"|"qemu"|"auto", ...) -> BootResult
+QEMU boots the image as a USB stick under OVMF and is driven through the
+official QMP client (qemu.qmp); Bochs runs real VMX under OVMF and is judged
+by its serial output and its log.  `QemuMachine` is for tests that drive QMP
+themselves.
+
+Every run leaves its files in its own directory (serial.txt, the emulator's
+log, for QEMU screen.png).  Every emulator process is started in a process
+group of its own and that group is killed when the run ends, however it ends:
+no emulator outlives its run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import functools
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional, Sequence
+
+from qemu.qmp import EventListener, QMPClient
+
+from uefi_hv import OVMF_DIR, ROOT
+from uefi_hv.errors import MissingTool, UsageError, UserError
+
+EMULATORS = ("auto", "qemu", "bochs")
+DEFAULT_BOCHS_CPU = "tigerlake"
+#: Bochs's `panic` for ResetSystem(EfiResetShutdown): the clean way out.
+BOCHS_POWER_OFF = "ACPI control: soft power off"
+MEMORY_MIB = 512
+#: Console lines that end any run: OVMF's report of a CPU exception it could
+#: not handle (it then hangs, so waiting for the timeout would teach nothing).
+FIRMWARE_FAULTS = (r"^!!!! X64 Exception Type",)
+POLL_S = 0.05
+
+Stream = Optional[Callable[[str], None]]
+
+
+class EmulatorError(UserError):
+    """An emulator could not be started or driven."""
+
+
+class EmulatorTimeout(UserError, TimeoutError):
+    """A wait on a running machine ran out of time."""
+
+
+# --- firmware and tools ----------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def _firmware_table() -> dict:
+    return json.loads((OVMF_DIR / "firmware.json").read_text())
+
+
+def firmware(emulator: str, role: str) -> Path:
+    """The firmware file `role` ("code", "vars", "rom", "vgarom") of an
+    emulator, from ovmf/firmware.json; MissingTool names its package."""
+    entry = _firmware_table()[emulator][role]
+    path = Path(entry["path"])
+    if not path.is_file():
+        raise MissingTool(f"firmware {path}", entry["package"])
+    return path
+
+
+def _require(program: str, package: str) -> str:
+    found = shutil.which(program)
+    if found is None:
+        raise MissingTool(f"the program '{program}'", package)
+    return found
+
+
+# --- process groups: nothing outlives its run ------------------------------------
+
+_live_groups: set[int] = set()
+
+
+def _spawn(cmd: Sequence[str], cwd: Path, log: Path, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start `cmd` as the leader of a new process group, output to `log`."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(list(cmd), cwd=cwd, stdin=stdin, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    _live_groups.add(proc.pid)
+    return proc
+
+
+def _reap(proc: subprocess.Popen, grace_s: float = 2.0) -> None:
+    """End `proc` and everything in its process group, and wait for it."""
+    try:
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    finally:
+        _live_groups.discard(proc.pid)
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for pgid in list(_live_groups):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+# --- serial console ------------------------------------------------------------------
+
+# OVMF's console speaks VT100: colours, cursor moves, clear screen.
+_ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][0-9A-Za-z]|\x1b[=>c]")
+
+
+def clean_console(text: str) -> str:
+    """Console bytes as a person reads them: no escape sequences, no CRs."""
+    return _ANSI.sub("", text).replace("\r", "")
+
+
+class SerialTail:
+    """Follows a growing serial log file line by line."""
+
+    def __init__(self, path: Path, stream: Stream = None):
+        self.path = Path(path)
+        self.stream = stream
+        self._offset = 0
+        self._partial = ""
+        self.lines: list[str] = []
+
+    def poll(self, final: bool = False) -> list[str]:
+        """New complete lines (all text when `final`), streamed as they come."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        self._offset += len(data)
+        text = self._partial + clean_console(data.decode("utf-8", errors="replace"))
+        *new, self._partial = text.split("\n")
+        if final and self._partial:
+            new.append(self._partial)
+            self._partial = ""
+        new = [line for line in new if line.strip()]
+        for line in new:
+            if self.stream:
+                self.stream(line)
+        self.lines.extend(new)
+        return new
+
+    @property
+    def text(self) -> str:
+        return "".join(line + "\n" for line in self.lines) + self._partial
+
+
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    """A marker is a regular expression or a plain string: either match counts."""
+    try:
+        regex = re.compile(pattern)
+    except re.error:
+        regex = None
+    return lambda line: pattern in line or bool(regex and regex.search(line))
+
+
+def _first_match(patterns: Iterable[str], line: str) -> Optional[str]:
+    return next((p for p in patterns if _matcher(p)(line)), None)
+
+
+# --- results --------------------------------------------------------------------------
+
+@dataclass
+class BootResult:
+    ok: bool
+    reason: str                       # one line: why the run counts as it does
+    emulator: str
+    run_dir: Path
+    serial: str = ""                  # the console, escape sequences removed
+    log: str = ""                     # the emulator's log
+    events: list = field(default_factory=list)    # QMP events (QEMU)
+    screenshot: Optional[Path] = None
+    elapsed: float = 0.0
+    pids: list = field(default_factory=list)      # the processes this run started
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "FAILED"
+        return f"{self.emulator} run {verdict}: {self.reason} (files in {self.run_dir})"
+
+
+_run_counter = itertools.count()
+
+
+def new_run_dir(emulator: str, run_dir=None) -> Path:
+    """`run_dir` made ready, or a fresh runs/<time>-<emulator>-<pid>-<n>/."""
+    if run_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = ROOT / "runs" / f"{stamp}-{emulator}-{os.getpid()}-{next(_run_counter)}"
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+# --- QEMU -------------------------------------------------------------------------------
+
+class QemuMachine:
+    """A QEMU q35 machine with OVMF, the image as a USB stick, QMP on a unix
+    socket and COM1 in `run_dir/serial.txt`.
+
+        with QemuMachine(image, cpus=2, run_dir=d) as m:
+            m.wait_for_line(r"uefi-hv banner: vmx=0")
+            m.screendump(d / "screen.png")
+            m.wait_event("SHUTDOWN")
+
+    The machine runs with -no-reboot (a reset, e.g. a triple fault, becomes a
+    SHUTDOWN event with reason guest-reset) and -no-shutdown (after a power-off
+    QEMU stays, so the last screen can still be read); leaving the `with`
+    quits QEMU and kills its process group.  `image=None` boots no disk (use
+    extra_args for -kernel and friends).
+    """
+
+    def __init__(self, image=None, cpus: int = 1, run_dir=None,
+                 extra_args: Sequence[str] = (), accel: str = "auto",
+                 memory_mib: int = MEMORY_MIB, stream: Stream = None,
+                 check_image: bool = True):
+        if image is not None and check_image:
+            from uefi_hv.image import check_bootable
+            check_bootable(Path(image))
+        self.image = Path(image).resolve() if image is not None else None
+        self.cpus = cpus
+        self.run_dir = new_run_dir("qemu", run_dir)
+        self.extra_args = list(extra_args)
+        self.accel = accel
+        self.memory_mib = memory_mib
+        self.serial_path = self.run_dir / "serial.txt"
+        self.log_path = self.run_dir / "qemu.log"
+        self.tail = SerialTail(self.serial_path, stream)
+        self.events: list[dict] = []
+        self.proc: Optional[subprocess.Popen] = None
+        self._loop = asyncio.new_event_loop()
+        self._qmp: Optional[QMPClient] = None
+        self._listener = None
+        self._sock_dir: Optional[tempfile.TemporaryDirectory] = None
+
+    # -- life cycle
+
+    def command(self, qmp_socket: Path) -> list[str]:
+        qemu = _require("qemu-system-x86_64", "qemu-system-x86")
+        code = firmware("qemu", "code")
+        vars_copy = self.run_dir / "OVMF_VARS.fd"      # fresh variables every run
+        shutil.copyfile(firmware("qemu", "vars"), vars_copy)
+        accel = self.accel
+        if accel == "auto":
+            accel = "kvm" if kvm_vmx_usable() else "tcg"
+        cmd = [qemu, "-machine", "q35", "-m", str(self.memory_mib), "-smp", str(self.cpus),
+               "-display", "none", "-no-reboot", "-no-shutdown", "-nic", "none",
+               "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+               "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
+               "-chardev", f"file,id=com1,path={self.serial_path}", "-serial", "chardev:com1",
+               "-qmp", f"unix:{qmp_socket},server=on,wait=off"]
+        cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg"]
+        if self.image is not None:
+            # A USB stick on an xHCI controller, as on real hardware; snapshot=on
+            # keeps the image as it was (and lets parallel runs share it).
+            cmd += ["-device", "qemu-xhci,id=xhci",
+                    "-drive", f"if=none,id=stick,format=raw,snapshot=on,file={self.image}",
+                    "-device", "usb-storage,bus=xhci.0,drive=stick"]
+        return cmd + self.extra_args
+
+    def start(self) -> "QemuMachine":
+        # A unix socket path must stay under 108 bytes: keep it short, in /tmp.
+        self._sock_dir = tempfile.TemporaryDirectory(prefix="uefi-hv-qmp-")
+        sock = Path(self._sock_dir.name) / "qmp.sock"
+        cmd = self.command(sock)
+        (self.run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
+        self.serial_path.unlink(missing_ok=True)
+        self.proc = _spawn(cmd, self.run_dir, self.log_path)
+        try:
+            self._run(self._connect(sock), timeout=30)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def _connect(self, sock: Path) -> None:
+        self._qmp = QMPClient("uefi-hv")
+        self._listener = EventListener()       # every event, from the start
+        self._qmp.register_listener(self._listener)
+        while True:
+            if self.proc.poll() is not None:
+                raise EmulatorError(f"error: QEMU exited at start ({self.proc.returncode}): "
+                                    f"{self._log_tail()}")
+            try:
+                await self._qmp.connect(str(sock))
+                return
+            except Exception:   # the socket is not there yet
+                await asyncio.sleep(POLL_S)
+
+    def close(self) -> None:
+        """Quit QEMU (QMP `quit`), then kill its process group; idempotent."""
+        if self.proc is not None:
+            if self._qmp is not None and self.proc.poll() is None:
+                try:
+                    self._run(self._qmp.execute("quit"), timeout=5)
+                except Exception:
+                    pass        # it may already be going; the kill below is certain
+            _reap(self.proc)
+        if self._qmp is not None:
+            try:
+                self._run(self._qmp.disconnect(), timeout=5)
+            except Exception:
+                pass
+            self._qmp = None
+        if not self._loop.is_closed():
+            self._loop.close()
+        if self._sock_dir is not None:
+            self._sock_dir.cleanup()
+            self._sock_dir = None
+        self.tail.poll(final=True)
+
+    def __enter__(self) -> "QemuMachine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def serial(self) -> str:
+        return self.tail.text
+
+    # -- helpers
+
+    def _run(self, coro, timeout: float):
+        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+    def _log_tail(self) -> str:
+        try:
+            return " ".join(self.log_path.read_text(errors="replace").split())[-400:]
+        except FileNotFoundError:
+            return ""
+
+    def _drain_events(self) -> list[dict]:
+        new = [dict(e) for e in self._listener.clear()] if self._listener else []
+        self.events.extend(new)
+        return new
+
+    async def _pump(self, seconds: float) -> tuple[list[str], list[dict]]:
+        """Let QMP run for `seconds`; return new serial lines and events."""
+        await asyncio.sleep(seconds)
+        return self.tail.poll(), self._drain_events()
+
+    def poll(self, seconds: float = POLL_S) -> tuple[list[str], list[dict]]:
+        """Wait `seconds` (QMP keeps running) and return what is new:
+        (serial lines, QMP events)."""
+        return self._loop.run_until_complete(self._pump(seconds))
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- the API tests use
+
+    def wait_for_line(self, pattern: str, timeout: float = 30) -> str:
+        """Wait for a console line matching `pattern` (regex or plain text),
+        including lines already seen; return it."""
+        match = _matcher(pattern)
+        seen = next((line for line in self.tail.lines if match(line)), None)
+        deadline = time.monotonic() + timeout
+        while seen is None:
+            if time.monotonic() > deadline:
+                raise EmulatorTimeout(f"error: no console line matching '{pattern}' "
+                                      f"within {timeout:g} s (serial log: {self.serial_path})")
+            if not self.running():
+                self.tail.poll(final=True)
+                seen = next((line for line in self.tail.lines if match(line)), None)
+                if seen is None:
+                    raise EmulatorError(f"error: QEMU exited before a line matching "
+                                        f"'{pattern}' (serial log: {self.serial_path})")
+                break
+            lines, _ = self.poll()
+            seen = next((line for line in lines if match(line)), None)
+        return seen
+
+    def wait_event(self, name: str, timeout: float = 30) -> dict:
+        """Wait for the QMP event `name` (e.g. "SHUTDOWN"), including events
+        already received; return it ({"event", "data", "timestamp"})."""
+        self._drain_events()
+        deadline = time.monotonic() + timeout
+        checked = 0
+        while True:
+            for event in self.events[checked:]:
+                if event.get("event") == name:
+                    return event
+            checked = len(self.events)
+            if time.monotonic() > deadline:
+                raise EmulatorTimeout(f"error: no QMP event {name} within {timeout:g} s "
+                                      f"(run files: {self.run_dir})")
+            if not self.running():
+                raise EmulatorError(f"error: QEMU exited before the QMP event {name}")
+            self.poll()
+
+    def qmp(self, command: str, timeout: float = 30, **arguments):
+        """Execute a QMP command; returns its "return" value."""
+        return self._run(self._qmp.execute(command, arguments or None), timeout)
+
+    def query_status(self) -> dict:
+        """QMP query-status: {"running": bool, "status": "running"|"shutdown"|...}."""
+        return self.qmp("query-status")
+
+    def screendump(self, path) -> Path:
+        """Save the screen as a PNG at `path`."""
+        path = Path(path).resolve()
+        self.qmp("screendump", filename=str(path), format="png")
+        return path
+
+    def hmp(self, command: str) -> str:
+        """A human monitor command through QMP, e.g. "info registers"."""
+        return self.qmp("human-monitor-command", **{"command-line": command})
+
+
+def _qemu_accepts_kvm(timeout: float = 30) -> bool:
+    """Does KVM here really run OVMF? Boot it with no disk: a usable KVM shows
+    the firmware's console on COM1; a broken one stops the VM with
+    "KVM internal error" (status internal-error) or QEMU fails."""
+    with tempfile.TemporaryDirectory(prefix="uefi-hv-kvm-probe-") as tmp:
+        try:
+            with QemuMachine(None, run_dir=tmp, accel="kvm") as m:
+                deadline = time.monotonic() + timeout
+                while time.monotonic() < deadline and m.running():
+                    m.poll(0.2)
+                    if m.query_status().get("status") != "running":
+                        return False
+                    if m.tail.lines:
+                        return True
+        except UserError:
+            return False
+        except Exception:
+            return False
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def kvm_vmx_usable() -> bool:
+    """True when QEMU can run a VMX hypervisor under KVM here: /dev/kvm is
+    usable, the CPU offers VMX to its guests (`-cpu host`), and a probe boot
+    shows that KVM really runs OVMF (/dev/kvm alone proves nothing: a
+    paravirtual KVM can fail with "KVM internal error"). Cached per process."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    if not re.search(r"^flags\s*:.*\bvmx\b", cpuinfo, re.M):
+        return False
+    return _qemu_accepts_kvm()
+
+
+def _boot_qemu(image: Path, cpus: int, timeout: float, expect, fail, expect_shutdown,
+               run_dir, stream) -> BootResult:
+    start = time.monotonic()
+    machine = QemuMachine(image, cpus=cpus, run_dir=run_dir, stream=stream, check_image=False)
+    result = BootResult(False, "", "qemu", machine.run_dir)
+    try:
+        machine.start()
+        result.pids.append(machine.pid)
+        result.ok, result.reason = _watch(
+            poll=lambda: machine.poll(0.1), running=machine.running,
+            expect=expect, fail=fail, expect_shutdown=expect_shutdown,
+            timeout=timeout, exited=lambda: f"QEMU exited ({machine.proc.returncode})",
+            on_event=_judge_qemu_event)
+        try:
+            result.screenshot = machine.screendump(machine.run_dir / "screen.png")
+        except Exception:
+            result.screenshot = None      # QEMU is gone: no screen to read
+    finally:
+        machine.close()
+        result.elapsed = time.monotonic() - start
+    result.serial = machine.serial
+    result.events = machine.events
+    result.log = machine.log_path.read_text(errors="replace") if machine.log_path.exists() else ""
+    return result
+
+
+def _judge_qemu_event(event: dict) -> Optional[tuple[str, bool]]:
+    """("power-off" | failure reason, is_failure) for an event that ends a run."""
+    if event.get("event") != "SHUTDOWN":
+        return None
+    reason = event.get("data", {}).get("reason", "")
+    if reason == "guest-shutdown":
+        return "power-off", False
+    if reason == "guest-reset":
+        return ("the guest reset the machine (a triple fault, or ResetSystem "
+                "with a reset type); QEMU runs with -no-reboot"), True
+    return f"QEMU shut down ({reason})", True
+
+
+# --- Bochs --------------------------------------------------------------------------------
+
+_BOCHS_LOG_LINE = re.compile(r"^\d+([a-z])\[[^\]]*\]\s*(.*)$")
+_TRIPLE_FAULT = re.compile(r"3rd \(\d+\) exception with no resolution|triple fault", re.I)
+
+
+def judge_bochs_log_line(line: str) -> Optional[tuple[str, bool]]:
+    """What a Bochs log line means for the run: ("power-off", False), a failure
+    (reason, True), or None. Bochs prefixes each line with the instruction
+    count, a level letter (i, e, p for panic) and the device."""
+    m = _BOCHS_LOG_LINE.match(line.strip())
+    level, text = (m.group(1), m.group(2)) if m else ("", line.strip())
+    if BOCHS_POWER_OFF in text:
+        return "power-off", False
+    if "VMFAIL" in text or "VMENTER FAIL" in text:
+        return f"Bochs: {text[text.find('VM'):]}", True
+    if _TRIPLE_FAULT.search(text):
+        return f"Bochs: triple fault: {text}", True
+    if level == "p":
+        return f"Bochs: PANIC: {text}", True
+    return None
+
+
+class _BochsLogTail(SerialTail):
+    """The Bochs log, followed like the console (no streaming)."""
+
+
+def _bochs_command(bxrc: Path, rc: Path) -> list[str]:
+    bochs = _require("bochs", "bochs")
+    # Each Bochs binds VNC port 5900 (rfb display): a private network namespace
+    # per run lets runs go in parallel. As a user, a user namespace gives one.
+    unshare = [_require("unshare", "util-linux"), "-n"]
+    if os.geteuid() != 0:
+        unshare.insert(1, "-r")
+    return [*unshare, bochs, "-q", "-f", str(bxrc), "-rc", str(rc)]
+
+
+def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shutdown,
+                cpu_model, run_dir, stream) -> BootResult:
+    from uefi_hv.generate import render
+
+    start = time.monotonic()
+    run_dir = new_run_dir("bochs", run_dir)
+    result = BootResult(False, "", "bochs", run_dir)
+    serial_path, log_path = run_dir / "serial.txt", run_dir / "bochs.log"
+    for stale in (serial_path, log_path):
+        stale.unlink(missing_ok=True)
+    bxrc = render("bochs/bochsrc.bxrc.j2", run_dir / "bochsrc.bxrc", [],
+                  rom=firmware("bochs", "rom"), vgarom=firmware("bochs", "vgarom"),
+                  rom_address=_firmware_table()["bochs"]["rom"]["address"],
+                  memory_mib=MEMORY_MIB, cpus=cpus, cpu_model=cpu_model or DEFAULT_BOCHS_CPU,
+                  image=Path(image).resolve(), serial=serial_path, log=log_path)
+    rc = run_dir / "debugger.rc"
+    rc.write_text("c\n")             # the built-in debugger stops at start: continue
+    cmd = _bochs_command(bxrc, rc)
+    (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
+    console = SerialTail(serial_path, stream)
+    log = _BochsLogTail(log_path)
+    proc = _spawn(cmd, run_dir, run_dir / "bochs.out")
+    result.pids.append(proc.pid)
+
+    def poll():
+        time.sleep(0.1)
+        log_events = [judged for line in log.poll() if (judged := judge_bochs_log_line(line))]
+        return console.poll(), log_events
+
+    try:
+        result.ok, result.reason = _watch(
+            poll=poll, running=lambda: proc.poll() is None,
+            expect=expect, fail=fail, expect_shutdown=expect_shutdown, timeout=timeout,
+            exited=lambda: f"Bochs exited ({proc.returncode}) without powering off; "
+                           f"see {run_dir / 'bochs.out'}",
+            on_event=lambda judged: judged)
+    finally:
+        _reap(proc, grace_s=0)
+        result.elapsed = time.monotonic() - start
+    console.poll(final=True)
+    log.poll(final=True)
+    result.serial = console.text
+    result.log = log.text
+    return result
+
+
+# --- judging a run ---------------------------------------------------------------------
+
+def _watch(poll, running, expect, fail, expect_shutdown, timeout, exited, on_event):
+    """Follow a run until it is decided; return (ok, reason).
+
+    poll() -> (new console lines, new events); on_event(event) ->
+    ("power-off", False) | (failure reason, True) | None.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = running()
+        lines, events = poll()
+        for line in lines:
+            if (marker := _first_match(fail, line)) is not None:
+                return False, f"failure marker '{marker}' seen: {line.strip()}"
+            if (marker := _first_match(expect, line)) is not None:
+                return True, f"marker '{marker}' seen"
+            if _first_match(FIRMWARE_FAULTS, line) is not None:
+                return False, f"firmware exception: {line.strip()}"
+        for event in events:
+            judged = on_event(event)
+            if judged is None:
+                continue
+            what, failed = judged
+            if failed:
+                return False, what
+            if expect:
+                return False, f"the machine powered off before {_describe(expect)} appeared"
+            return True, "clean power-off"
+        if not alive:
+            return False, exited()
+        if time.monotonic() > deadline:
+            if not expect and not expect_shutdown:
+                return True, f"ran {timeout:g} s without a failure"
+            return False, f"timeout after {timeout:g} s without {_describe(expect)}"
+
+
+def _describe(expect: Sequence[str]) -> str:
+    if not expect:
+        return "a clean power-off"
+    return " or ".join(f"'{e}'" for e in expect)
+
+
+def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
+         expect: Sequence[str] = (), fail: Sequence[str] = (),
+         expect_shutdown: bool = True, cpu_model: Optional[str] = None,
+         run_dir=None, stream: Stream = None) -> BootResult:
+    """Boot the GPT image `image` and judge the run.
+
+    expect/fail: console markers (regexes or plain strings, matched per line);
+    the run stops at the first one seen. With no `expect`, a clean power-off
+    is the success (when `expect_shutdown`). Bochs runs also fail on a VMFAIL,
+    VMENTER FAIL, triple fault or panic in its log. `auto` is QEMU with KVM
+    when kvm_vmx_usable(), else Bochs. Bad input (no image, no ESP) raises a
+    UserError before anything starts.
+    """
+    if emulator not in EMULATORS:
+        raise UsageError(f"error: unknown emulator '{emulator}' (one of {', '.join(EMULATORS)})")
+    if cpus < 1:
+        raise UsageError("error: --cpus must be at least 1")
+    from uefi_hv.image import check_bootable
+    image = Path(image)
+    check_bootable(image)
+    if isinstance(expect, str):
+        expect = [expect]
+    if isinstance(fail, str):
+        fail = [fail]
+    if emulator == "auto":
+        emulator = "qemu" if kvm_vmx_usable() else "bochs"
+    if emulator == "qemu":
+        return _boot_qemu(image, cpus, timeout, list(expect), list(fail), expect_shutdown,
+                          run_dir, stream)
+    return _boot_bochs(image, cpus, timeout, list(expect), list(fail), expect_shutdown,
+                       cpu_model, run_dir, stream)
+
+
+# --- CLI --------------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    if args.cpu_model and args.emulator == "qemu":
+        raise UsageError("error: --cpu-model chooses the Bochs CPU; QEMU runs -cpu host or TCG")
+    result = boot(args.image, emulator=args.emulator, cpus=args.cpus, timeout=args.timeout,
+                  expect=[args.expect] if args.expect else [], cpu_model=args.cpu_model,
+                  run_dir=args.run_dir, stream=lambda line: print(line, flush=True))
+    print(f"uefi-hv: {result}")
+    return 0 if result.ok else 1
