@@ -212,6 +212,7 @@ class Spec:
     msrs: dict[str, "Msr"] = field(default_factory=dict)            # by name
     setting_locs: dict[str, Loc] = field(default_factory=dict)      # where each setting was written
     files: list[str] = field(default_factory=list)                  # spec files, in load order
+    file_order: dict[str, tuple] = field(default_factory=dict, repr=False)  # file -> lines of its import chain
     sources: dict[str, str] = field(default_factory=dict, repr=False)   # file -> text (for diagnostics)
 
     def field_named(self, name: str) -> Field:

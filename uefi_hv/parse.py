@@ -229,7 +229,10 @@ class _Loader:
         return m.Loc(file, getattr(meta, "line", 1), getattr(meta, "column", 1))
 
     # -- files
-    def load_file(self, path: Path, shown: str, text: str):
+    def load_file(self, path: Path, shown: str, text: str, chain: tuple = ()):
+        """Read one file; `chain` is the lines of the imports that led here (it
+        orders declarations as if every import were pasted in place)."""
+        self.spec.file_order[shown] = chain
         self.loading.append(path)
         self.loaded.add(path)
         self.text_of[shown] = text
@@ -244,11 +247,11 @@ class _Loader:
         try:
             for item in tree.children:
                 if isinstance(item, Tree):
-                    getattr(self, "item_" + item.data)(item, shown, path)
+                    getattr(self, "item_" + item.data)(item, shown, path, chain)
         finally:
             self.loading.pop()
 
-    def item_import_stmt(self, node, file, path: Path):
+    def item_import_stmt(self, node, file, path: Path, chain=()):
         name = _string(node.children[0])
         loc = self.loc(node, file)
         found = None
@@ -277,9 +280,9 @@ class _Loader:
         except (OSError, UnicodeDecodeError) as e:
             self.error(f"cannot read \"{name}\": {getattr(e, 'strerror', None) or e}", loc)
             return
-        self.load_file(found, _shown(found), text)
+        self.load_file(found, _shown(found), text, chain + (loc.line,))
 
-    def item_hypervisor(self, node, file, path):
+    def item_hypervisor(self, node, file, path, chain=()):
         name = _string(node.children[0])
         props = {"name": name}
         for prop in node.children[1:]:
@@ -293,15 +296,15 @@ class _Loader:
         self.spec.identity = m.Identity(name=name, signature=props.get("signature", old.signature),
                                         version=props.get("version", old.version), loc=self.loc(node, file))
 
-    def item_const_def(self, node, file, path):
+    def item_const_def(self, node, file, path, chain=()):
         name, value = node.children
         self.raw_consts.append((str(name), self.raw(value, file), self.loc(name, file)))
 
-    def item_global_def(self, node, file, path):
+    def item_global_def(self, node, file, path, chain=()):
         name, source = node.children
         self.raw_globals.append((str(name), self.raw(source, file), self.loc(name, file)))
 
-    def item_option_def(self, node, file, path):
+    def item_option_def(self, node, file, path, chain=()):
         name, value = node.children
         name, loc = str(name), self.loc(node.children[0], file)
         kind = m.SETTINGS.get(name)
@@ -326,7 +329,7 @@ class _Loader:
         self.spec.setting_locs[name] = loc
 
     # -- the catalogue
-    def item_fields_block(self, node, file, path):
+    def item_fields_block(self, node, file, path, chain=()):
         type_tok, width_tok, *defs = node.children
         type_ = _TYPE_NAMES.get(str(type_tok))
         width = str(width_tok)
@@ -353,7 +356,7 @@ class _Loader:
             self.raw_fields.append((str(name), type_, width, index, written,
                                     (str(when.children[0]), self.loc(when, file)) if when else None, desc, loc))
 
-    def item_control_bits(self, node, file, path):
+    def item_control_bits(self, node, file, path, chain=()):
         group_tok, *defs = node.children
         group = str(group_tok)
         if group not in m.CONTROL_GROUPS:
@@ -388,36 +391,36 @@ class _Loader:
             else:
                 table[name] = make(number=number, name=name, description=desc, loc=loc)
 
-    def item_exit_reasons(self, node, file, path):
+    def item_exit_reasons(self, node, file, path, chain=()):
         self._numbered(node, file, m.ExitReason, self.spec.exit_reasons, "exit reason")
 
-    def item_vm_errors(self, node, file, path):
+    def item_vm_errors(self, node, file, path, chain=()):
         self._numbered(node, file, m.VmInstructionError, self.spec.vm_instruction_errors, "VM-instruction error")
 
-    def item_msrs_block(self, node, file, path):
+    def item_msrs_block(self, node, file, path, chain=()):
         self._numbered(node, file, m.Msr, self.spec.msrs, "MSR")
 
     # -- the hypervisor
-    def item_host_state(self, node, file, path):
+    def item_host_state(self, node, file, path, chain=()):
         for a in node.children:
             name, source, *rest = a.children
             when = str(rest[0].children[0]) if rest else "once"
             self.raw_host.append((str(name), self.raw(source, file), when, self.loc(name, file)))
 
-    def item_controls(self, node, file, path):
+    def item_controls(self, node, file, path, chain=()):
         for req in node.children:
             required = str(req.children[0].children[0]) == "require"
             for c in req.children[1:]:
                 self.raw_reqs.append((str(c.children[0]), required, self.loc(c, file)))
 
-    def item_msr_bitmap(self, node, file, path):
+    def item_msr_bitmap(self, node, file, path, chain=()):
         for i in node.children:
             access = str(i.children[0].children[0])
             msrs = [self.raw(t, file) for t in i.children[1:-1]]
             action = i.children[-1]
             self.raw_intercepts.append((access, msrs, str(action), self.loc(i, file), self.loc(action, file)))
 
-    def item_exit_def(self, node, file, path):
+    def item_exit_def(self, node, file, path, chain=()):
         reasons = [(str(t), self.loc(t, file)) for t in node.children if isinstance(t, Token)]
         action = next((c for c in node.children if isinstance(c, Tree) and c.data == "action"), None)
         block = next((c for c in node.children if isinstance(c, Tree) and c.data == "option_block"), None)
@@ -705,7 +708,10 @@ def parse_text(text: str, file: str = "<spec>", path: Optional[Path] = None) -> 
     loader = _Loader()
     loader.spec.file = file
     loader.load_file(path or Path.cwd() / "<spec>.hv", file, text)
-    spec = loader.resolve() if not loader.diags else loader.spec
+    # Names are resolved unless the text did not parse (then they would only
+    # echo the syntax error).
+    syntax_errors = any(d.message.startswith("unexpected") for d in loader.diags)
+    spec = loader.spec if syntax_errors else loader.resolve()
     if not loader.diags and not spec.fields:
         loader.error("the spec declares no VMCS fields; start it with: import \"vmcs.hv\"", m.Loc(file, 1, 1))
     if loader.diags:
@@ -728,4 +734,4 @@ def load_spec(path) -> m.Spec:
                                     m.Loc(str(path), 1, 1))]) from None
     except OSError as e:
         raise UsageError(f"error: cannot read {path}: {e.strerror}") from None
-    return parse_text(text, str(path), p.resolve())
+    return parse_text(text, _shown(p.resolve()) if p.is_absolute() else str(path), p.resolve())

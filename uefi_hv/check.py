@@ -1,0 +1,732 @@
+"""check: the Intel SDM's rules that can be decided from a spec, one small
+function each, with a stable id and the SDM section it comes from.
+
+Section numbers follow SDM Vol. 3C of the 2016-2022 editions (chapter 26
+"VM Entries", 26.2 "Checks on VMX Controls and Host-State Area"); later
+editions number the same sections one chapter higher (27.2 ...).
+
+What only the CPU can decide (fixed CR0/CR4 bits, allowed control settings
+from the capability MSRs) is returned by `runtime_rules()` as data; the
+generator turns each rule into a named check run just before VMLAUNCH.
+
+Also the home of `uefi-hv check`, `uefi-hv fields` and `uefi-hv explain`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional
+
+from uefi_hv import DSL_DIR
+from uefi_hv import model as m
+from uefi_hv.errors import UsageError
+from uefi_hv.parse import Diagnostic, SpecError, _line, did_you_mean, load_spec
+
+__all__ = ["CHECKS", "CheckInfo", "Diagnostic", "SpecError", "check_spec", "load_and_check",
+           "runtime_rules", "checks_markdown", "cmd_check", "cmd_fields", "cmd_explain"]
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    id: str                 # stable: tests, docs and `uefi-hv explain` use it
+    section: str            # "SDM 26.2.3", or "docs/dsl.md" for the language's own rules
+    title: str
+    text: str               # the rule in words (the function's docstring)
+    fn: Callable
+    severity: str = "error"
+
+
+CHECKS: dict[str, CheckInfo] = {}
+
+
+def check(id: str, section: str, title: str, severity: str = "error"):
+    """Register a check: fn(ctx) yields (message, loc) for each violation."""
+    def register(fn):
+        CHECKS[id] = CheckInfo(id, section, title, inspect.cleandoc(fn.__doc__ or title), fn, severity)
+        return fn
+    return register
+
+
+# --- what the checks read ------------------------------------------------------------
+
+class Ctx:
+    """The spec, indexed the way the checks ask about it."""
+
+    def __init__(self, spec: m.Spec):
+        self.spec = spec
+        self.host: dict[str, m.HostAssign] = {}
+        for a in spec.host_state:
+            self.host.setdefault(a.field, a)
+        self.reqs: dict[str, m.ControlReq] = {}
+        for r in spec.control_reqs:
+            self.reqs.setdefault(r.control, r)
+        self.globals = {}
+        for g in spec.globals:
+            self.globals.setdefault(g.name, g)
+        self.handlers: dict[str, m.ExitHandler] = {}
+        for h in spec.exits:
+            self.handlers.setdefault(h.reason, h)
+
+    def wants(self, control: str) -> bool:
+        """Requested at all (required or preferred)."""
+        return control in self.reqs
+
+    def requires(self, control: str) -> bool:
+        return control in self.reqs and self.reqs[control].required
+
+    def value(self, field: str) -> Optional[int]:
+        """The host field's value when the spec fixes it (a constant, or a
+        global holding a constant), else None."""
+        a = self.host.get(field)
+        return self.constant(a.source) if a else None
+
+    def constant(self, source) -> Optional[int]:
+        if isinstance(source, m.Const):
+            return source.value
+        if isinstance(source, m.GlobalRef) and source.name in self.globals:
+            g = self.globals[source.name].source
+            return g.value if isinstance(g, m.Const) else None
+        return None
+
+    def loc(self, field: str) -> Optional[m.Loc]:
+        a = self.host.get(field)
+        return a.loc if a else self.host_block_loc()
+
+    def req_loc(self, control: str) -> Optional[m.Loc]:
+        r = self.reqs.get(control)
+        return r.loc if r else self.host_block_loc()
+
+    def host_block_loc(self) -> m.Loc:
+        own = [a.loc for a in self.spec.host_state if a.loc and a.loc.file == self.spec.file]
+        return own[0] if own else m.Loc(self.spec.file, 1, 1)
+
+    def field_exists(self, name: str) -> bool:
+        f = self.spec.fields.get(name)
+        return f is not None and (f.exists_when is None or self.wants(f.exists_when))
+
+
+SELECTORS = ("HOST_ES_SELECTOR", "HOST_CS_SELECTOR", "HOST_SS_SELECTOR", "HOST_DS_SELECTOR",
+             "HOST_FS_SELECTOR", "HOST_GS_SELECTOR", "HOST_TR_SELECTOR")
+BASES = ("HOST_FS_BASE", "HOST_GS_BASE", "HOST_GDTR_BASE", "HOST_IDTR_BASE", "HOST_TR_BASE")
+SYSENTER = ("HOST_IA32_SYSENTER_ESP", "HOST_IA32_SYSENTER_EIP")
+CR4_PAE = 1 << 5
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1 << 0, 1 << 8, 1 << 10, 1 << 11
+PAT_TYPES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB", 7: "UC-"}
+
+
+def canonical(value: int) -> bool:
+    """48-bit linear addresses: bits 63:47 all equal (SDM 3.3.7.1). A CPU with
+    5-level paging allows more; a spec that is canonical here is canonical there."""
+    top = value >> 47
+    return top == 0 or top == (1 << 17) - 1
+
+
+# --- host state: SDM 26.2.2 - 26.2.4, 27.5 ----------------------------------------
+
+@check("HOST-SOURCE", "SDM 27.5", "every host-state field has a source")
+def check_host_sources(ctx: Ctx):
+    """Every VM exit loads the processor's state from the host-state area
+    (SDM 27.5 "Loading Host State"), so every host-state field the CPU will use
+    must be given a value in `host_state`: all unconditional ones, and those
+    whose control the spec asks for (e.g. HOST_IA32_EFER with exit.load_ia32_efer)."""
+    missing = [name for name, f in ctx.spec.fields.items()
+               if f.type == "host" and name not in ctx.host and ctx.field_exists(name)]
+    if missing:
+        yield (f"host_state gives no source for {', '.join(missing)}; every VM exit loads "
+               f"{'it' if len(missing) == 1 else 'them'} (add `{missing[0]} = ...`)", ctx.host_block_loc())
+
+
+@check("HOST-SEL-RPL-TI", "SDM 26.2.3", "host selectors have RPL and TI zero")
+def check_selector_rpl_ti(ctx: Ctx):
+    """In the selector fields for ES, CS, SS, DS, FS, GS and TR, the RPL
+    (bits 1:0) and the TI flag (bit 2) must be 0: the host runs at CPL 0 from
+    its GDT."""
+    for name in SELECTORS:
+        v = ctx.value(name)
+        if v is not None and v & 7:
+            yield (f"{name} = {v:#x} has {'RPL ' + str(v & 3) if v & 3 else ''}"
+                   f"{' and ' if v & 3 and v & 4 else ''}{'TI set' if v & 4 else ''}; "
+                   f"use {v & ~7:#x}", ctx.loc(name))
+
+
+@check("HOST-CS-NONZERO", "SDM 26.2.3", "host CS selector is not 0")
+def check_cs_nonzero(ctx: Ctx):
+    """The selector field for CS cannot be 0000H."""
+    if ctx.value("HOST_CS_SELECTOR") == 0:
+        yield "HOST_CS_SELECTOR is 0; give the host's code segment (e.g. 0x08)", ctx.loc("HOST_CS_SELECTOR")
+
+
+@check("HOST-TR-NONZERO", "SDM 26.2.3", "host TR selector is not 0")
+def check_tr_nonzero(ctx: Ctx):
+    """The selector field for TR cannot be 0000H: the host needs a TSS."""
+    if ctx.value("HOST_TR_SELECTOR") == 0:
+        yield "HOST_TR_SELECTOR is 0; give the selector of the host TSS", ctx.loc("HOST_TR_SELECTOR")
+
+
+@check("HOST-SS-NULL", "SDM 26.2.3", "host SS is 0 only in a 64-bit host")
+def check_ss_null(ctx: Ctx):
+    """The selector field for SS may be 0000H only if the "host address-space
+    size" VM-exit control is 1."""
+    if ctx.value("HOST_SS_SELECTOR") == 0 and not ctx.requires("exit.host_address_space_size"):
+        yield ("HOST_SS_SELECTOR is 0 but exit.host_address_space_size is not required; "
+               "require it or give a data selector", ctx.loc("HOST_SS_SELECTOR"))
+
+
+@check("HOST-64BIT", "SDM 26.2.4", "the 64-bit host has host-address-space-size set")
+def check_host_64bit(ctx: Ctx):
+    """uefi-hv runs as a 64-bit UEFI application, so VM exits must return to
+    64-bit mode: the "host address-space size" VM-exit control must be 1. It
+    must be `require`d: were it dropped at run time the exit would load a
+    32-bit host."""
+    r = ctx.reqs.get("exit.host_address_space_size")
+    if r is None:
+        yield ("the host is 64-bit: add `require exit.host_address_space_size` to controls",
+               ctx.spec.control_reqs[0].loc if ctx.spec.control_reqs else ctx.host_block_loc())
+    elif not r.required:
+        yield "exit.host_address_space_size must be `require`, not `prefer`: the host is 64-bit", r.loc
+
+
+@check("HOST-CR4-PAE", "SDM 26.2.4", "a 64-bit host has CR4.PAE set")
+def check_cr4_pae(ctx: Ctx):
+    """If the "host address-space size" VM-exit control is 1, bit 5 of the
+    CR4 field (CR4.PAE) must be 1. Checked here when HOST_CR4 is a constant,
+    at run time on the value written otherwise (rule host_64bit)."""
+    v = ctx.value("HOST_CR4")
+    if v is not None and ctx.wants("exit.host_address_space_size") and not v & CR4_PAE:
+        yield f"HOST_CR4 = {v:#x} lacks PAE (bit 5); a 64-bit host needs it: {v | CR4_PAE:#x}", ctx.loc("HOST_CR4")
+
+
+@check("HOST-CR3-WIDTH", "SDM 26.2.2", "host CR3 fits the physical-address width")
+def check_cr3_width(ctx: Ctx):
+    """The CR3 field must be such that bits 63:52 are 0 (no processor's
+    physical-address width exceeds 52 bits; the CPU's own width is checked by
+    VM entry)."""
+    v = ctx.value("HOST_CR3")
+    if v is not None and v >> 52:
+        yield f"HOST_CR3 = {v:#x} sets bits above bit 51", ctx.loc("HOST_CR3")
+
+
+def _canonical_fields(ctx: Ctx, names) -> Iterator:
+    for name in names:
+        v = ctx.value(name)
+        if v is not None and not canonical(v):
+            yield f"{name} = {v:#x} is not canonical (bits 63:47 must all equal bit 47)", ctx.loc(name)
+
+
+@check("HOST-BASE-CANONICAL", "SDM 26.2.3", "host FS/GS/GDTR/IDTR/TR bases are canonical")
+def check_bases_canonical(ctx: Ctx):
+    """On a processor that supports Intel 64, the base-address fields for
+    FS, GS, GDTR, IDTR and TR must contain canonical addresses."""
+    yield from _canonical_fields(ctx, BASES)
+
+
+@check("HOST-SYSENTER-CANONICAL", "SDM 26.2.2", "host SYSENTER ESP/EIP are canonical")
+def check_sysenter_canonical(ctx: Ctx):
+    """The IA32_SYSENTER_ESP and IA32_SYSENTER_EIP fields must each contain a
+    canonical address."""
+    yield from _canonical_fields(ctx, SYSENTER)
+
+
+@check("HOST-RIP-CANONICAL", "SDM 26.2.4", "host RIP is canonical")
+def check_rip_canonical(ctx: Ctx):
+    """If the "host address-space size" VM-exit control is 1, the RIP field
+    must contain a canonical address."""
+    yield from _canonical_fields(ctx, ("HOST_RIP",))
+
+
+@check("HOST-EFER", "SDM 26.2.2", "host IA32_EFER is consistent with a 64-bit host")
+def check_efer(ctx: Ctx):
+    """If the "load IA32_EFER" VM-exit control is 1, the IA32_EFER field's
+    reserved bits must be 0 and its LMA (bit 10) and LME (bit 8) bits must
+    each equal the "host address-space size" control (1 here)."""
+    if not ctx.wants("exit.load_ia32_efer"):
+        return
+    v = ctx.value("HOST_IA32_EFER")
+    if v is None:
+        return
+    reserved = v & ~(EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE)
+    if reserved:
+        yield f"HOST_IA32_EFER = {v:#x} sets reserved bits {reserved:#x}", ctx.loc("HOST_IA32_EFER")
+    host64 = ctx.wants("exit.host_address_space_size")
+    for bit, name in ((EFER_LMA, "LMA"), (EFER_LME, "LME")):
+        if bool(v & bit) != host64:
+            yield (f"HOST_IA32_EFER.{name} is {int(bool(v & bit))} but host-address-space-size is "
+                   f"{int(host64)}; they must be equal", ctx.loc("HOST_IA32_EFER"))
+
+
+@check("HOST-PAT", "SDM 26.2.2", "host IA32_PAT holds valid memory types")
+def check_pat(ctx: Ctx):
+    """If the "load IA32_PAT" VM-exit control is 1, each of the 8 bytes of the
+    IA32_PAT field must be a valid memory type: 0 (UC), 1 (WC), 4 (WT),
+    5 (WP), 6 (WB) or 7 (UC-)."""
+    v = ctx.value("HOST_IA32_PAT")
+    if v is None:
+        return
+    bad = [f"byte {i} is {v >> 8 * i & 0xFF:#x}" for i in range(8) if v >> 8 * i & 0xFF not in PAT_TYPES]
+    if bad:
+        yield (f"HOST_IA32_PAT = {v:#x}: {', '.join(bad)}; memory types are 0 (UC), 1 (WC), 4 (WT), "
+               f"5 (WP), 6 (WB), 7 (UC-)", ctx.loc("HOST_IA32_PAT"))
+
+
+# --- VM-execution, VM-exit and VM-entry controls: SDM 24.6 - 24.8, 26.2.1 ---------
+
+def _needs(ctx: Ctx, control: str, needed: str, why: str = ""):
+    """`control` asked for without `needed`, or required while `needed` is only preferred."""
+    if not ctx.wants(control):
+        return
+    if not ctx.wants(needed):
+        yield f"{control} needs {needed}{why}; add it to controls", ctx.req_loc(control)
+    elif ctx.requires(control) and not ctx.requires(needed):
+        yield (f"{control} is required but {needed}, which it needs, is only preferred; "
+               f"require both or prefer both", ctx.req_loc(control))
+
+
+@check("CTL-SECONDARY", "SDM 24.6.2", "secondary controls need activate-secondary-controls")
+def check_secondary_active(ctx: Ctx):
+    """The secondary processor-based controls (EPT, VPID, unrestricted guest,
+    RDTSCP, INVPCID, XSAVES ...) are used only if the "activate secondary
+    controls" primary control is 1; otherwise VM entry treats them all as 0."""
+    for r in ctx.spec.control_reqs:
+        if r.control.startswith("proc2.") and ctx.reqs.get(r.control) is r:
+            yield from _needs(ctx, r.control, "proc.activate_secondary_controls")
+
+
+@check("CTL-UG-EPT", "SDM 26.2.1.1", "unrestricted guest needs EPT")
+def check_ug_needs_ept(ctx: Ctx):
+    """If the "unrestricted guest" VM-execution control is 1, the "enable EPT"
+    control must be 1. (The generated code drops unrestricted guest at run
+    time when EPT is dropped.)"""
+    yield from _needs(ctx, "proc2.unrestricted_guest", "proc2.enable_ept")
+
+
+@check("CTL-ACK-EXTINT", "SDM 24.7.1", "ack-interrupt-on-exit without external-interrupt exiting",
+       severity="warning")
+def check_ack_without_extint(ctx: Ctx):
+    """"Acknowledge interrupt on exit" only affects VM exits caused by external
+    interrupts; without "external-interrupt exiting" it does nothing."""
+    if ctx.wants("exit.ack_interrupt_on_exit") and not ctx.wants("pin.external_interrupt_exiting"):
+        yield ("exit.ack_interrupt_on_exit does nothing without pin.external_interrupt_exiting",
+               ctx.req_loc("exit.ack_interrupt_on_exit"))
+
+
+@check("CTL-VIRTUAL-NMI", "SDM 26.2.1.1", "virtual NMIs need NMI exiting; NMI-window exiting needs virtual NMIs")
+def check_virtual_nmis(ctx: Ctx):
+    """If "NMI exiting" is 0, "virtual NMIs" must be 0; if "virtual NMIs" is
+    0, "NMI-window exiting" must be 0."""
+    yield from _needs(ctx, "pin.virtual_nmis", "pin.nmi_exiting")
+    yield from _needs(ctx, "proc.nmi_window_exiting", "pin.virtual_nmis")
+
+
+@check("CTL-POSTED-INTR", "SDM 26.2.1.1", "posted interrupts need virtual-interrupt delivery and ack-on-exit")
+def check_posted_interrupts(ctx: Ctx):
+    """If "process posted interrupts" is 1, "virtual-interrupt delivery" and
+    the "acknowledge interrupt on exit" VM-exit control must be 1."""
+    yield from _needs(ctx, "pin.process_posted_interrupts", "proc2.virtual_interrupt_delivery")
+    yield from _needs(ctx, "pin.process_posted_interrupts", "exit.ack_interrupt_on_exit")
+
+
+@check("CTL-APIC-VIRT", "SDM 26.2.1.1", "APIC virtualization controls and their prerequisites")
+def check_apic_virtualization(ctx: Ctx):
+    """If "use TPR shadow" is 0, "virtualize x2APIC mode", "APIC-register
+    virtualization" and "virtual-interrupt delivery" must be 0; if
+    "virtualize x2APIC mode" is 1, "virtualize APIC accesses" must be 0;
+    "virtual-interrupt delivery" needs "external-interrupt exiting"."""
+    for c in ("proc2.virtualize_x2apic_mode", "proc2.apic_register_virtualization",
+              "proc2.virtual_interrupt_delivery"):
+        yield from _needs(ctx, c, "proc.use_tpr_shadow")
+    yield from _needs(ctx, "proc2.virtual_interrupt_delivery", "pin.external_interrupt_exiting")
+    if ctx.wants("proc2.virtualize_x2apic_mode") and ctx.wants("proc2.virtualize_apic_accesses"):
+        yield ("proc2.virtualize_x2apic_mode and proc2.virtualize_apic_accesses exclude each other",
+               ctx.req_loc("proc2.virtualize_x2apic_mode"))
+
+
+@check("CTL-PREEMPT-SAVE", "SDM 26.2.1.2", "saving the preemption timer needs the timer")
+def check_preemption_save(ctx: Ctx):
+    """If "activate VMX-preemption timer" is 0, the "save VMX-preemption timer
+    value" VM-exit control must be 0."""
+    yield from _needs(ctx, "exit.save_vmx_preemption_timer_value", "pin.activate_vmx_preemption_timer")
+
+
+@check("CTL-ENTRY-SMM", "SDM 26.2.1.3", "no entry to SMM outside SMM")
+def check_entry_smm(ctx: Ctx):
+    """VM entry from outside SMM requires the "entry to SMM" and "deactivate
+    dual-monitor treatment" VM-entry controls to be 0; uefi-hv never runs in SMM."""
+    for c in ("entry.entry_to_smm", "entry.deactivate_dual_monitor_treatment"):
+        if ctx.wants(c):
+            yield f"{c} must be 0: VM entry from outside SMM fails with it", ctx.req_loc(c)
+
+
+# --- MSR bitmap: SDM 24.6.9 -------------------------------------------------------
+
+@check("MSR-BITMAP-CONTROL", "SDM 24.6.9", "msr_bitmap intercepts need use-MSR-bitmaps")
+def check_msr_bitmap_control(ctx: Ctx):
+    """The MSR bitmaps are consulted only if "use MSR bitmaps" is 1; without
+    it every RDMSR and WRMSR exits and the intercept list means nothing."""
+    if ctx.spec.msr_intercepts and not ctx.wants("proc.use_msr_bitmaps"):
+        yield "msr_bitmap lists intercepts but proc.use_msr_bitmaps is not in controls", \
+            ctx.spec.msr_intercepts[0].loc
+
+
+@check("MSR-BITMAP-RANGE", "SDM 24.6.9", "intercepted MSRs lie in the bitmap's ranges", severity="warning")
+def check_msr_ranges(ctx: Ctx):
+    """The MSR bitmaps cover MSRs 0-1FFFH and C0000000H-C0001FFFH; RDMSR and
+    WRMSR of any other MSR always exit, so listing it changes nothing."""
+    for i in ctx.spec.msr_intercepts:
+        for lo, hi in ((i.first, i.last),):
+            inside = (hi <= 0x1FFF) or (0xC0000000 <= lo and hi <= 0xC0001FFF)
+            if not inside:
+                yield f"MSRs {lo:#x} .. {hi:#x} are outside the bitmap; their accesses always exit", i.loc
+
+
+@check("MSR-HANDLER", "docs/dsl.md#msr-bitmap", "intercepted MSR accesses have a handler")
+def check_msr_handler(ctx: Ctx):
+    """An intercepted RDMSR (WRMSR) exits with reason rdmsr (wrmsr); that exit
+    must be answered by the `msr` action, which applies the intercepts."""
+    for access, reason in (("read", "rdmsr"), ("write", "wrmsr")):
+        first = next((i for i in ctx.spec.msr_intercepts if i.access == access), None)
+        h = ctx.handlers.get(reason)
+        if first and (h is None or h.action != "msr"):
+            yield f"{access} intercepts need `exit {reason} -> msr`", first.loc
+
+
+@check("MSR-OVERLAP", "docs/dsl.md#msr-bitmap", "no MSR is intercepted twice")
+def check_msr_overlap(ctx: Ctx):
+    """Each MSR has one action per access: two intercepts of the same access
+    may not cover the same MSR."""
+    seen: list[m.MsrIntercept] = []
+    for i in ctx.spec.msr_intercepts:
+        for j in seen:
+            if i.access == j.access and i.first <= j.last and j.first <= i.last:
+                yield f"{i.access} of MSR {max(i.first, j.first):#x} is already intercepted at line {j.loc.line}", i.loc
+                break
+        seen.append(i)
+
+
+# --- exits and the seed's interrupt path ----------------------------------------------
+
+# control -> the exit reasons it makes happen
+_CAUSES = {
+    "pin.external_interrupt_exiting": ("external_interrupt",),
+    "pin.nmi_exiting": ("exception_or_nmi",),
+    "pin.activate_vmx_preemption_timer": ("vmx_preemption_timer",),
+    "proc.interrupt_window_exiting": ("interrupt_window",),
+    "proc.nmi_window_exiting": ("nmi_window",),
+    "proc.hlt_exiting": ("hlt",), "proc.invlpg_exiting": ("invlpg",), "proc.mwait_exiting": ("mwait",),
+    "proc.rdpmc_exiting": ("rdpmc",), "proc.rdtsc_exiting": ("rdtsc",),
+    "proc.cr3_load_exiting": ("cr_access",), "proc.cr3_store_exiting": ("cr_access",),
+    "proc.cr8_load_exiting": ("cr_access",), "proc.cr8_store_exiting": ("cr_access",),
+    "proc.mov_dr_exiting": ("dr_access",), "proc.unconditional_io_exiting": ("io_instruction",),
+    "proc.use_io_bitmaps": ("io_instruction",), "proc.monitor_trap_flag": ("monitor_trap_flag",),
+    "proc.monitor_exiting": ("monitor",), "proc.pause_exiting": ("pause",),
+    "proc2.enable_ept": ("ept_violation", "ept_misconfig"),
+    "proc2.descriptor_table_exiting": ("gdtr_idtr_access", "ldtr_tr_access"),
+    "proc2.wbinvd_exiting": ("wbinvd",), "proc2.rdrand_exiting": ("rdrand",),
+    "proc2.rdseed_exiting": ("rdseed",), "proc2.pause_loop_exiting": ("pause",),
+}
+
+
+@check("EXIT-UNHANDLED", "SDM 25.1.3", "exits the requested controls cause have handlers", severity="warning")
+def check_exits_handled(ctx: Ctx):
+    """A control that causes VM exits (HLT exiting, enable EPT, ...) makes
+    those exits happen; without a handler the generated code can only log
+    them and stop."""
+    for control, reasons in _CAUSES.items():
+        if not ctx.wants(control):
+            continue
+        for reason in reasons:
+            if reason in ctx.spec.exit_reasons and reason not in ctx.handlers:
+                yield f"{control} causes {reason} exits, which have no handler", ctx.req_loc(control)
+
+
+@check("EXTINT-DISPATCH", "SDM 27.2.2", "acknowledged interrupts are dispatched to the host")
+def check_extint_dispatch(ctx: Ctx):
+    """With "external-interrupt exiting" and "acknowledge interrupt on exit",
+    the interrupt is acknowledged by the VM exit itself (its vector is in
+    VM_EXIT_INTR_INFO); unless the exit handler calls the host's handler
+    (`dispatch_idt`) the interrupt is lost."""
+    if ctx.wants("pin.external_interrupt_exiting") and ctx.wants("exit.ack_interrupt_on_exit"):
+        h = ctx.handlers.get("external_interrupt")
+        if h is None or h.action != "dispatch_idt":
+            where = h.loc if h else ctx.req_loc("pin.external_interrupt_exiting")
+            yield ("acknowledged external interrupts need "
+                   "`exit external_interrupt -> dispatch_idt { idt_base = host_idt_base }`", where)
+
+
+@check("SEED-IDT-GLOBAL", "SDM 27.5.2", "the interrupt path reads the IDT base from the SIDT global")
+def check_idt_global(ctx: Ctx):
+    """The seed (KVM 2342080cd675): the host IDT base is read once, with SIDT,
+    into a global; both HOST_IDTR_BASE and the interrupt path (`dispatch_idt`,
+    which calls the handler in the gate at idt_base + 16 * vector) read that
+    global. The handler's idt_base must be a global captured from sidt.base,
+    and HOST_IDTR_BASE (loaded into IDTR by every VM exit, SDM 27.5.2) must be
+    the same global, so that the handler called is the handler of the IDT
+    the host runs with."""
+    for h in ctx.spec.exits:
+        if h.action != "dispatch_idt":
+            continue
+        name = h.options.get("idt_base")
+        g = ctx.globals.get(name) if name else None
+        if g is None or g.source != m.ReadReg("sidt.base"):
+            yield (f"dispatch_idt takes the IDT base from '{name}', which is not a global captured "
+                   f"from sidt.base; define `global host_idt_base = sidt.base` and use it", h.loc)
+            continue
+        a = ctx.host.get("HOST_IDTR_BASE")
+        if a is None or a.source != m.GlobalRef(name):
+            yield (f"HOST_IDTR_BASE must be the global {name} that the interrupt path reads: "
+                   f"HOST_IDTR_BASE = {name}", a.loc if a else h.loc)
+
+
+# --- the language's own rules ----------------------------------------------------
+
+@check("VALUE-WIDTH", "SDM App. B", "constant values fit their field's width")
+def check_value_widths(ctx: Ctx):
+    """A field is 16, 32 or 64 bits wide (natural width is 64 bits in a 64-bit
+    host); a value that does not fit would be truncated by VMWRITE."""
+    for a in ctx.spec.host_state:
+        f = ctx.spec.fields.get(a.field)
+        v = ctx.constant(a.source)
+        if f is not None and v is not None and v >> f.bits:
+            yield f"{a.field} is a {f.bits}-bit field; {v:#x} does not fit", a.loc
+
+
+@check("DUP-ASSIGN", "docs/dsl.md#host-state", "nothing is defined or assigned twice")
+def check_duplicates(ctx: Ctx):
+    """A host-state field, a global, a control request or an exit reason's
+    handler is given once; a second one is a mistake, not an override."""
+    spec = ctx.spec
+    for items, key, what in ((spec.host_state, lambda a: a.field, "host-state field"),
+                             (spec.globals, lambda g: g.name, "global"),
+                             (spec.control_reqs, lambda r: r.control, "control"),
+                             (spec.exits, lambda h: h.reason, "exit reason")):
+        first: dict[str, m.Loc] = {}
+        for it in items:
+            k = key(it)
+            if k in first:
+                yield f"{what} {k} is given twice (first at {first[k]})", it.loc
+            else:
+                first[k] = it.loc
+
+
+def _order(spec: m.Spec, loc: Optional[m.Loc]) -> tuple:
+    """Where a declaration stands as if every import were pasted in place."""
+    if loc is None or loc.file not in spec.file_order:
+        return (1 << 30,)
+    return spec.file_order[loc.file] + (loc.line, loc.col)
+
+
+@check("GLOBAL-BEFORE-DEF", "docs/dsl.md#globals", "globals are defined before they are used")
+def check_global_order(ctx: Ctx):
+    """Globals are captured in the order they are defined, once, before any
+    VMCS is written; a use above the definition reads as if it came first."""
+    spec = ctx.spec
+    defined = {g.name: _order(spec, g.loc) for g in reversed(spec.globals)}
+    uses = [(g.source, g.loc) for g in spec.globals] + [(a.source, a.loc) for a in spec.host_state]
+    uses += [(m.GlobalRef(h.options["idt_base"]), h.loc) for h in spec.exits if "idt_base" in h.options]
+    for source, loc in uses:
+        if isinstance(source, m.GlobalRef) and source.name in defined and _order(spec, loc) <= defined[source.name] \
+                and loc is not None and loc.file in spec.files:
+            d = ctx.globals[source.name].loc
+            yield f"global {source.name} is used before it is defined (at {d})", loc
+
+
+@check("SYM-PER-CPU", "docs/dsl.md#sources", "per-CPU values are evaluated per CPU")
+def check_per_cpu(ctx: Ctx):
+    """host_stack_top, host_gdt, host_tss and per_cpu_data differ on each CPU:
+    a host-state field taking one of them must say `per_cpu`, and a global
+    (captured once, on the boot CPU) cannot take one."""
+    for a in ctx.spec.host_state:
+        if isinstance(a.source, m.Symbol) and m.SYMBOLS.get(a.source.name) and a.when != "per_cpu":
+            yield f"{a.source.name} differs per CPU: write `{a.field} = symbol({a.source.name}) per_cpu`", a.loc
+    for g in ctx.spec.globals:
+        if isinstance(g.source, m.Symbol) and m.SYMBOLS.get(g.source.name):
+            yield f"global {g.name} is captured once, but {g.source.name} differs per CPU", g.loc
+
+
+@check("GLOBAL-UNUSED", "docs/dsl.md#globals", "every global is read", severity="warning")
+def check_global_unused(ctx: Ctx):
+    """A global is captured to be read; one nobody reads is dead code."""
+    used = {a.source.name for a in ctx.spec.host_state if isinstance(a.source, m.GlobalRef)}
+    used |= {g.source.name for g in ctx.spec.globals if isinstance(g.source, m.GlobalRef)}
+    used |= {h.options.get("idt_base") for h in ctx.spec.exits}
+    for g in ctx.spec.globals:
+        if g.name not in used:
+            yield f"global {g.name} is never read", g.loc
+
+
+@check("ID-SIGNATURE", "docs/dsl.md#identity", "the CPUID signature is 12 ASCII characters")
+def check_signature(ctx: Ctx):
+    """CPUID leaf 0x40000000 returns the hypervisor's signature in EBX, ECX
+    and EDX: exactly 12 bytes, printable ASCII."""
+    sig = ctx.spec.identity.signature
+    if len(sig.encode("utf-8", "replace")) != 12 or not all(" " <= c <= "~" for c in sig):
+        loc = ctx.spec.identity.loc or m.Loc(ctx.spec.file, 1, 1)
+        yield f"signature \"{sig}\" must be exactly 12 printable ASCII characters (it is {len(sig)})", loc
+
+
+# --- running them ------------------------------------------------------------------
+
+def check_spec(spec: m.Spec) -> list[Diagnostic]:
+    """Run every check; the diagnostics in file order."""
+    ctx = Ctx(spec)
+    diags = []
+    for info in CHECKS.values():
+        for message, loc in info.fn(ctx):
+            line = _line(spec.sources.get(loc.file, ""), loc.line) if loc else None
+            diags.append(Diagnostic(info.severity, message, loc, info.id, info.section, line))
+    diags.sort(key=lambda d: (_order(spec, d.loc), d.check_id or ""))
+    return diags
+
+
+def load_and_check(path, out=sys.stderr) -> m.Spec:
+    """load_spec + check_spec: raises SpecError when there are errors,
+    prints warnings to `out`, returns the spec."""
+    spec = load_spec(path)
+    diags = check_spec(spec)
+    if any(d.severity == "error" for d in diags):
+        raise SpecError(diags)
+    for d in diags:
+        print(d, file=out)
+    return spec
+
+
+# --- rules only the CPU can decide ------------------------------------------------------
+
+def runtime_rules(spec: m.Spec) -> list[m.RuntimeRule]:
+    """The rules the generated code checks on the values it is about to write
+    (so a spec built with --no-check is still caught), in a fixed order."""
+    R = m.RuntimeRule
+    ctx = Ctx(spec)
+    rules = [
+        R("CR0-FIXED", "SDM 23.8, 26.2.2", "CR0 meets IA32_VMX_CR0_FIXED0/1", "cr_fixed",
+          {"reg": "cr0", "fixed0_msr": 0x486, "fixed1_msr": 0x487}),
+        R("CR4-FIXED", "SDM 23.8, 26.2.2", "CR4 meets IA32_VMX_CR4_FIXED0/1", "cr_fixed",
+          {"reg": "cr4", "fixed0_msr": 0x488, "fixed1_msr": 0x489}),
+    ]
+    for group, (fieldname, cap, true) in m.CONTROL_GROUPS.items():
+        if group == "proc2" and not ctx.wants("proc.activate_secondary_controls"):
+            continue
+        rules.append(R(f"CTL-ALLOWED:{group}", "SDM 26.2.1, App. A.3-A.5",
+                       f"{fieldname} within the allowed-0/allowed-1 settings", "control_allowed",
+                       {"group": group, "capability_msr": cap, "true_msr": true}))
+    for f in SELECTORS:
+        rules.append(R(f"HOST-SEL-RPL-TI:{f}", "SDM 26.2.3", f"{f} has RPL and TI 0",
+                       "host_selector_rpl_ti", {"field": f}))
+    for f in ("HOST_CS_SELECTOR", "HOST_TR_SELECTOR"):
+        rules.append(R(f"HOST-{f.split('_')[1]}-NONZERO", "SDM 26.2.3", f"{f} is not 0",
+                       "host_selector_nonzero", {"field": f}))
+    rules.append(R("HOST-64BIT", "SDM 26.2.4", "host-address-space-size is 1 and CR4.PAE is 1",
+                   "host_64bit", {}))
+    for f, section in [(f, "SDM 26.2.3") for f in BASES] + [(f, "SDM 26.2.2") for f in SYSENTER] + \
+            [("HOST_RIP", "SDM 26.2.4")]:
+        rules.append(R(f"CANONICAL:{f}", section, f"{f} is canonical", "canonical", {"field": f}))
+    if ctx.wants("exit.load_ia32_pat"):
+        rules.append(R("HOST-PAT", "SDM 26.2.2", "HOST_IA32_PAT holds valid memory types", "pat_valid",
+                       {"field": "HOST_IA32_PAT"}))
+    if ctx.wants("exit.load_ia32_efer"):
+        rules.append(R("HOST-EFER", "SDM 26.2.2", "HOST_IA32_EFER reserved bits 0, LMA = LME = 1",
+                       "efer_consistent", {"field": "HOST_IA32_EFER"}))
+    return rules
+
+
+# --- documentation -----------------------------------------------------------------
+
+DOC_BEGIN = "<!-- checks:begin (generated by `python -m uefi_hv.check --doc`; do not edit) -->"
+DOC_END = "<!-- checks:end -->"
+
+
+def checks_markdown() -> str:
+    """The table of checks for docs/dsl.md, from the registry."""
+    rows = ["| id | section | severity | rule |", "|---|---|---|---|"]
+    for c in CHECKS.values():
+        text = " ".join(c.text.split()).replace("|", "\\|")
+        rows.append(f"| `{c.id}` | {c.section} | {c.severity} | {text} |")
+    return "\n".join(rows) + "\n"
+
+
+def update_docs(path) -> bool:
+    """Rewrite the table between the markers of `path`; True when it changed."""
+    from pathlib import Path
+    p = Path(path)
+    text = p.read_text()
+    head, sep, rest = text.partition(DOC_BEGIN)
+    _, sep2, tail = rest.partition(DOC_END)
+    if not sep or not sep2:
+        raise UsageError(f"error: {path} lacks the markers {DOC_BEGIN!r} ... {DOC_END!r}")
+    new = f"{head}{DOC_BEGIN}\n{checks_markdown()}{DOC_END}{tail}"
+    if new != text:
+        p.write_text(new)
+    return new != text
+
+
+# --- the commands ----------------------------------------------------------------
+
+def cmd_check(args) -> int:
+    spec = load_and_check(args.spec)
+    host = len(spec.host_state)
+    print(f"{args.spec}: ok ({len(spec.fields)} fields in the catalogue, {host} host-state sources, "
+          f"{len(spec.globals)} global{'s' if len(spec.globals) != 1 else ''}, {len(spec.exits)} exit handlers; "
+          f"{len(CHECKS)} checks)")
+    return 0
+
+
+def catalogue() -> m.Spec:
+    return load_spec(DSL_DIR / "vmcs.hv")
+
+
+def cmd_fields(args) -> int:
+    try:
+        return _print_fields(args)
+    except BrokenPipeError:         # `uefi-hv fields | head`: the reader has seen enough
+        sys.stdout = open(os.devnull, "w")
+        return 0
+
+
+def _print_fields(args) -> int:
+    spec = catalogue()
+    fields = sorted(spec.fields.values(), key=lambda f: f.encoding)
+    if args.json:
+        print(json.dumps([{
+            "name": f.name, "encoding": f.encoding, "high_encoding": f.high_encoding,
+            "width": f.width, "type": f.type, "index": f.index,
+            "exists_when": f.exists_when, "description": f.description,
+        } for f in fields], indent=1))
+        return 0
+    print(f"{'encoding':<9} {'width':<8} {'type':<10} {'name':<30} exists when")
+    for f in fields:
+        print(f"{f.encoding:#06x}    {f.width:<8} {f.type:<10} {f.name:<30} {f.exists_when or ''}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    wanted = args.check_id.strip().upper()
+    info = CHECKS.get(wanted)
+    if info is None:
+        starting = [c for c in CHECKS if c.startswith(wanted)] if wanted else []
+        hint = (f"; did you mean {' or '.join(repr(c) for c in starting[:4])}?" if starting
+                else did_you_mean(wanted, CHECKS))
+        raise UsageError(f"error: no check '{args.check_id}'{hint}; "
+                         f"'uefi-hv explain' knows: {', '.join(CHECKS)}")
+    print(f"{info.id} ({info.section}, {info.severity}): {info.title}\n")
+    print(info.text)
+    return 0
+
+
+def main(argv=None) -> int:
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m uefi_hv.check", description="the check registry")
+    p.add_argument("--doc", action="store_true", help="print the checks table for docs/dsl.md")
+    p.add_argument("--update-docs", metavar="FILE", help="rewrite the table between the markers of FILE")
+    args = p.parse_args(argv)
+    if args.update_docs:
+        print("updated" if update_docs(args.update_docs) else "up to date")
+    else:
+        sys.stdout.write(checks_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
