@@ -35,6 +35,7 @@ from qemu.qmp import EventListener, QMPClient
 
 from uefi_hv import OVMF_DIR, ROOT
 from uefi_hv.errors import MissingTool, UsageError, UserError
+from uefi_hv.gpt import check_bootable
 
 EMULATORS = ("auto", "qemu", "bochs")
 DEFAULT_BOCHS_CPU = "tigerlake"
@@ -237,8 +238,7 @@ class QemuMachine:
                  memory_mib: int = MEMORY_MIB, stream: Stream = None,
                  check_image: bool = True):
         if image is not None and check_image:
-            from uefi_hv.image import check_bootable
-            check_bootable(Path(image))
+            check_bootable(image)
         self.image = Path(image).resolve() if image is not None else None
         self.cpus = cpus
         self.run_dir = new_run_dir("qemu", run_dir)
@@ -558,11 +558,15 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
     serial_path, log_path = run_dir / "serial.txt", run_dir / "bochs.log"
     for stale in (serial_path, log_path):
         stale.unlink(missing_ok=True)
+    # Bochs locks its disk with DISK.lock and leaves the lock behind when it is
+    # killed; it also writes to the disk. Each run boots its own sparse copy.
+    disk = run_dir / "disk.img"
+    subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(image), str(disk)], check=True)
     bxrc = render("bochs/bochsrc.bxrc.j2", run_dir / "bochsrc.bxrc", [],
                   rom=firmware("bochs", "rom"), vgarom=firmware("bochs", "vgarom"),
                   rom_address=_firmware_table()["bochs"]["rom"]["address"],
                   memory_mib=MEMORY_MIB, cpus=cpus, cpu_model=cpu_model or DEFAULT_BOCHS_CPU,
-                  image=Path(image).resolve(), serial=serial_path, log=log_path)
+                  image=disk, serial=serial_path, log=log_path)
     rc = run_dir / "debugger.rc"
     rc.write_text("c\n")             # the built-in debugger stops at start: continue
     cmd = _bochs_command(bxrc, rc)
@@ -587,6 +591,8 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
     finally:
         _reap(proc, grace_s=0)
         result.elapsed = time.monotonic() - start
+        for leftover in (disk, disk.with_name(disk.name + ".lock")):
+            leftover.unlink(missing_ok=True)
     console.poll(final=True)
     log.poll(final=True)
     result.serial = console.text
@@ -654,9 +660,8 @@ def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
         raise UsageError(f"error: unknown emulator '{emulator}' (one of {', '.join(EMULATORS)})")
     if cpus < 1:
         raise UsageError("error: --cpus must be at least 1")
-    from uefi_hv.image import check_bootable
     image = Path(image)
-    check_bootable(image)
+    check_bootable(image)       # a missing image, no GPT, no ESP: say so before booting
     if isinstance(expect, str):
         expect = [expect]
     if isinstance(fail, str):

@@ -18,12 +18,9 @@ import hashlib
 import math
 import os
 import shutil
-import struct
 import subprocess
 import tempfile
 import uuid
-import zlib
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional
 
@@ -111,15 +108,14 @@ def _clean_dest(dest: str, src: Path) -> str:
 
 def _write_image(files: dict[str, Path], output: Path, size_mib: int) -> None:
     payload = sum(src.stat().st_size for src in files.values())
-    # FAT32 with 512-byte clusters: the FATs take ~1% and every file rounds
-    # up to a cluster; 4 MiB of slack covers directories and rounding.
+    # FAT32 with 512-byte clusters: two FATs of 4 bytes per cluster take 1.6%;
+    # 4 MiB more cover directories and rounding, 2 MiB the GPT and alignment.
     needed_mib = math.ceil(payload * 1.02 / MIB) + 4 + 2
-    if size_mib and size_mib < needed_mib:
-        raise UsageError(f"error: --size-mib {size_mib} is too small for these files "
-                         f"(they need at least {needed_mib} MiB)")
-    if size_mib and size_mib < MIN_SIZE_MIB:
-        raise UsageError(f"error: --size-mib must be at least {MIN_SIZE_MIB} (FAT32's minimum)")
-    total_sectors = (size_mib or max(MIN_SIZE_MIB, needed_mib)) * MIB // SECTOR
+    smallest = max(MIN_SIZE_MIB, needed_mib)
+    if size_mib and size_mib < smallest:
+        raise UsageError(f"error: --size-mib {size_mib} is too small: these files need "
+                         f"{smallest} MiB (FAT32 itself needs {MIN_SIZE_MIB})")
+    total_sectors = (size_mib or smallest) * MIB // SECTOR
     esp_sectors = (total_sectors - GPT_TAIL_SECTORS - ESP_START_LBA) // 2048 * 2048
 
     # GUIDs and the volume serial derive from the contents: the same files
@@ -164,65 +160,6 @@ def _tool(cmd: list[str], stdin: Optional[str] = None) -> None:
     if proc.returncode != 0:
         raise UserError(f"error: {cmd[0]} failed while writing the image:\n"
                         f"{proc.stdout}{proc.stderr}".rstrip())
-
-
-# --- reading back ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class EspLocation:
-    start_lba: int
-    end_lba: int                     # inclusive
-
-    @property
-    def offset(self) -> int:
-        return self.start_lba * SECTOR
-
-
-def find_esp(path: Path) -> EspLocation:
-    """Validate that `path` is a GPT disk with an EFI System Partition and
-    return where it is; a UserError says what is wrong otherwise. Reads the
-    primary GPT header and partition array (UEFI spec 5.3)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"error: image {path} does not exist")
-    with open(path, "rb") as f:
-        f.seek(SECTOR)
-        header = f.read(92)
-        if len(header) < 92 or header[:8] != b"EFI PART":
-            raise UserError(f"error: {path} is not a GPT disk image (no 'EFI PART' at LBA 1); "
-                            "make one with 'uefi-hv image'")
-        header_size, header_crc = struct.unpack_from("<II", header, 12)
-        f.seek(SECTOR)
-        raw = bytearray(f.read(header_size))
-        raw[16:20] = b"\0\0\0\0"
-        if zlib.crc32(raw) != header_crc:
-            raise UserError(f"error: {path}: the GPT header's CRC is wrong (damaged image)")
-        entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
-        f.seek(entries_lba * SECTOR)
-        table = f.read(count * entry_size)
-    for i in range(count):
-        entry = table[i * entry_size:(i + 1) * entry_size]
-        if len(entry) < 48:
-            break
-        if uuid.UUID(bytes_le=entry[:16]) == ESP_TYPE_GUID:
-            first, last = struct.unpack_from("<QQ", entry, 32)
-            return EspLocation(first, last)
-    raise UserError(f"error: {path} has no EFI System Partition (GPT type {ESP_TYPE_GUID}); "
-                    "make the image with 'uefi-hv image'")
-
-
-def check_bootable(path: Path) -> None:
-    """The check before booting: a GPT with an ESP (gpt.inspect_image when the
-    project has it, which also reads the FAT)."""
-    try:
-        from uefi_hv import gpt
-    except ImportError:
-        gpt = None
-    if gpt is not None and hasattr(gpt, "inspect_image"):
-        if not Path(path).is_file():
-            raise UsageError(f"error: image {path} does not exist")
-        gpt.inspect_image(path)
-    find_esp(path)
 
 
 # --- CLI ------------------------------------------------------------------------
