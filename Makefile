@@ -14,7 +14,7 @@ PYTHON_STAMP := $(VENV)/.uefi-hv-installed
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="tests/test_image.py -x"
 PYTEST_ARGS ?=
 
-.PHONY: setup debs run test clean
+.PHONY: setup debs run test clean flash
 
 setup: debs $(PYTHON_STAMP)
 
@@ -50,3 +50,14 @@ test: setup
 
 clean:
 	rm -rf $(BUILD) runs .pytest_cache .hypothesis
+
+# Write an image to a USB stick: make flash DEV=/dev/sdX (list sticks with
+# `.venv/bin/uefi-hv devices`). `uefi-hv flash` refuses anything that is not a
+# removable USB disk with nothing mounted, and asks before it writes.
+# FLASH_ARGS passes options on, e.g. FLASH_ARGS=--dry-run.
+FLASH_IMAGE ?= $(BUILD)/banner.img
+FLASH_ARGS ?=
+flash: setup
+	@test -n "$(DEV)" || { echo "error: say which stick: make flash DEV=/dev/sdX" \
+	  "(list them with '$(BIN)/uefi-hv devices')" >&2; exit 2; }
+	$(BIN)/uefi-hv flash $(FLASH_IMAGE) --device $(DEV) $(FLASH_ARGS)

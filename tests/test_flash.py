@@ -384,3 +384,24 @@ def test_progress_on_a_terminal_redraws_one_line():
     bar.end()
     assert tty.getvalue() == ("\rverify [..............................]      0.0 / 8.0 MiB     0.0 MiB/s"
                               "\rverify [##############################]      8.0 / 8.0 MiB     8.0 MiB/s\n")
+
+
+# -- the written copy boots ------------------------------------------------
+
+@pytest.mark.qemu
+def test_a_copy_written_with_to_file_boots_in_qemu_as_a_usb_stick(banner_image, tmp_path, run_dir,
+                                                                    assert_no_leftovers):
+    from uefi_hv.emulate import boot
+
+    stick = tmp_path / "stick.img"
+    run = uefi_hv("flash", banner_image, "--device", stick, "--to-file")
+    assert run.returncode == 0, run.stderr
+    assert stick.read_bytes() == banner_image.read_bytes()
+
+    # emulate's QEMU machine attaches the image as usb-storage on qemu-xhci.
+    result = boot(stick, emulator="qemu", timeout=120, expect=[r"uefi-hv banner: vmx=[01]"],
+                  run_dir=run_dir)
+    assert result.ok, result
+    assert "QEMU USB HARDDRIVE" in result.serial      # OVMF's boot option for the stick
+    assert "uefi-hv banner: vmx=0" in result.serial   # TCG has no VMX (EMULATORS.md)
+    assert_no_leftovers(result)
