@@ -1,0 +1,128 @@
+"""The initramfs of the OS tests: /init is oscheck.c, built static.
+
+    probe_defines(spec) -> ["-DOSKIT_SIGNATURE=...", ...]   (hvprobe.h's inputs)
+    build_oscheck(output, spec) -> Path                      (a static ELF)
+    write_newc(entries, output) -> Path                      (a cpio archive)
+    oscheck_initramfs(workdir, spec) -> Path                 (both, ready to boot)
+
+The expected signature and the VMCALL numbers come from the spec and from
+uefi_hv.generate, the same place the hypervisor's C gets them: the check
+cannot drift from what is built.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from uefi_hv import ROOT
+from uefi_hv.errors import MissingTool, UserError
+
+OSKIT = Path(__file__).resolve().parent
+DEFAULT_SPEC = ROOT / "dsl" / "default.hv"
+LIBC_STATIC = Path("/usr/lib/x86_64-linux-gnu/libc.a")
+
+
+def vmcall_numbers() -> tuple[int, int]:
+    """(RAX of the ping, RBX of its answer), from docs/vmcall.md's source of truth."""
+    from uefi_hv import generate
+
+    missing = [n for n in ("VMCALL_BASE", "VMCALL_PONG", "VMCALL_FUNCTIONS")
+               if not hasattr(generate, n)]
+    if missing:
+        raise UserError(f"error: uefi_hv.generate has no {', '.join(missing)}: the VMCALL "
+                        "interface (docs/vmcall.md) is not defined yet")
+    ping = next(number for name, number, _ in generate.VMCALL_FUNCTIONS if name == "PING")
+    return generate.VMCALL_BASE + ping, generate.VMCALL_PONG
+
+
+def probe_defines(spec: Path = DEFAULT_SPEC) -> list[str]:
+    """The -D options hvprobe.h needs, for the hypervisor built from `spec`."""
+    from uefi_hv.parse import load_spec
+
+    signature = load_spec(str(spec)).identity.signature
+    if len(signature) != 12 or not signature.isascii() or '"' in signature or "\\" in signature:
+        raise UserError(f"error: {spec}: signature {signature!r} is not 12 plain ASCII bytes")
+    ping, pong = vmcall_numbers()
+    return [f'-DOSKIT_SIGNATURE="{signature}"', f"-DOSKIT_VMCALL_PING={ping:#x}ULL",
+            f"-DOSKIT_VMCALL_PONG={pong:#x}ULL"]
+
+
+def build_oscheck(output: Path, spec: Path = DEFAULT_SPEC) -> Path:
+    """oscheck.c -> a static x86-64 executable at `output` (glibc static:
+    the Debian package libc6-dev)."""
+    if shutil.which("gcc") is None:
+        raise MissingTool("the program 'gcc'", "gcc")
+    if not LIBC_STATIC.is_file():
+        raise MissingTool(f"glibc's static library {LIBC_STATIC}", "libc6-dev")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["gcc", "-static", "-Os", "-std=gnu11", "-Wall", "-Wextra", "-Werror",
+           *probe_defines(spec), f"-I{OSKIT}", str(OSKIT / "oscheck.c"), "-o", str(output)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise UserError(f"error: building oscheck failed:\n{proc.stderr}".rstrip())
+    return output
+
+
+# --- cpio, "newc" format -----------------------------------------------------------
+# Written here rather than with cpio(1): neither cpio nor bsdcpio is installed by
+# the project's packages, and the archive must hold a /dev/console device node,
+# which cpio can only copy from a real node (mknod needs root). The format is
+# the kernel's Documentation/driver-api/early-userspace/buffer-format.rst.
+
+@dataclass
+class Entry:
+    name: str                   # path inside the archive, no leading '/'
+    mode: int                   # st_mode: type and permissions
+    data: bytes = b""
+    rdev: tuple[int, int] = (0, 0)
+
+
+def directory(name: str) -> Entry:
+    return Entry(name, stat.S_IFDIR | 0o755)
+
+
+def file(name: str, data: bytes, mode: int = 0o644) -> Entry:
+    return Entry(name, stat.S_IFREG | mode, data)
+
+
+def char_device(name: str, major: int, minor: int) -> Entry:
+    return Entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
+
+
+def _pad4(n: int) -> bytes:
+    return b"\0" * (-n % 4)
+
+
+def write_newc(entries: Iterable[Entry], output: Path) -> Path:
+    """A newc cpio archive of `entries` (parents before children), owned by
+    root, mtime 0: the same entries give the same bytes."""
+    out = bytearray()
+    for ino, e in enumerate([*entries, Entry("TRAILER!!!", 0)], start=1):
+        name = e.name.encode() + b"\0"
+        is_dir = stat.S_ISDIR(e.mode)
+        fields = (ino if e.mode else 0, e.mode, 0, 0, 2 if is_dir else 1, 0, len(e.data),
+                  0, 0, e.rdev[0], e.rdev[1], len(name), 0)
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        out += header + name + _pad4(len(header) + len(name))
+        out += e.data + _pad4(len(e.data))
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_bytes(bytes(out))
+    return output
+
+
+def oscheck_initramfs(workdir: Path, spec: Path = DEFAULT_SPEC) -> Path:
+    """workdir/initramfs.cpio: /init (oscheck), /dev/console (5, 1), and
+    mount points /proc and /sys. Returns its path."""
+    workdir = Path(workdir)
+    init = build_oscheck(workdir / "oscheck", spec)
+    return write_newc([directory("dev"), char_device("dev/console", 5, 1),
+                       directory("proc"), directory("sys"),
+                       file("init", init.read_bytes(), 0o755)],
+                      workdir / "initramfs.cpio")

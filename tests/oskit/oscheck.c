@@ -1,0 +1,126 @@
+/* /init of the OS tests' initramfs: Linux user space asks whether it runs
+ * under uefi-hv, prints one line per check on the console, then a verdict:
+ *
+ *   OSCHECK: PASS | OSCHECK: FAIL       (uefi-hv is there)
+ *   OSCHECK: no uefi-hv hypervisor; N CPUs online
+ *
+ * and powers the machine off (the harness stops at the verdict where there is
+ * no ACPI to power off with, as under OVMF in Bochs).
+ *
+ * Built static by tests/oskit/initramfs.py: gcc -static -Os, with the spec's
+ * signature and the VMCALL numbers as -D (see hvprobe.h).
+ *
+ * /init runs in ring 3, and uefi-hv answers VMCALL only from ring 0: from
+ * here a VMCALL must raise #UD (docs/vmcall.md), which Linux delivers as
+ * SIGILL. The ring-0 ping is the OS model's to prove (osmodel/).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "hvprobe.h"
+
+static int failures;
+
+static void check(int ok, const char *what)
+{
+    printf("OSCHECK: %s: %s\n", ok ? "ok" : "FAILED", what);
+    if (!ok)
+        failures++;
+}
+
+/* The kernel gives /init /dev/console as fds 0-2 when the initramfs holds
+ * that node (ours does); otherwise mount devtmpfs and open it ourselves. */
+static void open_console(void)
+{
+    if (fcntl(STDOUT_FILENO, F_GETFD) != -1)
+        return;
+    mkdir("/dev", 0755);
+    mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);
+    int fd = open("/dev/console", O_RDWR | O_NOCTTY);
+    if (fd < 0)
+        fd = open("/dev/ttyS0", O_RDWR | O_NOCTTY);
+    if (fd >= 0) {
+        dup2(fd, STDIN_FILENO);
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+    }
+}
+
+static __attribute__((noreturn)) void power_off(void)
+{
+    fflush(stdout);
+    sync();
+    reboot(RB_POWER_OFF);
+    /* Without ACPI (OVMF under Bochs) Linux has no way to power off. */
+    printf("OSCHECK: power-off failed (%s); halting\n", strerror(errno));
+    for (;;)
+        pause();
+}
+
+static sigjmp_buf on_ud;
+
+static void sigill_handler(int sig)
+{
+    (void)sig;
+    siglongjmp(on_ud, 1);
+}
+
+/* A VMCALL from ring 3: #UD (SIGILL) is the specified answer; a VMCALL that
+ * returns means the hypervisor served an unprivileged caller. */
+static void check_vmcall_from_ring3(void)
+{
+    struct sigaction sa, old;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = sigill_handler;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGILL, &sa, &old);
+    if (sigsetjmp(on_ud, 1) == 0) {
+        unsigned long long pong, cpu, status = hvprobe_vmcall_ping(&pong, &cpu);
+        printf("OSCHECK: vmcall from ring 3 returned status 0x%llx, rbx 0x%llx\n", status, pong);
+        check(0, "vmcall from ring 3: #UD as specified");
+    } else {
+        check(1, "vmcall from ring 3: #UD as specified");
+    }
+    sigaction(SIGILL, &old, NULL);
+}
+
+int main(void)
+{
+    struct hvprobe p;
+
+    open_console();
+    setvbuf(stdout, NULL, _IONBF, 0);
+    /* sysconf(_SC_NPROCESSORS_ONLN) reads /sys/devices/system/cpu/online
+     * (or /proc/stat): mount both so the count is the kernel's. */
+    mkdir("/proc", 0555);
+    mkdir("/sys", 0555);
+    mount("proc", "/proc", "proc", 0, NULL);
+    mount("sysfs", "/sys", "sysfs", 0, NULL);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+    printf("OSCHECK: /init running, %ld CPUs online, expecting signature '%s'\n",
+           cpus, OSKIT_SIGNATURE);
+    hvprobe_run(&p);
+    printf("OSCHECK: CPUID.1:ECX hypervisor=%u vmx=%u; leaf 0x40000000: max 0x%x '%s'\n",
+           p.hypervisor_bit, p.vmx_bit, p.max_leaf, p.signature);
+    if (!p.ours) {
+        printf("OSCHECK: no uefi-hv hypervisor; %ld CPUs online\n", cpus);
+        power_off();
+    }
+    check(p.hypervisor_bit, "hypervisor present, CPUID.1:ECX[31] set");
+    check(strcmp(p.signature, OSKIT_SIGNATURE) == 0, "signature at CPUID 0x40000000");
+    check(!p.vmx_bit, "VMX hidden, CPUID.1:ECX[5] clear");
+    check_vmcall_from_ring3();
+    printf("OSCHECK: %s\n", failures ? "FAIL" : "PASS");
+    power_off();
+}
