@@ -51,13 +51,17 @@ class Diagnostic:
         if self.loc and self.source_line is not None:
             line = _printable(self.source_line)
             col = max(1, min(self.loc.col, len(line) + 1))
+            if len(line) > 100:            # a window around the column
+                start = max(0, col - 60)
+                line = ("..." if start else "") + line[start:start + 100] + ("..." if start + 100 < len(line) else "")
+                col = col - start + (3 if start else 0)
             text += f"\n    {line}\n    {' ' * (col - 1)}^"
         return text
 
 
 def _printable(line: str) -> str:
     """The source line as it can be shown on a terminal, one column per character."""
-    line = line.expandtabs(1)[:200]
+    line = line.expandtabs(1)
     return "".join(c if c.isprintable() else "?" for c in line)
 
 
@@ -175,13 +179,28 @@ def _line(text: str, line: int) -> Optional[str]:
 
 # --- literals ----------------------------------------------------------------------
 
+class _TooLarge(Exception):
+    """A literal wider than 64 bits (no VMCS field or MSR holds one)."""
+
+    def __init__(self, tok: Token):
+        self.tok = tok
+
+
 def _int(tok: Token) -> int:
     s = str(tok).replace("_", "")
-    return int(s[2:], 16) if s[:2] in ("0x", "0X") else int(s, 10)
+    hexa = s[:2] in ("0x", "0X")
+    digits = (s[2:] if hexa else s).lstrip("0")
+    if len(digits) > (16 if hexa else 20):      # before int(): Python refuses >4300 decimal digits
+        raise _TooLarge(tok)
+    value = int(digits or "0", 16 if hexa else 10)
+    if value >> 64:
+        raise _TooLarge(tok)
+    return value
 
 
 def _string(tok: Token) -> str:
-    return re.sub(r"\\(.)", r"\1", str(tok)[1:-1])
+    s = str(tok)[1:-1]
+    return re.sub(r"\\(.)", r"\1", s) if "\\" in s else s
 
 
 _TRUE = {"on", "true", "yes"}
@@ -229,7 +248,7 @@ class _Loader:
         return m.Loc(file, getattr(meta, "line", 1), getattr(meta, "column", 1))
 
     # -- files
-    def load_file(self, path: Path, shown: str, text: str, chain: tuple = ()):
+    def load_file(self, path: Path, shown: str, text: str, chain: tuple = (), tree=None):
         """Read one file; `chain` is the lines of the imports that led here (it
         orders declarations as if every import were pasted in place)."""
         self.spec.file_order[shown] = chain
@@ -239,7 +258,7 @@ class _Loader:
         self.spec.sources[shown] = text
         self.spec.files.append(shown)
         try:
-            tree = parser().parse(text)
+            tree = parser().parse(text) if tree is None else tree
         except UnexpectedInput as e:
             self.diags.append(_syntax_error(e, shown, text))
             self.loading.pop()
@@ -247,7 +266,11 @@ class _Loader:
         try:
             for item in tree.children:
                 if isinstance(item, Tree):
-                    getattr(self, "item_" + item.data)(item, shown, path, chain)
+                    try:
+                        getattr(self, "item_" + item.data)(item, shown, path, chain)
+                    except _TooLarge as e:
+                        self.error(f"{e.tok[:24]}{'...' if len(e.tok) > 24 else ''} does not fit in 64 bits",
+                                   self.loc(e.tok, shown))
         finally:
             self.loading.pop()
 
@@ -276,11 +299,11 @@ class _Loader:
             self.error(f"cannot import \"{name}\": a spec file ends in .hv", loc)
             return
         try:
-            text = found.read_text(encoding="utf-8")
+            text, tree = _read_import(found)
         except (OSError, UnicodeDecodeError) as e:
             self.error(f"cannot read \"{name}\": {getattr(e, 'strerror', None) or e}", loc)
             return
-        self.load_file(found, _shown(found), text, chain + (loc.line,))
+        self.load_file(found, _shown(found), text, chain + (loc.line,), tree)
 
     def item_hypervisor(self, node, file, path, chain=()):
         name = _string(node.children[0])
@@ -341,11 +364,15 @@ class _Loader:
             self.error(f"unknown field width '{width}'; expected 16, 32, 64 or natural", self.loc(width_tok, file))
             return
         for d in defs:
-            toks = d.children
-            name = toks[0]
-            ints = [t for t in toks[1:] if isinstance(t, Token) and t.type == "INT"]
-            when = next((t for t in toks if isinstance(t, Tree) and t.data == "control_name"), None)
-            desc = next((_string(t) for t in toks if isinstance(t, Token) and t.type == "STRING"), "")
+            name, *toks = d.children
+            ints, when, desc = [], None, ""
+            for t in toks:
+                if isinstance(t, Tree):
+                    when = t
+                elif t.type == "INT":
+                    ints.append(t)
+                else:
+                    desc = _string(t)
             index = _int(ints[0])
             loc = self.loc(name, file)
             if index > 0x1FF:
@@ -614,6 +641,8 @@ class _Loader:
             if name not in spec.exit_reasons:
                 self.error(f"unknown exit reason '{name}'{did_you_mean(name, spec.exit_reasons)}", rloc)
                 ok = False
+        if not ok:
+            return
         if action is None:
             names = {n for n, _ in reasons}
             if len(names) == 1 and next(iter(names)) in m.EXIT_ACTIONS:
@@ -627,8 +656,6 @@ class _Loader:
         if info is None:
             self.error(f"unknown action '{act_name}'{did_you_mean(act_name, m.EXIT_ACTIONS)}; "
                        f"actions: {', '.join(m.EXIT_ACTIONS)}", aloc)
-            return
-        if not ok:
             return
         for name, rloc in reasons:
             if info.reasons and name not in info.reasons:
@@ -689,6 +716,27 @@ class _Loader:
             spec.exits.append(m.ExitHandler("external_interrupt", "dispatch_idt", {"idt_base": idt}, loc))
         if "interrupt_window" not in handled:
             spec.exits.append(m.ExitHandler("interrupt_window", "inject_pending", {}, loc))
+
+
+# Imported files (the catalogue above all) parsed once per process, as long
+# as they do not change on disk. Only successfully parsed trees are kept.
+_imports: dict[Path, tuple] = {}
+
+
+def _read_import(path: Path):
+    """(text, tree or None) of an imported file."""
+    st = path.stat()
+    key = (st.st_mtime_ns, st.st_size)
+    cached = _imports.get(path)
+    if cached and cached[0] == key:
+        return cached[1], cached[2]
+    text = path.read_text(encoding="utf-8")
+    try:
+        tree = parser().parse(text)
+    except UnexpectedInput:
+        return text, None               # load_file parses it again and reports the error
+    _imports[path] = (key, text, tree)
+    return text, tree
 
 
 def _shown(path: Path) -> str:

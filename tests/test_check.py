@@ -1,0 +1,182 @@
+"""The SDM checks: each one fails on a spec that breaks its rule and passes
+on the default spec; diagnostics name the check, its section and the line."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from uefi_hv import DSL_DIR, ROOT
+from uefi_hv import model as m
+from uefi_hv.check import CHECKS, check_spec, checks_markdown, load_and_check, runtime_rules, DOC_BEGIN, DOC_END
+from uefi_hv.parse import SpecError, load_spec, parse_text
+
+DEFAULT = (DSL_DIR / "default.hv").read_text()
+
+
+def variant(replace=(), append=""):
+    """The default spec with some text replaced (each must be there) and some appended."""
+    text = DEFAULT
+    for old, new in replace:
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text + "\n" + append
+
+
+def diagnose(text, name="spec.hv"):
+    return check_spec(parse_text(text, name, DSL_DIR / name))
+
+
+# check id -> a spec that breaks the rule
+VIOLATIONS = {
+    "HOST-SOURCE": variant([("    HOST_CR0               = read(cr0)              per_cpu\n", "")]),
+    "HOST-SEL-RPL-TI": variant([("const HOST_DS = 0x10", "const HOST_DS = 0x13")]),
+    "HOST-CS-NONZERO": variant([("const HOST_CS = 0x08", "const HOST_CS = 0")]),
+    "HOST-TR-NONZERO": variant([("const HOST_TR = 0x18", "const HOST_TR = 0")]),
+    "HOST-SS-NULL": variant([("HOST_SS_SELECTOR = HOST_DS", "HOST_SS_SELECTOR = 0"),
+                             ("exit.host_address_space_size, ", "")]),
+    "HOST-64BIT": variant([("exit.host_address_space_size, ", "")]),
+    "HOST-CR4-PAE": variant([("read(cr4)", "0x2000")]),
+    "HOST-CR3-WIDTH": variant([("HOST_CR3               = symbol(host_cr3)", "HOST_CR3 = 0x10000000000000")]),
+    "HOST-BASE-CANONICAL": variant([("HOST_FS_BASE           = 0", "HOST_FS_BASE = 0x0000800000000000")]),
+    "HOST-SYSENTER-CANONICAL": variant([("HOST_IA32_SYSENTER_ESP = 0", "HOST_IA32_SYSENTER_ESP = 0x8000000000000000")]),
+    "HOST-RIP-CANONICAL": variant([("symbol(vmexit_entry)", "0x0000900000000000")]),
+    "HOST-EFER": variant([("read(msr IA32_EFER)  per_cpu", "0x1")]),
+    "HOST-PAT": variant([("read(msr IA32_PAT)   per_cpu", "0x0202")], "controls { prefer exit.load_ia32_pat }"),
+    "CTL-SECONDARY": variant([("require proc.use_msr_bitmaps, proc.activate_secondary_controls",
+                               "require proc.use_msr_bitmaps")]),
+    "CTL-UG-EPT": variant([("proc2.enable_ept, ", "")]),
+    "CTL-ACK-EXTINT": variant(append="controls { prefer exit.ack_interrupt_on_exit }"),
+    "CTL-VIRTUAL-NMI": variant(append="controls { prefer pin.virtual_nmis }"),
+    "CTL-POSTED-INTR": variant(append="controls { prefer pin.process_posted_interrupts }"),
+    "CTL-APIC-VIRT": variant(append="controls { prefer proc2.virtualize_x2apic_mode }"),
+    "CTL-PREEMPT-SAVE": variant(append="controls { prefer exit.save_vmx_preemption_timer_value }"),
+    "CTL-ENTRY-SMM": variant(append="controls { prefer entry.entry_to_smm }"),
+    "MSR-BITMAP-CONTROL": variant([("require proc.use_msr_bitmaps, ", "require ")]),
+    "MSR-BITMAP-RANGE": variant(append="msr_bitmap { read 0x40000000 = inject_gp }"),
+    "MSR-HANDLER": variant([("exit rdmsr, wrmsr -> msr", "")]),
+    "MSR-OVERLAP": variant(append="msr_bitmap { read IA32_VMX_MISC = inject_gp }"),
+    "EXIT-UNHANDLED": variant(append="controls { prefer proc.hlt_exiting }"),
+    "EXTINT-DISPATCH": variant(append="controls { require pin.external_interrupt_exiting, exit.ack_interrupt_on_exit }"),
+    "SEED-IDT-GLOBAL": variant(append="global firmware_idt = symbol(host_idt)\n"
+                                      "exit external_interrupt -> dispatch_idt { idt_base = firmware_idt }"),
+    "VALUE-WIDTH": variant([("HOST_ES_SELECTOR = HOST_DS", "HOST_ES_SELECTOR = 0x10000")]),
+    "DUP-ASSIGN": variant(append="host_state { HOST_FS_BASE = 0 }"),
+    "GLOBAL-BEFORE-DEF": variant([("global host_idt_base = sidt.base", "")], "global host_idt_base = sidt.base"),
+    "SYM-PER-CPU": variant([("symbol(host_stack_top) per_cpu", "symbol(host_stack_top)")]),
+    "GLOBAL-UNUSED": variant(append="global boot_cr3 = read(cr3)"),
+    "ID-SIGNATURE": variant([('signature "UefiHvUefiHv"', 'signature "UefiHv"')]),
+}
+
+
+def test_every_check_has_a_violating_spec():
+    assert set(VIOLATIONS) == set(CHECKS)
+
+
+@pytest.mark.parametrize("check_id", sorted(VIOLATIONS))
+def test_a_spec_breaking_the_rule_fails_with_the_check_id_section_and_line(check_id):
+    diags = [d for d in diagnose(VIOLATIONS[check_id]) if d.check_id == check_id]
+    assert diags, f"{check_id} did not fire"
+    info = CHECKS[check_id]
+    for d in diags:
+        assert d.severity == info.severity
+        assert d.loc is not None and d.loc.line >= 1
+        text = str(d)
+        assert text.startswith(f"{d.loc.file}:{d.loc.line}:{d.loc.col}: {info.severity}[{check_id}, {info.section}]: ")
+        assert text.splitlines()[-1].strip() == "^"
+
+
+@pytest.mark.parametrize("spec", ["default.hv", "examples/interrupts.hv"])
+def test_the_shipped_specs_satisfy_every_check(spec):
+    assert check_spec(load_spec(DSL_DIR / spec)) == []
+
+
+@pytest.mark.parametrize("text", [
+    # SS may be 0 in a 64-bit host (SDM 26.2.3)
+    variant([("HOST_SS_SELECTOR = HOST_DS", "HOST_SS_SELECTOR = 0")]),
+    # a high-half address is canonical
+    variant([("HOST_FS_BASE           = 0", "HOST_FS_BASE = 0xFFFF800000000000")]),
+    # a 64-bit host's EFER: SCE, LME, LMA, NXE
+    variant([("read(msr IA32_EFER)  per_cpu", "0xD01")]),
+    # the power-on PAT is valid
+    variant([("read(msr IA32_PAT)   per_cpu", "0x0007040600070406")], "controls { prefer exit.load_ia32_pat }"),
+    # a 16-bit field takes 0xFFFF
+    variant([("HOST_IA32_SYSENTER_CS = 0", "HOST_IA32_SYSENTER_CS = 0xFFFFFFFF")]),
+    # the seed's interrupt path, wired to the global
+    variant([("option external_interrupts = off", "option external_interrupts = on")]),
+])
+def test_specs_at_the_edge_of_a_rule_pass(text):
+    assert [str(d) for d in diagnose(text)] == []
+
+
+def test_the_interrupt_path_must_read_the_same_global_as_host_idtr_base():
+    text = variant([("HOST_IDTR_BASE         = host_idt_base", "HOST_IDTR_BASE = symbol(host_idt)"),
+                    ("option external_interrupts = off", "option external_interrupts = on")])
+    diags = diagnose(text)
+    assert [d.check_id for d in diags if d.severity == "error"] == ["SEED-IDT-GLOBAL"]
+    assert "HOST_IDTR_BASE must be the global host_idt_base" in diags[0].message
+
+
+def test_load_and_check_raises_with_all_errors_and_prints_warnings(tmp_path, capsys):
+    bad = tmp_path / "bad.hv"
+    bad.write_text(VIOLATIONS["HOST-CS-NONZERO"].replace("const HOST_TR = 0x18", "const HOST_TR = 0"))
+    with pytest.raises(SpecError) as e:
+        load_and_check(bad)
+    assert {d.check_id for d in e.value.diagnostics} >= {"HOST-CS-NONZERO", "HOST-TR-NONZERO"}
+    assert e.value.exit_status == 1
+    warn = tmp_path / "warn.hv"
+    warn.write_text(VIOLATIONS["GLOBAL-UNUSED"])
+    spec = load_and_check(warn)
+    assert spec.globals[-1].name == "boot_cr3"
+    assert "warning[GLOBAL-UNUSED" in capsys.readouterr().err
+
+
+def test_runtime_rules_are_the_kinds_the_generator_implements():
+    rules = runtime_rules(load_spec(DSL_DIR / "default.hv"))
+    for r in rules:
+        assert r.kind in m.RUNTIME_RULE_KINDS
+        assert set(r.args) == set(m.RUNTIME_RULE_KINDS[r.kind]), r
+        assert r.section.startswith("SDM")
+    kinds = {r.kind for r in rules}
+    assert kinds == set(m.RUNTIME_RULE_KINDS) - {"pat_valid"}      # default.hv does not load PAT
+    assert len({r.id for r in rules}) == len(rules)
+    groups = {r.args["group"]: r.args for r in rules if r.kind == "control_allowed"}
+    assert groups["pin"] == {"group": "pin", "capability_msr": 0x481, "true_msr": 0x48D}
+    assert groups["proc2"]["true_msr"] is None
+    fields = {r.args["field"] for r in rules if r.kind == "canonical"}
+    assert fields == {"HOST_FS_BASE", "HOST_GS_BASE", "HOST_GDTR_BASE", "HOST_IDTR_BASE", "HOST_TR_BASE",
+                      "HOST_IA32_SYSENTER_ESP", "HOST_IA32_SYSENTER_EIP", "HOST_RIP"}
+
+
+def test_the_docs_table_is_the_check_registry():
+    doc = (ROOT / "docs" / "dsl.md").read_text()
+    table = doc.split(DOC_BEGIN, 1)[1].split(DOC_END, 1)[0]
+    assert table.strip() == checks_markdown().strip(), \
+        "docs/dsl.md is stale: run python -m uefi_hv.check --update-docs docs/dsl.md"
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "uefi_hv", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT)
+
+
+def test_cli_check_exit_statuses(tmp_path):
+    ok = run_cli("check", "dsl/default.hv")
+    assert ok.returncode == 0 and "dsl/default.hv: ok" in ok.stdout, ok.stderr
+    (tmp_path / "bad.hv").write_text(VIOLATIONS["HOST-TR-NONZERO"])
+    bad = run_cli("check", str(tmp_path / "bad.hv"))
+    assert bad.returncode == 1
+    assert re.search(r"bad\.hv:\d+:\d+: error\[HOST-TR-NONZERO, SDM 26\.2\.3\]", bad.stderr)
+    assert "Traceback" not in bad.stderr
+    missing = run_cli("check", str(tmp_path / "nothere.hv"))
+    assert missing.returncode == 2 and "no such spec file" in missing.stderr
+
+
+def test_cli_explain_prints_the_rule_with_its_section():
+    out = run_cli("explain", "host-sel-rpl-ti")
+    assert out.returncode == 0
+    assert out.stdout.startswith("HOST-SEL-RPL-TI (SDM 26.2.3, error)")
+    assert "RPL" in out.stdout
+    unknown = run_cli("explain", "HOST-SEL")
+    assert unknown.returncode == 2 and "did you mean 'HOST-SEL-RPL-TI'" in unknown.stderr

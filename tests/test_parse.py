@@ -1,0 +1,232 @@
+"""The spec language: what parses into what, and the errors a person sees."""
+
+import re
+
+import pytest
+
+from uefi_hv import DSL_DIR
+from uefi_hv import model as m
+from uefi_hv.errors import UsageError
+from uefi_hv.parse import SpecError, load_spec, parse_text
+
+
+def parse(text, name="spec.hv", where=None):
+    return parse_text(text, name, (where or DSL_DIR) / name)
+
+
+def errors(text, name="spec.hv", where=None):
+    with pytest.raises(SpecError) as e:
+        parse(text, name, where)
+    return str(e.value), e.value.diagnostics
+
+
+def test_the_default_spec_captures_the_idt_base_once_and_host_idtr_base_reads_it():
+    spec = load_spec(DSL_DIR / "default.hv")
+    assert spec.globals == [m.Global("host_idt_base", m.ReadReg("sidt.base"), spec.globals[0].loc)]
+    idtr = next(a for a in spec.host_state if a.field == "HOST_IDTR_BASE")
+    assert idtr.source == m.GlobalRef("host_idt_base") and idtr.when == "once"
+    assert spec.identity == m.Identity("uefi-hv", "UefiHvUefiHv", "0.1.0", spec.identity.loc)
+
+
+def test_the_default_spec_gives_every_host_state_field_a_source():
+    spec = load_spec(DSL_DIR / "default.hv")
+    hosts = {f.name for f in spec.fields.values() if f.type == "host"}
+    assert {a.field for a in spec.host_state} == hosts
+
+
+def test_sources_and_evaluation_times():
+    spec = parse('import "vmcs.hv"\n'
+                 'const SEL = 0x1_0\n'
+                 'global g = read(cr3)\n'
+                 'host_state {\n'
+                 '  HOST_CS_SELECTOR = 8; HOST_DS_SELECTOR = SEL\n'
+                 '  HOST_CR0 = read(cr0) per_cpu  HOST_IA32_EFER = read(msr IA32_EFER)\n'
+                 '  HOST_IA32_PAT = rdmsr(0x277) once  HOST_RSP = symbol(host_stack_top) per_cpu\n'
+                 '  HOST_CR3 = g  HOST_GDTR_BASE = sgdt.base\n'
+                 '}\n')
+    got = {a.field: (a.source, a.when) for a in spec.host_state}
+    assert got == {
+        "HOST_CS_SELECTOR": (m.Const(8), "once"), "HOST_DS_SELECTOR": (m.Const(16), "once"),
+        "HOST_CR0": (m.ReadReg("cr0"), "per_cpu"), "HOST_IA32_EFER": (m.ReadMsr(0xC0000080), "once"),
+        "HOST_IA32_PAT": (m.ReadMsr(0x277), "once"), "HOST_RSP": (m.Symbol("host_stack_top"), "per_cpu"),
+        "HOST_CR3": (m.GlobalRef("g"), "once"), "HOST_GDTR_BASE": (m.ReadReg("sgdt.base"), "once"),
+    }
+
+
+def test_controls_intercepts_and_exit_handlers():
+    spec = load_spec(DSL_DIR / "default.hv")
+    reqs = {r.control: r.required for r in spec.control_reqs}
+    assert reqs["proc.use_msr_bitmaps"] is True and reqs["proc2.enable_ept"] is False
+    i = spec.msr_intercepts
+    assert (i[0].first, i[0].last, i[0].access, i[0].action) == (0x3A, 0x3A, "read", "feature_control_locked")
+    assert (i[2].first, i[2].last) == (0x480, 0x491)
+    handlers = {h.reason: (h.action, h.options) for h in spec.exits}
+    assert handlers["cpuid"] == ("cpuid", {"hide": ["vmx"], "signature": True})
+    assert handlers["rdmsr"] == handlers["wrmsr"] == ("msr", {})
+    assert handlers["vmlaunch"] == handlers["invvpid"] == ("inject_ud", {})
+    assert handlers["triple_fault"] == ("triple_fault", {})
+    assert handlers["ept_misconfig"] == ("log_shutdown", {})
+    assert handlers["init_signal"] == ("init", {}) and handlers["sipi"] == ("sipi", {})
+    assert "external_interrupt" not in handlers
+    assert spec.settings == {"external_interrupts": False}
+    for h in spec.exits:
+        assert h.action in m.EXIT_ACTIONS
+
+
+def test_external_interrupts_on_brings_the_seeds_interrupt_path():
+    spec = load_spec(DSL_DIR / "examples" / "interrupts.hv")
+    assert spec.settings["external_interrupts"] is True
+    reqs = {r.control: r.required for r in spec.control_reqs}
+    assert reqs["pin.external_interrupt_exiting"] and reqs["exit.ack_interrupt_on_exit"]
+    handlers = {h.reason: (h.action, h.options) for h in spec.exits}
+    assert handlers["external_interrupt"] == ("dispatch_idt", {"idt_base": "host_idt_base"})
+    assert handlers["interrupt_window"] == ("inject_pending", {})
+    # the switch alone is enough: the handlers come with it
+    short = parse('import "default.hv"\noption external_interrupts = on\noption chain = "\\\\EFI\\\\next.efi"\n')
+    assert {h.reason: h.action for h in short.exits}["external_interrupt"] == "dispatch_idt"
+    assert short.settings["chain"] == "\\EFI\\next.efi"
+
+
+def test_syntax_errors_point_at_the_line_with_a_caret_and_say_what_was_expected():
+    text, diags = errors('import "vmcs.hv"\nhost_state {\n  HOST_CR3 = = 3\n}\n')
+    first = text.splitlines()
+    assert first[0].startswith("spec.hv:3:14: error: unexpected '='; expected ")
+    assert "a number" in first[0] and "a name" in first[0]
+    assert first[1] == "      HOST_CR3 = = 3"
+    assert first[2] == "    " + " " * 13 + "^"
+    assert not re.search(r"Token\(|__ANON|\$END|EQUAL|LBRACE", text)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('import "vmcs.hv"\nhost_state { HOST_CR0 = read(cr0)', "unexpected end of file; expected"),
+    ('import "vmcs.hv" $', "unexpected character '$'"),
+    ('hypervisor { }', "unexpected '{'; expected a string in double quotes"),
+    ('controls { require proc.hlt_exiting proc.use_io_bitmaps }', "expected ','"),
+])
+def test_syntax_errors_in_words(text, message):
+    out, diags = errors(text)
+    assert message in out
+    assert len(diags) == 1 and diags[0].loc.line >= 1
+
+
+@pytest.mark.parametrize("text, message", [
+    ("host_state { HOST_IDT_BASE = 0 }", "unknown host-state field 'HOST_IDT_BASE'; did you mean 'HOST_IDTR_BASE'"),
+    ("host_state { GUEST_RIP = 0 }", "GUEST_RIP is a guest field"),
+    ("controls { require proc2.enable_eptt }", "did you mean 'proc2.enable_ept'"),
+    ("controls { require enable_ept }", "did you mean 'proc2.enable_ept'"),
+    ("exit cpuid -> cpuidd", "unknown action 'cpuidd'; did you mean 'cpuid'"),
+    ("exit cpuidd", "unknown exit reason 'cpuidd'; did you mean 'cpuid'"),
+    ("exit cpuid { hid = vmx }", "unknown option 'hid' of cpuid; did you mean 'hide'"),
+    ("exit cpuid { hide = vmxx }", "cannot hide 'vmxx'; did you mean 'vmx'"),
+    ("exit hlt -> cpuid", "action cpuid handles only cpuid exits, not hlt"),
+    ("exit external_interrupt -> dispatch_idt { idt_base = nothing }", "unknown global 'nothing'"),
+    ("msr_bitmap { read IA32_EFERR = inject_gp }", "unknown MSR 'IA32_EFERR'; did you mean 'IA32_EFER'"),
+    ("msr_bitmap { read 0x10 = inject_gpp }", "unknown MSR action 'inject_gpp'; did you mean 'inject_gp'"),
+    ("msr_bitmap { read 0x20 .. 0x10 = inject_gp }", "runs backwards"),
+    ("host_state { HOST_CR0 = read(cr9) }", "cannot read 'cr9'"),
+    ("host_state { HOST_RSP = symbol(host_stak_top) }", "unknown symbol 'host_stak_top'; did you mean 'host_stack_top'"),
+    ("host_state { HOST_RSP = host_stack_top }", "write symbol(host_stack_top)"),
+    ("host_state { HOST_CR0 = cr0 }", "write read(cr0)"),
+    ("host_state { HOST_CR0 = HOST_CSS }", "unknown name 'HOST_CSS'"),
+    ("option chian = \"x\"", "unknown option 'chian'; did you mean 'chain'"),
+    ("option external_interrupts = maybe", "is on or off"),
+    ("const A = B", "unknown constant 'B'"),
+    ('hypervisor "x" { signatur "y" }', "did you mean 'signature'"),
+    ('import "nothere.hv"', 'cannot import "nothere.hv"'),
+    ("exit rdmsr, wrmsr", "say what the handler does"),
+])
+def test_unknown_names_get_a_did_you_mean(text, message):
+    out, diags = errors('import "vmcs.hv"\n' + text + "\n")
+    assert message in out, out
+    assert all(d.loc.file == "spec.hv" and d.loc.line == 2 for d in diags), out
+
+
+def test_every_error_is_reported_not_just_the_first():
+    out, diags = errors('import "vmcs.hv"\nhost_state { HOST_IDT_BASE = 0 }\nexit cpuidd\noption chian = 1\n')
+    assert sorted(d.loc.line for d in diags) == [2, 3, 4]
+    assert out.endswith("3 errors in the spec")
+
+
+def test_catalogue_encodings_written_must_agree_with_type_width_and_index():
+    out, _ = errors("control_bits pin { nmi_exiting bit 3 }\n"
+                    "fields host natural { HOST_IDTR_BASE index 7 = 0x6C0F }\n")
+    assert "HOST_IDTR_BASE: the encoding written, 0x6c0f, disagrees with type host, width natural, index 7, " \
+           "which give 0x6c0e" in out
+    out, _ = errors("fields host natural { X index 512 }")
+    assert "at most 511" in out
+    out, _ = errors("fields host 48 { X index 1 }")
+    assert "unknown field width '48'" in out
+
+
+def test_imports_resolve_beside_the_file_then_in_dsl(tmp_path):
+    (tmp_path / "mine.hv").write_text('const MY_CS = 0x08\n')
+    (tmp_path / "top.hv").write_text('import "vmcs.hv"\nimport "mine.hv"\n')
+    spec = load_spec(tmp_path / "top.hv")
+    assert spec.constants["MY_CS"].value == 8 and "HOST_IDTR_BASE" in spec.fields
+    (tmp_path / "a.hv").write_text('import "b.hv"\n')
+    (tmp_path / "b.hv").write_text('import "a.hv"\n')
+    with pytest.raises(SpecError, match="imports itself"):
+        load_spec(tmp_path / "a.hv")
+
+
+def test_an_error_in_an_imported_file_points_into_that_file(tmp_path):
+    (tmp_path / "broken.hv").write_text('const A = \n')
+    (tmp_path / "top.hv").write_text('import "broken.hv"\n')
+    with pytest.raises(SpecError, match=r"broken\.hv:1:11: error: unexpected end of file; expected a number or a name"):
+        load_spec(tmp_path / "top.hv")
+
+
+def test_an_importing_file_overrides_options_and_identity(tmp_path):
+    (tmp_path / "mine.hv").write_text('import "default.hv"\nhypervisor "mine" { signature "MineMineMine" }\n'
+                                      'option external_interrupts = on\n')
+    spec = load_spec(tmp_path / "mine.hv")
+    assert spec.identity.name == "mine" and spec.identity.signature == "MineMineMine"
+    assert spec.identity.version == "0.1.0"
+    assert spec.settings["external_interrupts"] is True
+
+
+def test_a_missing_spec_file_is_misuse_not_a_spec_error(tmp_path):
+    with pytest.raises(UsageError) as e:
+        load_spec(tmp_path / "nothere.hv")
+    assert e.value.exit_status == 2
+    with pytest.raises(UsageError):
+        load_spec(tmp_path)
+
+
+def test_a_spec_that_is_not_utf8_is_a_spec_error(tmp_path):
+    (tmp_path / "bin.hv").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(SpecError, match="not UTF-8"):
+        load_spec(tmp_path / "bin.hv")
+
+
+def test_integer_literals():
+    spec = parse('import "vmcs.hv"\nconst A = 0x6C0E\nconst B = 27662\nconst C = 0xFFFF_8000_0000_0000\n'
+                 'const D = 007\nconst E = A\n')
+    assert {k: c.value for k, c in spec.constants.items()} == \
+        {"A": 0x6C0E, "B": 27662, "C": 0xFFFF800000000000, "D": 7, "E": 0x6C0E}
+
+
+def test_comments_in_both_styles():
+    spec = parse('# hash\nimport "vmcs.hv" // slashes\nconst A = 1 # trailing\n')
+    assert spec.constants["A"].value == 1
+
+
+def _check_in_a_fresh_process(cache_home):
+    import os
+    import subprocess
+    import sys
+    from uefi_hv import ROOT
+    env = dict(os.environ, XDG_CACHE_HOME=str(cache_home))
+    return subprocess.run([sys.executable, "-m", "uefi_hv", "check", "dsl/default.hv"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+
+
+def test_the_grammar_cache_is_optional_and_survives_damage(tmp_path):
+    nowhere = _check_in_a_fresh_process("/dev/null/cache")          # nowhere writable
+    assert nowhere.returncode == 0, nowhere.stderr
+    first = _check_in_a_fresh_process(tmp_path)                      # fills the cache
+    assert first.returncode == 0, first.stderr
+    (cached,) = (tmp_path / "uefi-hv").iterdir()
+    cached.write_bytes(b"not a pickle\n")
+    damaged = _check_in_a_fresh_process(tmp_path)
+    assert damaged.returncode == 0 and "Traceback" not in damaged.stderr, damaged.stderr
