@@ -10,7 +10,7 @@ import pytest
 from uefi_hv.emulate import BootResult, QemuMachine, boot, kvm_vmx_usable
 from uefi_hv.errors import UsageError, UserError
 
-from conftest import BANNER_RE
+from conftest import BANNER_RE, process_gone
 
 pytestmark = pytest.mark.qemu
 
@@ -32,7 +32,6 @@ def test_banner_boots_from_a_usb_stick_and_powers_off(banner_image, run_dir):
     data = screen.read_bytes()
     assert data.startswith(PNG_SIGNATURE) and len(data) > len(PNG_SIGNATURE)
     assert "uefi-hv banner: version" in m.serial
-    from conftest import process_gone
     assert process_gone(pid)
 
 

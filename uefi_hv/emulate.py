@@ -140,11 +140,13 @@ class SerialTail:
         self.path = Path(path)
         self.stream = stream
         self._offset = 0
-        self._partial = ""
+        self._partial = b""          # raw bytes after the last newline
         self.lines: list[str] = []
 
     def poll(self, final: bool = False) -> list[str]:
-        """New complete lines (all text when `final`), streamed as they come."""
+        """New complete lines (all text when `final`), streamed as they come.
+        Lines are split before they are cleaned: an escape sequence or a UTF-8
+        character cut by a read is whole again by then."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
@@ -152,12 +154,12 @@ class SerialTail:
         except FileNotFoundError:
             data = b""
         self._offset += len(data)
-        text = self._partial + clean_console(data.decode("utf-8", errors="replace"))
-        *new, self._partial = text.split("\n")
+        *complete, self._partial = (self._partial + data).split(b"\n")
         if final and self._partial:
-            new.append(self._partial)
-            self._partial = ""
-        new = [line for line in new if line.strip()]
+            complete.append(self._partial)
+            self._partial = b""
+        new = [line for raw in complete
+               if (line := clean_console(raw.decode("utf-8", errors="replace")).rstrip())]
         for line in new:
             if self.stream:
                 self.stream(line)
@@ -166,7 +168,9 @@ class SerialTail:
 
     @property
     def text(self) -> str:
-        return "".join(line + "\n" for line in self.lines) + self._partial
+        """Everything seen so far, cleaned; a last line without its newline too."""
+        partial = clean_console(self._partial.decode("utf-8", errors="replace"))
+        return "".join(line + "\n" for line in self.lines) + partial
 
 
 def _matcher(pattern: str) -> Callable[[str], bool]:
@@ -178,8 +182,15 @@ def _matcher(pattern: str) -> Callable[[str], bool]:
     return lambda line: pattern in line or bool(regex and regex.search(line))
 
 
-def _first_match(patterns: Iterable[str], line: str) -> Optional[str]:
-    return next((p for p in patterns if _matcher(p)(line)), None)
+def _matchers(patterns: Iterable[str]) -> list[tuple[str, Callable[[str], bool]]]:
+    return [(p, _matcher(p)) for p in patterns]
+
+
+def _first_match(matchers, line: str) -> Optional[str]:
+    return next((p for p, match in matchers if match(line)), None)
+
+
+_FIRMWARE_FAULTS = _matchers(FIRMWARE_FAULTS)
 
 
 # --- results --------------------------------------------------------------------------
@@ -448,9 +459,7 @@ def _qemu_accepts_kvm(timeout: float = 30) -> bool:
                         return False
                     if m.tail.lines:
                         return True
-        except UserError:
-            return False
-        except Exception:
+        except Exception:       # no QEMU, no firmware, KVM refused: not usable
             return False
     return False
 
@@ -506,8 +515,8 @@ def _judge_qemu_event(event: dict) -> Optional[tuple[str, bool]]:
     if reason == "guest-shutdown":
         return "power-off", False
     if reason == "guest-reset":
-        return ("the guest reset the machine (a triple fault, or ResetSystem "
-                "with a reset type); QEMU runs with -no-reboot"), True
+        return ("the guest reset the machine: a triple fault, or ResetSystem(EfiResetCold "
+                "or EfiResetWarm) (QEMU runs with -no-reboot)"), True
     return f"QEMU shut down ({reason})", True
 
 
@@ -532,10 +541,6 @@ def judge_bochs_log_line(line: str) -> Optional[tuple[str, bool]]:
     if level == "p":
         return f"Bochs: PANIC: {text}", True
     return None
-
-
-class _BochsLogTail(SerialTail):
-    """The Bochs log, followed like the console (no streaming)."""
 
 
 def _bochs_command(bxrc: Path, rc: Path) -> list[str]:
@@ -572,7 +577,7 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
     cmd = _bochs_command(bxrc, rc)
     (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
     console = SerialTail(serial_path, stream)
-    log = _BochsLogTail(log_path)
+    log = SerialTail(log_path)       # the log is followed like the console
     proc = _spawn(cmd, run_dir, run_dir / "bochs.out")
     result.pids.append(proc.pid)
 
@@ -609,15 +614,16 @@ def _watch(poll, running, expect, fail, expect_shutdown, timeout, exited, on_eve
     ("power-off", False) | (failure reason, True) | None.
     """
     deadline = time.monotonic() + timeout
+    expecting, failing = _matchers(expect), _matchers(fail)
     while True:
         alive = running()
         lines, events = poll()
         for line in lines:
-            if (marker := _first_match(fail, line)) is not None:
+            if (marker := _first_match(failing, line)) is not None:
                 return False, f"failure marker '{marker}' seen: {line.strip()}"
-            if (marker := _first_match(expect, line)) is not None:
+            if (marker := _first_match(expecting, line)) is not None:
                 return True, f"marker '{marker}' seen"
-            if _first_match(FIRMWARE_FAULTS, line) is not None:
+            if _first_match(_FIRMWARE_FAULTS, line) is not None:
                 return False, f"firmware exception: {line.strip()}"
         for event in events:
             judged = on_event(event)
