@@ -1,0 +1,28 @@
+"""The OS model (osmodel.c, osmodel.S): an EFI program that takes the machine
+over like an OS kernel and checks uefi-hv from ring 0 on every CPU.
+
+    build_osmodel(output, spec=dsl/default.hv) -> Path to the .efi
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from uefi_hv.build import build_efi
+
+from oskit.initramfs import DEFAULT_SPEC, OSKIT, probe_defines
+
+SOURCES = (Path(__file__).resolve().parent / "osmodel.c",
+           Path(__file__).resolve().parent / "osmodel.S")
+
+#: Console lines of the model's verdicts.
+PASS = "OSMODEL: PASS"
+MECHANICS_PASS = "OSMODEL: MECHANICS PASS, hypervisor absent"
+FAIL = "OSMODEL: FAIL"
+
+
+def build_osmodel(output: Path, spec: Path = DEFAULT_SPEC) -> Path:
+    """Build the OS model for the hypervisor of `spec` (its signature and
+    the VMCALL numbers) into the EFI application `output`."""
+    return build_efi(list(SOURCES), Path(output), include_dirs=[OSKIT],
+                     extra_cflags=probe_defines(spec))

@@ -1,0 +1,171 @@
+/* The OS model's assembly: the AP trampoline (real mode -> protected mode
+ * -> long mode -> C), the exception stubs of the model's IDT, and the reload
+ * of CS after the model switches to its own GDT.
+ *
+ * The trampoline is copied to a 4 KiB page below 1 MiB (a SIPI vector names
+ * the page: SDM Vol. 3A 8.4.4.1 / 11.6.1) and runs there, at any address:
+ * the BSP fills the parameter block at its end, in the copy.
+ */
+
+#define MODEL_CS64  0x08
+#define MODEL_DS    0x10
+#define MODEL_CS32  0x18
+
+#define CR0_PE      (1 << 0)
+#define CR0_MP      (1 << 1)
+#define CR0_EM      (1 << 2)
+#define CR0_NE      (1 << 5)
+#define CR0_NW      (1 << 29)
+#define CR0_CD      (1 << 30)
+#define CR0_PG      (1 << 31)
+#define CR4_PAE     (1 << 5)
+#define CR4_OSFXSR  (1 << 9)        /* SSE: gcc's code may use it */
+#define CR4_OSXMMEXCPT (1 << 10)
+#define MSR_EFER    0xC0000080
+#define EFER_LME    (1 << 8)
+
+    .text
+
+/* ---- AP trampoline ------------------------------------------------------ */
+
+    .globl osmodel_trampoline_start, osmodel_trampoline_end
+    .globl osmodel_tr_gdtr, osmodel_tr_far32, osmodel_tr_far64
+    .globl osmodel_tr_cr3, osmodel_tr_rsp, osmodel_tr_entry, osmodel_tr_arg
+
+    .balign 4096
+    .code16
+osmodel_trampoline_start:
+    /* After SIPI: real mode, CS = vector << 8, IP = 0 (SDM 8.4.4.1). */
+    cli
+    cld
+    movw %cs, %bx
+    movw %bx, %ds
+    movzwl %bx, %ebx
+    shll $4, %ebx                   /* EBX: the page's linear address */
+    lgdtl (osmodel_tr_gdtr - osmodel_trampoline_start)
+    movl %cr0, %eax
+    andl $~(CR0_EM | CR0_CD | CR0_NW), %eax     /* INIT leaves caching off */
+    orl $(CR0_PE | CR0_MP | CR0_NE), %eax
+    movl %eax, %cr0
+    /* A far jump loads CS from the new GDT: protected mode proper. */
+    ljmpl *(osmodel_tr_far32 - osmodel_trampoline_start)
+
+    .code32
+tr_protected:
+    movw $MODEL_DS, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    /* SDM Vol. 3A 9.8.5, initializing IA-32e mode: PAE, CR3, EFER.LME, PG. */
+    movl %cr4, %eax
+    orl $(CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT), %eax
+    movl %eax, %cr4
+    movl (osmodel_tr_cr3 - osmodel_trampoline_start)(%ebx), %eax
+    movl %eax, %cr3
+    movl $MSR_EFER, %ecx
+    rdmsr
+    orl $EFER_LME, %eax
+    wrmsr
+    movl %cr0, %eax
+    orl $CR0_PG, %eax
+    movl %eax, %cr0
+    ljmpl *(osmodel_tr_far64 - osmodel_trampoline_start)(%ebx)
+
+    .code64
+tr_long:
+    movw $MODEL_DS, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw %ax, %fs
+    movw %ax, %gs
+    movq osmodel_tr_rsp(%rip), %rsp
+    movq osmodel_tr_arg(%rip), %rdi
+    callq *osmodel_tr_entry(%rip)
+1:  cli
+    hlt
+    jmp 1b
+
+    /* The parameter block, filled in by the BSP in the copy. */
+    .balign 8
+osmodel_tr_gdtr:                    /* lgdtl: 16-bit limit, 32-bit base */
+    .word 0
+    .long 0
+    .word 0
+osmodel_tr_far32:                   /* m16:32 -> tr_protected */
+    .long 0
+    .word MODEL_CS32
+    .word 0
+osmodel_tr_far64:                   /* m16:32 -> tr_long */
+    .long 0
+    .word MODEL_CS64
+    .word 0
+osmodel_tr_cr3:
+    .quad 0
+osmodel_tr_rsp:
+    .quad 0
+osmodel_tr_entry:
+    .quad 0
+osmodel_tr_arg:
+    .quad 0
+osmodel_trampoline_end:
+
+    .globl osmodel_tr_protected_offset, osmodel_tr_long_offset
+    .section .rodata
+    .balign 8
+osmodel_tr_protected_offset:
+    .quad tr_protected - osmodel_trampoline_start
+osmodel_tr_long_offset:
+    .quad tr_long - osmodel_trampoline_start
+
+/* ---- segment reload ------------------------------------------------------- */
+
+    .text
+    .code64
+/* void osmodel_load_segments(void): CS from the model's GDT (a far return),
+ * data segments after it. */
+    .globl osmodel_load_segments
+osmodel_load_segments:
+    popq %rax                       /* return address */
+    pushq $MODEL_CS64
+    pushq %rax
+    movw $MODEL_DS, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw %ax, %fs
+    movw %ax, %gs
+    lretq
+
+/* ---- exceptions -------------------------------------------------------------- */
+
+/* One stub per vector 0-31. Vectors with an error code (SDM Vol. 3A 6.13,
+ * Table 6-1: 8, 10-14, 17, 21, 29, 30) have it pushed by the CPU; the others
+ * push 0 so that the frame is the same for all. */
+    .macro exception_stub vector
+    .balign 16
+    .if (\vector == 8) || (\vector >= 10 && \vector <= 14) || (\vector == 17) || (\vector == 21) || (\vector == 29) || (\vector == 30)
+    .else
+    pushq $0
+    .endif
+    pushq $\vector
+    jmp exception_common
+    .endm
+
+    .balign 16
+    .globl osmodel_exception_stubs
+osmodel_exception_stubs:
+    .irp v, 0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31
+    exception_stub \v
+    .endr
+
+exception_common:
+    /* frame: vector, error code, RIP, CS, RFLAGS, RSP, SS */
+    movq %rsp, %rdi
+    andq $-16, %rsp
+    call osmodel_exception
+1:  cli
+    hlt
+    jmp 1b
+
+    .section .note.GNU-stack, "", @progbits

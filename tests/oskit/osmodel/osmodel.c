@@ -1,0 +1,525 @@
+/* The OS model: an EFI program that does, in a few hundred lines, what an
+ * operating system kernel does to the machine when it takes over from the
+ * firmware, and asks on every CPU whether uefi-hv is still there.
+ *
+ *   1. the memory map, ExitBootServices (again with a fresh map key when the
+ *      firmware says EFI_INVALID_PARAMETER: the map changed, UEFI 2.10 7.4);
+ *   2. SetVirtualAddressMap, identity (VirtualStart = PhysicalStart);
+ *   3. its own GDT, IDT (every exception prints its vector on COM1 and
+ *      halts) and page tables (identity, 2 MiB pages, the first 4 GiB);
+ *   4. the AP started by hand, INIT-SIPI-SIPI through the local APIC, into a
+ *      real-mode trampoline on a conventional-memory page below 1 MiB,
+ *      which climbs to long mode and calls ap_main(); twice in a row;
+ *   5. on both CPUs: CPUID (hypervisor bit, signature, VMX hidden) and, in
+ *      ring 0, the VMCALL ping;
+ *   6. the verdict on COM1 by port I/O (there are no boot services left):
+ *        OSMODEL: PASS
+ *        OSMODEL: MECHANICS PASS, hypervisor absent   (booted without uefi-hv)
+ *        OSMODEL: FAIL: <reason>
+ *      then ResetSystem(EfiResetShutdown) through the runtime services.
+ *
+ * Without uefi-hv the mechanics (1-4, 6) are still proven; only the
+ * hypervisor's answers are left out, and the verdict says so.
+ */
+#include <efi.h>
+#include <efilib.h>
+
+#include "hvprobe.h"
+
+#define MODEL_CS64 0x08
+#define MODEL_DS   0x10
+#define MODEL_CS32 0x18
+
+#define COM1            0x3F8
+#define UART_LSR        5
+#define UART_LSR_THRE   0x20
+
+#define MSR_IA32_APIC_BASE   0x1B
+#define APIC_BASE_X2APIC     (1ULL << 10)
+#define MSR_X2APIC_ICR       0x830
+#define XAPIC_ICR_LOW        0x300
+#define XAPIC_ICR_HIGH       0x310
+#define ICR_DELIVERY_PENDING (1U << 12)
+/* ICR: destination shorthand "all excluding self" (bits 19:18 = 11), level
+ * assert (bit 14), delivery mode INIT (101b) or start-up (110b); SDM Vol. 3A
+ * 11.6.1. The shorthand needs no APIC id: there is no MADT under Bochs. */
+#define ICR_ALL_BUT_SELF     (3U << 18)
+#define ICR_LEVEL_ASSERT     (1U << 14)
+#define ICR_INIT             (5U << 8)
+#define ICR_STARTUP          (6U << 8)
+
+#define PAGE_2M_FLAGS  0x83ULL          /* present, writable, page size */
+#define PAGE_PCD_PWT   0x18ULL          /* uncached: the APIC and MMIO near 4 GiB */
+#define PAGE_TABLE_FLAGS 0x03ULL        /* present, writable */
+
+#define AP_ROUNDS 2
+#define AP_WAIT_MS 2000
+
+/* ---- what the assembly provides (osmodel.S) ------------------------------- */
+
+extern char osmodel_trampoline_start[], osmodel_trampoline_end[];
+extern char osmodel_tr_gdtr[], osmodel_tr_far32[], osmodel_tr_far64[];
+extern char osmodel_tr_cr3[], osmodel_tr_rsp[], osmodel_tr_entry[], osmodel_tr_arg[];
+extern const UINT64 osmodel_tr_protected_offset, osmodel_tr_long_offset;
+extern char osmodel_exception_stubs[];
+void osmodel_load_segments(void);
+void osmodel_exception(UINT64 *frame);
+
+/* ---- the model's own machine state ---------------------------------------- */
+
+static UINT64 gdt[4] __attribute__((aligned(16))) = {
+    0,
+    0x00AF9A000000FFFFULL,      /* 0x08: 64-bit code, DPL 0 */
+    0x00CF92000000FFFFULL,      /* 0x10: flat data, 4 GiB */
+    0x00CF9A000000FFFFULL,      /* 0x18: 32-bit code, for the trampoline */
+};
+
+struct idt_gate {
+    UINT16 offset_low, selector;
+    UINT8 ist, type;
+    UINT16 offset_mid;
+    UINT32 offset_high, reserved;
+} __attribute__((packed));
+
+static struct idt_gate idt[32] __attribute__((aligned(16)));
+
+struct table_register {
+    UINT16 limit;
+    UINT64 base;
+} __attribute__((packed));
+
+static UINT64 pml4[512] __attribute__((aligned(4096)));
+static UINT64 pdpt[512] __attribute__((aligned(4096)));
+static UINT64 pd[4][512] __attribute__((aligned(4096)));
+
+static UINT8 ap_stack[16384] __attribute__((aligned(16)));
+static UINT8 memory_map[64 * 1024] __attribute__((aligned(8)));
+static UINT8 runtime_map[16 * 1024] __attribute__((aligned(8)));
+
+/* What the AP reports back; written by the AP, read by the BSP. */
+static volatile UINT32 ap_done;
+static volatile UINT32 ap_round;
+
+static struct hvprobe bsp_probe;
+static UINT64 tsc_per_ms;
+static UINT64 apic_mmio;
+static BOOLEAN x2apic;
+static int failures;
+static const char *first_failure;
+
+/* ---- COM1 and a small printf ------------------------------------------------ */
+
+static inline void outb(UINT16 port, UINT8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
+static inline UINT8 inb(UINT16 port) { UINT8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+
+static void com1_putc(char c)
+{
+    if (c == '\n')
+        com1_putc('\r');
+    for (int spin = 0; spin < 100000 && !(inb(COM1 + UART_LSR) & UART_LSR_THRE); spin++)
+        ;
+    outb(COM1, (UINT8)c);
+}
+
+static void put_number(UINT64 v, unsigned base)
+{
+    char digits[24];
+    int n = 0;
+    do {
+        digits[n++] = "0123456789abcdef"[v % base];
+        v /= base;
+    } while (v);
+    while (n)
+        com1_putc(digits[--n]);
+}
+
+/* %s, %u, %x (32-bit), %lu, %lx (64-bit): all the model needs. Variadic
+ * through the compiler's own va_list (gnu-efi's is the MS ABI one). */
+static void say(const char *fmt, ...)
+{
+    __builtin_va_list ap;
+    __builtin_va_start(ap, fmt);
+    for (; *fmt; fmt++) {
+        if (*fmt != '%') {
+            com1_putc(*fmt);
+            continue;
+        }
+        BOOLEAN wide = fmt[1] == 'l';
+        if (wide)
+            fmt++;
+        switch (*++fmt) {
+        case 's': {
+            const char *s = __builtin_va_arg(ap, const char *);
+            while (*s)
+                com1_putc(*s++);
+            break;
+        }
+        case 'u':
+            put_number(wide ? __builtin_va_arg(ap, UINT64) : __builtin_va_arg(ap, UINT32), 10);
+            break;
+        case 'x':
+            put_number(wide ? __builtin_va_arg(ap, UINT64) : __builtin_va_arg(ap, UINT32), 16);
+            break;
+        default:
+            com1_putc('%');
+            com1_putc(*fmt);
+            break;
+        }
+    }
+    __builtin_va_end(ap);
+}
+
+static void fail(const char *why)
+{
+    say("OSMODEL: check failed: %s\n", why);
+    if (!failures++)
+        first_failure = why;
+}
+
+static __attribute__((noreturn)) void halt_forever(void)
+{
+    for (;;)
+        __asm__ volatile("cli; hlt");
+}
+
+/* Called by every exception stub: frame = vector, error code, RIP, CS, ... */
+void osmodel_exception(UINT64 *frame)
+{
+    unsigned int r[4];
+    hvprobe_cpuid(1, 0, r);
+    say("OSMODEL: FAIL: exception vector %lu, error code 0x%lx, at RIP 0x%lx on APIC %u\n",
+        frame[0], frame[1], frame[2], r[1] >> 24);
+    halt_forever();
+}
+
+/* ---- time ------------------------------------------------------------------ */
+
+static inline UINT64 rdtsc(void)
+{
+    UINT32 lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return (UINT64)hi << 32 | lo;
+}
+
+static void delay_us(UINT64 us)
+{
+    UINT64 end = rdtsc() + tsc_per_ms * us / 1000;
+    while (rdtsc() < end)
+        __asm__ volatile("pause");
+}
+
+/* ---- MSRs and the local APIC ---------------------------------------------------- */
+
+static inline UINT64 rdmsr(UINT32 msr)
+{
+    UINT32 lo, hi;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr));
+    return (UINT64)hi << 32 | lo;
+}
+
+static inline void wrmsr(UINT32 msr, UINT64 v)
+{
+    __asm__ volatile("wrmsr" : : "c"(msr), "a"((UINT32)v), "d"((UINT32)(v >> 32)));
+}
+
+static unsigned int apic_id(void)
+{
+    unsigned int r[4];
+    hvprobe_cpuid(1, 0, r);
+    return r[1] >> 24;                  /* CPUID.1:EBX[31:24], initial APIC id */
+}
+
+static void send_ipi(UINT32 icr_low)
+{
+    if (x2apic) {
+        wrmsr(MSR_X2APIC_ICR, icr_low);     /* no delivery status in x2APIC mode */
+        return;
+    }
+    volatile UINT32 *high = (volatile UINT32 *)(apic_mmio + XAPIC_ICR_HIGH);
+    volatile UINT32 *low = (volatile UINT32 *)(apic_mmio + XAPIC_ICR_LOW);
+    *high = 0;                          /* destination: unused with a shorthand */
+    *low = icr_low;
+    for (int spin = 0; spin < 1000000 && (*low & ICR_DELIVERY_PENDING); spin++)
+        __asm__ volatile("pause");
+}
+
+/* The universal start-up algorithm of SDM Vol. 3A 8.4.4.1: INIT, 10 ms,
+ * SIPI, 200 us, SIPI. The second SIPI is ignored by an AP already running. */
+static void init_sipi_sipi(UINT64 trampoline)
+{
+    send_ipi(ICR_ALL_BUT_SELF | ICR_LEVEL_ASSERT | ICR_INIT);
+    delay_us(10000);
+    for (int i = 0; i < 2; i++) {
+        send_ipi(ICR_ALL_BUT_SELF | ICR_LEVEL_ASSERT | ICR_STARTUP | (UINT32)(trampoline >> 12));
+        delay_us(200);
+    }
+}
+
+/* ---- the checks, on any CPU ----------------------------------------------------------- */
+
+/* CPUID and, when uefi-hv is there, the ring-0 VMCALL ping; returns the
+ * number of failed checks, each reported with `who`. */
+static int check_cpu(const char *who, struct hvprobe *p)
+{
+    int failed = 0;
+    hvprobe_run(p);
+    say("OSMODEL: %s: APIC %u, CPUID.1:ECX hypervisor=%u vmx=%u; leaf 0x40000000: '%s'\n",
+        who, apic_id(), p->hypervisor_bit, p->vmx_bit, p->signature);
+    if (!p->ours)
+        return 0;
+    if (p->vmx_bit) {
+        say("OSMODEL: %s: check failed: VMX visible (CPUID.1:ECX[5] set)\n", who);
+        failed++;
+    }
+    unsigned long long pong, cpu, status = hvprobe_vmcall_ping(&pong, &cpu);
+    if (status != 0 || pong != OSKIT_VMCALL_PONG) {
+        say("OSMODEL: %s: check failed: VMCALL ping: status 0x%lx, RBX 0x%lx (want 0x%lx)\n",
+            who, (UINT64)status, (UINT64)pong, (UINT64)OSKIT_VMCALL_PONG);
+        failed++;
+    } else {
+        say("OSMODEL: %s: VMCALL ping answered, hypervisor CPU %lu\n", who, (UINT64)cpu);
+    }
+    return failed;
+}
+
+static void load_idt(void)
+{
+    struct table_register idtr = { sizeof(idt) - 1, (UINT64)idt };
+    __asm__ volatile("lidt %0" : : "m"(idtr));
+}
+
+/* The AP's C entry, from the trampoline in long mode on ap_stack. */
+static void ap_main(UINT64 round)
+{
+    struct hvprobe p;
+    char who[] = "AP round ?";
+    UINT64 cr0, cr4, efer;
+
+    load_idt();
+    who[9] = (char)('0' + round);
+    __asm__ volatile("mov %%cr0, %0; mov %%cr4, %1" : "=r"(cr0), "=r"(cr4));
+    efer = rdmsr(0xC0000080);
+    say("OSMODEL: %s: in long mode (CR0 0x%lx, CR4 0x%lx, EFER 0x%lx)\n", who, cr0, cr4, efer);
+    int failed = check_cpu(who, &p);
+    if (p.ours != bsp_probe.ours) {
+        say("OSMODEL: %s: check failed: the AP %s the hypervisor, the BSP %s\n", who,
+            p.ours ? "sees" : "does not see", bsp_probe.ours ? "does" : "does not");
+        failed++;
+    }
+    ap_round = (UINT32)round;
+    __atomic_store_n(&ap_done, failed ? 2 : 1, __ATOMIC_RELEASE);
+    halt_forever();
+}
+
+/* ---- taking over from the firmware ------------------------------------------------------ */
+
+static EFI_STATUS exit_boot_services(EFI_HANDLE image, UINTN *map_size, UINTN *desc_size,
+                                     UINT32 *desc_version)
+{
+    EFI_STATUS status = EFI_INVALID_PARAMETER;
+    /* A changed map (the firmware may allocate between the two calls) makes
+     * ExitBootServices fail with EFI_INVALID_PARAMETER: fetch it again. Not a
+     * single print in between, it would allocate too. */
+    for (int attempt = 0; attempt < 8 && status == EFI_INVALID_PARAMETER; attempt++) {
+        UINTN key;
+        *map_size = sizeof(memory_map);
+        status = uefi_call_wrapper(BS->GetMemoryMap, 5, map_size,
+                                   (EFI_MEMORY_DESCRIPTOR *)memory_map, &key, desc_size,
+                                   desc_version);
+        if (EFI_ERROR(status))
+            return status;
+        status = uefi_call_wrapper(BS->ExitBootServices, 2, image, key);
+    }
+    return status;
+}
+
+#define FOR_EACH_DESCRIPTOR(d, map, size, stride) \
+    for (EFI_MEMORY_DESCRIPTOR *d = (EFI_MEMORY_DESCRIPTOR *)(map); \
+         (UINT8 *)d < (UINT8 *)(map) + (size); \
+         d = (EFI_MEMORY_DESCRIPTOR *)((UINT8 *)d + (stride)))
+
+/* SetVirtualAddressMap with the runtime regions mapped where they are. */
+static EFI_STATUS identity_virtual_map(UINTN map_size, UINTN desc_size, UINT32 desc_version,
+                                       UINTN *runtime_regions)
+{
+    UINTN n = 0;
+    FOR_EACH_DESCRIPTOR(d, memory_map, map_size, desc_size) {
+        if (!(d->Attribute & EFI_MEMORY_RUNTIME))
+            continue;
+        if ((n + 1) * desc_size > sizeof(runtime_map))
+            return EFI_BUFFER_TOO_SMALL;
+        EFI_MEMORY_DESCRIPTOR *r = (EFI_MEMORY_DESCRIPTOR *)(runtime_map + n * desc_size);
+        CopyMem(r, d, desc_size);
+        r->VirtualStart = r->PhysicalStart;
+        n++;
+    }
+    *runtime_regions = n;
+    return uefi_call_wrapper(RT->SetVirtualAddressMap, 4, n * desc_size, desc_size,
+                             desc_version, (EFI_MEMORY_DESCRIPTOR *)runtime_map);
+}
+
+/* The highest free page below 1 MiB, as the map says: where an OS puts its
+ * trampoline. 0 when there is none. The first page (the real-mode IVT) is
+ * left alone. */
+static UINT64 low_conventional_page(UINTN map_size, UINTN desc_size)
+{
+    UINT64 best = 0;
+    FOR_EACH_DESCRIPTOR(d, memory_map, map_size, desc_size) {
+        if (d->Type != EfiConventionalMemory)
+            continue;
+        UINT64 start = (d->PhysicalStart + 0xFFF) & ~0xFFFULL;
+        UINT64 end = d->PhysicalStart + d->NumberOfPages * 4096;
+        if (end > 0x100000)
+            end = 0x100000;
+        if (start < 0x1000)
+            start = 0x1000;
+        if (end >= start + 4096 && end - 4096 > best)
+            best = (end - 4096) & ~0xFFFULL;
+    }
+    return best;
+}
+
+static void take_over_machine_state(void)
+{
+    /* Identity map of the first 4 GiB in 2 MiB pages; the top 32 MiB
+     * (APIC, IOAPIC, firmware flash) uncached. */
+    for (int g = 0; g < 4; g++) {
+        for (int i = 0; i < 512; i++) {
+            UINT64 address = ((UINT64)g << 30) | ((UINT64)i << 21);
+            pd[g][i] = address | PAGE_2M_FLAGS | (address >= 0xFE000000ULL ? PAGE_PCD_PWT : 0);
+        }
+        pdpt[g] = (UINT64)pd[g] | PAGE_TABLE_FLAGS;
+    }
+    pml4[0] = (UINT64)pdpt | PAGE_TABLE_FLAGS;
+
+    for (int v = 0; v < 32; v++) {
+        UINT64 handler = (UINT64)osmodel_exception_stubs + 16 * v;
+        idt[v] = (struct idt_gate){
+            .offset_low = (UINT16)handler, .selector = MODEL_CS64, .ist = 0,
+            .type = 0x8E,               /* present, DPL 0, 64-bit interrupt gate */
+            .offset_mid = (UINT16)(handler >> 16), .offset_high = (UINT32)(handler >> 32),
+        };
+    }
+
+    struct table_register gdtr = { sizeof(gdt) - 1, (UINT64)gdt };
+    __asm__ volatile("cli; lgdt %0" : : "m"(gdtr));
+    osmodel_load_segments();
+    load_idt();
+    __asm__ volatile("mov %0, %%cr3" : : "r"((UINT64)pml4) : "memory");
+}
+
+/* Copy the trampoline to `page` and fill its parameter block. */
+static void prepare_trampoline(UINT64 page, UINT64 round)
+{
+    UINT8 *dst = (UINT8 *)page;
+    UINTN size = osmodel_trampoline_end - osmodel_trampoline_start;
+    CopyMem(dst, osmodel_trampoline_start, size);
+#define PARAM(sym) (dst + ((sym) - osmodel_trampoline_start))
+    *(UINT16 *)PARAM(osmodel_tr_gdtr) = sizeof(gdt) - 1;
+    *(UINT32 *)(PARAM(osmodel_tr_gdtr) + 2) = (UINT32)(UINT64)gdt;
+    *(UINT32 *)PARAM(osmodel_tr_far32) = (UINT32)(page + osmodel_tr_protected_offset);
+    *(UINT32 *)PARAM(osmodel_tr_far64) = (UINT32)(page + osmodel_tr_long_offset);
+    *(UINT64 *)PARAM(osmodel_tr_cr3) = (UINT64)pml4;
+    *(UINT64 *)PARAM(osmodel_tr_rsp) = (UINT64)(ap_stack + sizeof(ap_stack));
+    *(UINT64 *)PARAM(osmodel_tr_entry) = (UINT64)ap_main;
+    *(UINT64 *)PARAM(osmodel_tr_arg) = round;
+#undef PARAM
+}
+
+/* Start the AP into ap_main(round); NULL when it came and its checks
+ * passed, else what went wrong. */
+static const char *start_ap(UINT64 page, UINT64 round)
+{
+    prepare_trampoline(page, round);
+    __atomic_store_n(&ap_done, 0, __ATOMIC_RELEASE);
+    say("OSMODEL: BSP: INIT-SIPI-SIPI round %lu, trampoline at 0x%lx (SIPI vector 0x%lx)\n",
+        round, page, page >> 12);
+    init_sipi_sipi(page);
+    UINT64 deadline = rdtsc() + tsc_per_ms * AP_WAIT_MS;
+    while (!__atomic_load_n(&ap_done, __ATOMIC_ACQUIRE) && rdtsc() < deadline)
+        __asm__ volatile("pause");
+    UINT32 done = __atomic_load_n(&ap_done, __ATOMIC_ACQUIRE);
+    if (!done) {
+        say("OSMODEL: BSP: no AP reported within %u ms of round %lu\n", AP_WAIT_MS, round);
+        return round == 1 ? "no AP started, round 1" : "no AP started, round 2";
+    }
+    if (ap_round != round) {
+        say("OSMODEL: BSP: the AP reported round %u, expected %lu\n", ap_round, round);
+        return "the AP ran the wrong round";
+    }
+    if (done != 1)
+        return round == 1 ? "the AP's checks, round 1" : "the AP's checks, round 2";
+    say("OSMODEL: BSP: the AP reported, round %lu\n", round);
+    return NULL;
+}
+
+EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
+{
+    UINTN map_size, desc_size, runtime_regions;
+    UINT32 desc_version;
+    EFI_STATUS status;
+
+    InitializeLib(image, systab);
+    say("OSMODEL: start: taking the machine over from the firmware\n");
+
+    /* While the firmware still keeps time: the TSC rate, for the APIC delays. */
+    UINT64 t0 = rdtsc();
+    uefi_call_wrapper(BS->Stall, 1, 10000);
+    tsc_per_ms = (rdtsc() - t0) / 10;
+    if (!tsc_per_ms)
+        tsc_per_ms = 1;
+    UINT64 apic_base = rdmsr(MSR_IA32_APIC_BASE);
+    x2apic = (apic_base & APIC_BASE_X2APIC) != 0;
+    apic_mmio = apic_base & ~0xFFFULL & 0x000FFFFFFFFFFFFFULL;
+    say("OSMODEL: TSC %lu per ms; local APIC %s at 0x%lx; model image at 0x%lx\n", tsc_per_ms,
+        x2apic ? "in x2APIC mode" : "xAPIC", apic_mmio, (UINT64)efi_main);
+    if ((UINT64)gdt >> 32 || (UINT64)pml4 >> 32 || (UINT64)pml4 & 0xFFF) {
+        say("OSMODEL: FAIL: the model's tables must lie below 4 GiB, page-aligned (pml4 0x%lx)\n",
+            (UINT64)pml4);
+        halt_forever();
+    }
+
+    status = exit_boot_services(image, &map_size, &desc_size, &desc_version);
+    if (EFI_ERROR(status)) {
+        say("OSMODEL: FAIL: ExitBootServices: status 0x%lx\n", (UINT64)status);
+        halt_forever();
+    }
+    say("OSMODEL: ExitBootServices done (%lu descriptors of %lu bytes)\n",
+        (UINT64)(map_size / desc_size), (UINT64)desc_size);
+
+    status = identity_virtual_map(map_size, desc_size, desc_version, &runtime_regions);
+    if (EFI_ERROR(status)) {
+        say("OSMODEL: FAIL: SetVirtualAddressMap: status 0x%lx\n", (UINT64)status);
+        halt_forever();
+    }
+    say("OSMODEL: SetVirtualAddressMap done (%lu runtime regions, identity)\n",
+        (UINT64)runtime_regions);
+
+    take_over_machine_state();
+    say("OSMODEL: own GDT, IDT and page tables loaded (CR3 0x%lx)\n", (UINT64)pml4);
+
+    if (check_cpu("BSP", &bsp_probe))
+        fail("the BSP's hypervisor checks");
+
+    UINT64 page = low_conventional_page(map_size, desc_size);
+    if (!page) {
+        fail("no conventional memory page below 1 MiB for the AP trampoline");
+    } else {
+        for (UINT64 round = 1; round <= AP_ROUNDS; round++) {
+            const char *why = start_ap(page, round);
+            if (why)
+                fail(why);
+        }
+    }
+
+    if (failures)
+        say("OSMODEL: FAIL: %s\n", first_failure);
+    else if (bsp_probe.ours)
+        say("OSMODEL: PASS\n");
+    else
+        say("OSMODEL: MECHANICS PASS, hypervisor absent\n");
+
+    uefi_call_wrapper(RT->ResetSystem, 4, EfiResetShutdown, EFI_SUCCESS, 0, NULL);
+    say("OSMODEL: ResetSystem returned; halting\n");
+    halt_forever();
+}
