@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from uefi_hv import generate
+from uefi_hv import DSL_DIR, generate
+from uefi_hv.gpt import inspect_image
 from uefi_hv.emulate import kvm_vmx_usable
 
 
-def uefi_hv(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "uefi_hv", *map(str, args)], env=env,
+def uefi_hv(*args, env=None, cwd=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "uefi_hv", *map(str, args)], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -50,8 +51,9 @@ def test_build_image_run_the_banner_in_bochs(tmp_path, run_dir):
     imaged = uefi_hv("image", tmp_path / "banner", "-o", tmp_path / "banner.img")
     assert imaged.returncode == 0, imaged.stderr
 
+    # A relative --run-dir is relative to where the command runs.
     run = uefi_hv("run", tmp_path / "banner.img", "--emulator", "bochs", "--timeout", 60,
-                  "--run-dir", run_dir)
+                  "--run-dir", run_dir.relative_to(tmp_path), cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "uefi-hv banner: vmx=1 vendor=GenuineIntel" in run.stdout     # streamed console
     assert "clean power-off" in run.stdout
@@ -81,7 +83,10 @@ def test_a_timeout_exits_one_and_leaves_no_emulator(hang_image, run_dir):
     assert processes_mentioning(str(run_dir)) == []
 
 
-def test_ctrl_c_stops_the_run_and_its_emulator(hang_image, run_dir):
+@pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 130),
+                                         (signal.SIGKILL, -signal.SIGKILL)])
+def test_stopping_the_command_stops_its_emulator(hang_image, run_dir, sig, status):
+    # SIGKILL leaves no chance to clean up: the emulator dies with its parent.
     cli = subprocess.Popen([sys.executable, "-m", "uefi_hv", "run", str(hang_image),
                             "--emulator", "bochs", "--timeout", "120", "--run-dir", str(run_dir)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -91,14 +96,18 @@ def test_ctrl_c_stops_the_run_and_its_emulator(hang_image, run_dir):
             assert time.monotonic() < deadline and cli.poll() is None, "the run never got going"
             time.sleep(0.2)
         assert processes_mentioning(str(run_dir))          # Bochs is running
-        cli.send_signal(signal.SIGINT)
+        cli.send_signal(sig)
         _, err = cli.communicate(timeout=30)
     finally:
         if cli.poll() is None:
             cli.kill()
             cli.wait()
-    assert cli.returncode == 130
-    assert "interrupted" in err and "Traceback" not in err
+    assert cli.returncode == status
+    if sig != signal.SIGKILL:
+        assert "interrupted" in err and "Traceback" not in err
+    deadline = time.monotonic() + 10       # the kernel's SIGKILL is not instant
+    while processes_mentioning(str(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert processes_mentioning(str(run_dir)) == []
 
 
@@ -147,3 +156,11 @@ def test_image_add_wants_src_and_dest(tmp_path, banner_efi):
                     reason="the hypervisor generator exists: its own tests build specs")
 def test_building_a_spec_without_the_generator_says_so(tmp_path):
     assert_clean_error(uefi_hv("build", "-o", tmp_path / "hv"), 1, "--banner")
+
+
+@pytest.mark.skipif(not hasattr(generate, "generate_hypervisor"),
+                    reason="no hypervisor generator yet")
+def test_image_builds_a_spec_first(tmp_path):
+    made = uefi_hv("image", DSL_DIR / "default.hv", "-o", tmp_path / "hv.img")
+    assert made.returncode == 0, made.stderr
+    assert inspect_image(tmp_path / "hv.img").esp_files == ["EFI/BOOT/BOOTX64.EFI"]

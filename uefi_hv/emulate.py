@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import ctypes
 import functools
 import itertools
 import json
@@ -87,11 +88,21 @@ def _require(program: str, package: str) -> str:
 _live_groups: set[int] = set()
 
 
+_PR_SET_PDEATHSIG = 1      # linux/prctl.h
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends it SIGKILL when the Python
+    process that started it dies, even by SIGKILL, when no `finally` runs."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _spawn(cmd: Sequence[str], cwd: Path, log: Path, stdin=subprocess.DEVNULL) -> subprocess.Popen:
     """Start `cmd` as the leader of a new process group, output to `log`."""
     with open(log, "wb") as out:
         proc = subprocess.Popen(list(cmd), cwd=cwd, stdin=stdin, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
     _live_groups.add(proc.pid)
     return proc
 
@@ -221,7 +232,7 @@ def new_run_dir(emulator: str, run_dir=None) -> Path:
     if run_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = ROOT / "runs" / f"{stamp}-{emulator}-{os.getpid()}-{next(_run_counter)}"
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()       # the emulators run inside it
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -686,6 +697,8 @@ def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
 def cmd_run(args) -> int:
     if args.cpu_model and args.emulator == "qemu":
         raise UsageError("error: --cpu-model chooses the Bochs CPU; QEMU runs -cpu host or TCG")
+    # A polite kill (SIGTERM) ends the run like Ctrl-C: the emulator goes too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = boot(args.image, emulator=args.emulator, cpus=args.cpus, timeout=args.timeout,
                   expect=[args.expect] if args.expect else [], cpu_model=args.cpu_model,
                   run_dir=args.run_dir, stream=lambda line: print(line, flush=True))
