@@ -489,6 +489,9 @@ def kvm_vmx_usable() -> bool:
         return False
     if not re.search(r"^flags\s*:.*\bvmx\b", cpuinfo, re.M):
         return False
+    nested = Path("/sys/module/kvm_intel/parameters/nested")
+    if nested.exists() and nested.read_text().strip() not in ("Y", "1"):
+        return False            # kvm_intel would hide VMX from its guests
     return _qemu_accepts_kvm()
 
 
