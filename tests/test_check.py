@@ -67,6 +67,7 @@ VIOLATIONS = {
     "SYM-PER-CPU": variant([("symbol(host_stack_top) per_cpu", "symbol(host_stack_top)")]),
     "GLOBAL-UNUSED": variant(append="global boot_cr3 = read(cr3)"),
     "ID-SIGNATURE": variant([('signature "UefiHvUefiHv"', 'signature "UefiHv"')]),
+    "ID-VERSION": variant([('version   "0.1.0"', 'version "0.1.0-rc1"')]),
 }
 
 

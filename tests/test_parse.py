@@ -132,6 +132,7 @@ def test_syntax_errors_in_words(text, message):
     ("option external_interrupts = maybe", "is on or off"),
     ("const A = B", "unknown constant 'B'"),
     ('hypervisor "x" { signatur "y" }', "did you mean 'signature'"),
+    ('hypervisor "x" { signature "UefiHvUefi\u00e9v" }', "the signature must be printable ASCII"),
     ('import "nothere.hv"', 'cannot import "nothere.hv"'),
     ("exit rdmsr, wrmsr", "say what the handler does"),
 ])

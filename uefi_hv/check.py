@@ -562,9 +562,20 @@ def check_signature(ctx: Ctx):
     """CPUID leaf 0x40000000 returns the hypervisor's signature in EBX, ECX
     and EDX: exactly 12 bytes, printable ASCII."""
     sig = ctx.spec.identity.signature
-    if len(sig.encode("utf-8", "replace")) != 12 or not all(" " <= c <= "~" for c in sig):
+    if len(sig) != 12 or not all(" " <= c <= "~" for c in sig):
         loc = ctx.spec.identity.loc or m.Loc(ctx.spec.file, 1, 1)
         yield f"signature \"{sig}\" must be exactly 12 printable ASCII characters (it is {len(sig)})", loc
+
+
+@check("ID-VERSION", "docs/dsl.md#identity", "the version is MAJOR.MINOR.PATCH")
+def check_version(ctx: Ctx):
+    """The hypervisor reports its version over VMCALL as one number,
+    MAJOR << 16 | MINOR << 8 | PATCH: three decimal numbers below 256."""
+    v = ctx.spec.identity.version
+    parts = v.split(".")
+    if len(parts) != 3 or not all(p.isdigit() and p.isascii() and int(p) < 256 for p in parts):
+        loc = ctx.spec.identity.loc or m.Loc(ctx.spec.file, 1, 1)
+        yield f"version \"{v}\" must be MAJOR.MINOR.PATCH, each below 256 (e.g. \"0.1.0\")", loc
 
 
 # --- running them ------------------------------------------------------------------
@@ -666,8 +677,9 @@ def update_docs(path) -> bool:
 
 def cmd_check(args) -> int:
     spec = load_and_check(args.spec)
+    shown = spec.file
     host = len(spec.host_state)
-    print(f"{args.spec}: ok ({len(spec.fields)} fields in the catalogue, {host} host-state sources, "
+    print(f"{shown}: ok ({len(spec.fields)} fields in the catalogue, {host} host-state sources, "
           f"{len(spec.globals)} global{'s' if len(spec.globals) != 1 else ''}, {len(spec.exits)} exit handlers; "
           f"{len(CHECKS)} checks)")
     return 0
@@ -695,9 +707,10 @@ def _print_fields(args) -> int:
             "exists_when": f.exists_when, "description": f.description,
         } for f in fields], indent=1))
         return 0
-    print(f"{'encoding':<9} {'width':<8} {'type':<10} {'name':<30} exists when")
+    print(f"{'encoding':<8} {'high':<6} {'width':<7} {'type':<9} {'name':<30} exists when")
     for f in fields:
-        print(f"{f.encoding:#06x}    {f.width:<8} {f.type:<10} {f.name:<30} {f.exists_when or ''}")
+        high = f"0x{f.high_encoding:04X}" if f.high_encoding is not None else ""
+        print(f"0x{f.encoding:04X}   {high:<6} {f.width:<7} {f.type:<9} {f.name:<30} {f.exists_when or ''}")
     return 0
 
 

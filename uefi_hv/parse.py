@@ -263,6 +263,16 @@ class _Loader:
             self.diags.append(_syntax_error(e, shown, text))
             self.loading.pop()
             return
+        # A catalogue read first, into an empty loader, always ends the same:
+        # replay what it did last time (vmcs.hv is 180 fields; the fuzz test
+        # and the generator load it thousands of times).
+        leaf = not any(isinstance(i, Tree) and i.data == "import_stmt" for i in tree.children)
+        cached = _imports.get(path)
+        key = (path, shown, cached[0]) if cached and cached[2] is tree and leaf and self.pristine() else None
+        if key is not None and key in _replays:
+            self.restore(_replays[key])
+            self.loading.pop()
+            return
         try:
             for item in tree.children:
                 if isinstance(item, Tree):
@@ -273,6 +283,31 @@ class _Loader:
                                    self.loc(e.tok, shown))
         finally:
             self.loading.pop()
+        if key is not None:
+            _replays[key] = self.snapshot()
+
+    _LISTS = ("raw_fields", "raw_consts", "raw_globals", "raw_host", "raw_reqs", "raw_intercepts",
+              "raw_exits", "diags")
+    _TABLES = ("controls", "exit_reasons", "vm_instruction_errors", "msrs", "settings", "setting_locs")
+
+    def pristine(self) -> bool:
+        """Nothing declared yet (only files recorded)."""
+        return (not any(getattr(self, a) for a in self._LISTS)
+                and not any(getattr(self.spec, t) for t in self._TABLES)
+                and self.spec.identity == m.Identity())
+
+    def snapshot(self) -> dict:
+        state = {a: list(getattr(self, a)) for a in self._LISTS}
+        state.update({t: dict(getattr(self.spec, t)) for t in self._TABLES})
+        state["identity"] = self.spec.identity
+        return state
+
+    def restore(self, state: dict):
+        for a in self._LISTS:
+            setattr(self, a, list(state[a]))
+        for t in self._TABLES:
+            setattr(self.spec, t, dict(state[t]))
+        self.spec.identity = state["identity"]
 
     def item_import_stmt(self, node, file, path: Path, chain=()):
         name = _string(node.children[0])
@@ -313,6 +348,10 @@ class _Loader:
             if key not in ("signature", "version"):
                 self.error(f"unknown hypervisor property '{key}'{did_you_mean(key, ['signature', 'version'])}",
                            self.loc(prop, file))
+                continue
+            if key == "signature" and not all(" " <= c <= "~" for c in value):
+                # the generated code packs it into EBX:ECX:EDX as ASCII
+                self.error(f"the signature must be printable ASCII: \"{value}\"", self.loc(prop.children[1], file))
                 continue
             props[key] = value
         old = self.spec.identity
@@ -721,6 +760,7 @@ class _Loader:
 # Imported files (the catalogue above all) parsed once per process, as long
 # as they do not change on disk. Only successfully parsed trees are kept.
 _imports: dict[Path, tuple] = {}
+_replays: dict[tuple, dict] = {}       # (path, shown, file's stat key) -> the loader's state after it
 
 
 def _read_import(path: Path):
