@@ -111,7 +111,7 @@ def test_syntax_errors_in_words(text, message):
 
 @pytest.mark.parametrize("text, message", [
     ("host_state { HOST_IDT_BASE = 0 }", "unknown host-state field 'HOST_IDT_BASE'; did you mean 'HOST_IDTR_BASE'"),
-    ("host_state { GUEST_RIP = 0 }", "GUEST_RIP is a guest field"),
+    ("host_state { GUEST_RIP = 0 }", "GUEST_RIP is a guest-state field"),
     ("controls { require proc2.enable_eptt }", "did you mean 'proc2.enable_ept'"),
     ("controls { require enable_ept }", "did you mean 'proc2.enable_ept'"),
     ("exit cpuid -> cpuidd", "unknown action 'cpuidd'; did you mean 'cpuid'"),

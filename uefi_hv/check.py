@@ -19,6 +19,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from uefi_hv import DSL_DIR
@@ -376,10 +377,10 @@ def check_msr_ranges(ctx: Ctx):
     """The MSR bitmaps cover MSRs 0-1FFFH and C0000000H-C0001FFFH; RDMSR and
     WRMSR of any other MSR always exit, so listing it changes nothing."""
     for i in ctx.spec.msr_intercepts:
-        for lo, hi in ((i.first, i.last),):
-            inside = (hi <= 0x1FFF) or (0xC0000000 <= lo and hi <= 0xC0001FFF)
-            if not inside:
-                yield f"MSRs {lo:#x} .. {hi:#x} are outside the bitmap; their accesses always exit", i.loc
+        if not (i.last <= 0x1FFF or 0xC0000000 <= i.first and i.last <= 0xC0001FFF):
+            what = f"MSR {i.first:#x} is" if i.first == i.last else f"MSRs {i.first:#x} .. {i.last:#x} are"
+            yield (f"{what} outside the MSR bitmap's ranges (0-0x1fff, 0xc0000000-0xc0001fff); "
+                   f"RDMSR/WRMSR there always exit"), i.loc
 
 
 @check("MSR-HANDLER", "docs/dsl.md#msr-bitmap", "intercepted MSR accesses have a handler")
@@ -660,7 +661,6 @@ def checks_markdown() -> str:
 
 def update_docs(path) -> bool:
     """Rewrite the table between the markers of `path`; True when it changed."""
-    from pathlib import Path
     p = Path(path)
     text = p.read_text()
     head, sep, rest = text.partition(DOC_BEGIN)

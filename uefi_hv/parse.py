@@ -119,39 +119,40 @@ def parser() -> Lark:
     return _parser
 
 
-# Terminals in words, for "expected ..." messages.
+# Terminals in words, for "expected ..." messages (keywords and punctuation
+# are quoted as written).
 _WORDS = {
     "NAME": "a name", "QNAME": "a qualified name like proc2.enable_ept", "INT": "a number",
-    "STRING": "a string in double quotes", "LBRACE": "'{'", "RBRACE": "'}'", "LPAR": "'('",
-    "RPAR": "')'", "EQUAL": "'='", "COMMA": "','", "SEMICOLON": "';'", "__ANON_0": "'->'",
-    "$END": "the end of the file",
+    "STRING": "a string in double quotes", "$END": "the end of the file",
 }
 
 
+_DECLARATIONS = {"import", "hypervisor", "const", "global", "option", "fields", "control_bits", "exit_reasons",
+                 "vm_instruction_errors", "msrs", "host_state", "controls", "msr_bitmap", "exit"}
+
+
 def _words(terminals) -> str:
+    patterns = {t.name: t.pattern for t in parser().terminals}
     names = []
-    for t in sorted(terminals):
-        if t in _WORDS:
+    values = {t: patterns[t].value for t in terminals or () if t in patterns and patterns[t].type == "str"}
+    declarations = _DECLARATIONS <= set(values.values())
+    for t in sorted(terminals or (), key=lambda t: (t == "$END", t)):
+        if declarations and values.get(t) in _DECLARATIONS:
+            word = "a new declaration (import, const, global, host_state, controls, exit ...)"
+        elif t in _WORDS:
             word = _WORDS[t]
-        elif t.startswith("__ANON") or t.isupper() and t not in ("NAME",):
-            word = None
-            term = parser().get_terminal(t) if t in {x.name for x in parser().terminals} else None
-            if term is not None and term.pattern.type == "str":
-                word = f"'{term.pattern.value}'"
-            word = word or t.lower()
         else:
-            word = t
+            word = f"'{values[t]}'" if t in values else t.lower()
         if word not in names:
             names.append(word)
     if not names:
         return "nothing more"
-    if len(names) == 1:
-        return names[0]
-    return ", ".join(names[:-1]) + " or " + names[-1]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def _syntax_error(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
-    line, col = max(e.line, 1), max(e.column, 1)
+    line = e.line if isinstance(e.line, int) and e.line > 0 else 1
+    col = e.column if isinstance(e.column, int) and e.column > 0 else 1
     if isinstance(e, UnexpectedCharacters):
         ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
         msg = f"unexpected character {ch!r}"
@@ -554,7 +555,8 @@ class _Loader:
                 self.error(f"unknown host-state field '{name}'{did_you_mean(name, hosts)}", loc)
                 continue
             if fld.type != "host":
-                self.error(f"{name} is a {fld.type} field; host_state assigns host-state fields (HOST_...)", loc)
+                kind = {"exit-info": "a read-only exit-information", "control": "a control"}.get(fld.type, "a guest-state")
+                self.error(f"{name} is {kind} field; host_state assigns host-state fields (HOST_...)", loc)
                 continue
             source = self.source(raw, global_names)
             if source is not None:
