@@ -318,8 +318,8 @@ static EFI_STATUS exit_boot_services(EFI_HANDLE image, UINTN *map_size, UINTN *d
 {
     EFI_STATUS status = EFI_INVALID_PARAMETER;
     /* A changed map (the firmware may allocate between the two calls) makes
-     * ExitBootServices fail with EFI_INVALID_PARAMETER: fetch it again. Not a
-     * single print in between, it would allocate too. */
+     * ExitBootServices fail with EFI_INVALID_PARAMETER: fetch it again. No
+     * firmware call in between (Print would allocate); say() is port I/O. */
     for (int attempt = 0; attempt < 8 && status == EFI_INVALID_PARAMETER; attempt++) {
         UINTN key;
         *map_size = sizeof(memory_map);
@@ -328,6 +328,7 @@ static EFI_STATUS exit_boot_services(EFI_HANDLE image, UINTN *map_size, UINTN *d
                                    desc_version);
         if (EFI_ERROR(status))
             return status;
+        say("OSMODEL: ExitBootServices, attempt %u, map key 0x%lx\n", attempt + 1, (UINT64)key);
         status = uefi_call_wrapper(BS->ExitBootServices, 2, image, key);
     }
     return status;

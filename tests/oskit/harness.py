@@ -1,0 +1,69 @@
+"""Building what the OS tests boot, the way a user does it: through the CLI.
+
+    build_hypervisor(outdir, spec) -> Path      `uefi-hv build SPEC -o OUTDIR`
+    chained_image(hv_dir, next_image, output, cmdline="", initrd=None) -> Path
+                                                `uefi-hv image DIR --chain ...`
+    require_chain(serial)                       fails, naming what is missing,
+                                                when the hypervisor did not
+                                                start the chained image
+
+Tests that need the hypervisor's chain support call require_chain(): a
+hypervisor that cannot chain makes them fail with that reason, not skip.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+from uefi_hv import ROOT
+
+from oskit.initramfs import DEFAULT_SPEC
+
+#: What the hypervisor prints as it starts the chained image (templates/hv/chain.c.j2).
+CHAIN_STARTED = "uefi-hv: starting \\EFI\\UEFI-HV\\NEXT.EFI"
+#: What it prints on a CPU without VMX (QEMU's TCG), before it chains anyway.
+VMX_UNAVAILABLE = re.compile(r"uefi-hv: VMX is not available on this CPU")
+
+
+def _cli(*args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "uefi_hv", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise AssertionError(f"uefi-hv {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def build_hypervisor(outdir: Path, spec: Path = DEFAULT_SPEC) -> Path:
+    """The hypervisor of `spec`, built into `outdir` (BOOTX64.EFI in it)."""
+    _cli("build", str(spec), "-o", str(outdir))
+    if not (Path(outdir) / "BOOTX64.EFI").is_file():
+        raise AssertionError(f"uefi-hv build wrote no {outdir}/BOOTX64.EFI")
+    return Path(outdir)
+
+
+def chained_image(hv_dir: Path, next_image: Path, output: Path, cmdline: str = "",
+                  initrd: Optional[Path] = None) -> Path:
+    """A USB image whose BOOTX64.EFI is the hypervisor in `hv_dir`, which
+    then starts `next_image` with `cmdline` (and `initrd`)."""
+    args = ["image", str(hv_dir), "-o", str(output), "--chain", str(next_image)]
+    if cmdline:
+        args += ["--cmdline", cmdline]
+    if initrd is not None:
+        args += ["--initrd", str(initrd)]
+    _cli(*args)
+    return Path(output)
+
+
+def require_chain(serial: str) -> None:
+    """Fail with the reason when the hypervisor did not start the chained image."""
+    if CHAIN_STARTED not in serial:
+        tail = "\n".join(serial.strip().splitlines()[-8:])
+        raise AssertionError(
+            "the hypervisor did not start the chained image (no line "
+            f"'{CHAIN_STARTED}'): these tests need its chain support "
+            "(CHAIN.TXT, templates/hv/chain.c.j2). Last console lines:\n" + tail)

@@ -1,0 +1,100 @@
+"""Linux boots under (or past) uefi-hv from the USB image: Debian's kernel,
+chained by the hypervisor through its EFI stub, with an initramfs whose /init
+(tests/oskit/oscheck.c) reports what user space sees of the hypervisor."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from uefi_hv.emulate import QemuMachine, boot, kvm_vmx_usable
+
+from oskit.fixtures import hypervisor_dir, initramfs, linux_kernel  # noqa: F401 (fixtures)
+from oskit.harness import CHAIN_STARTED, VMX_UNAVAILABLE, chained_image, require_chain
+
+#: panic=-1: a kernel panic resets at once, which QEMU (-no-reboot) reports
+#: as a guest-reset and Bochs as the end of the run; no waiting for a timeout.
+CMDLINE = "console=ttyS0 panic=-1"
+NOT_OURS = re.compile(r"^OSCHECK: no uefi-hv hypervisor; (\d+) CPUs online$", re.M)
+LINUX_FAILURES = ["OSCHECK: FAIL", "OSCHECK: no uefi-hv hypervisor", "Kernel panic"]
+CHECKS = ("OSCHECK: ok: hypervisor present, CPUID.1:ECX[31] set",
+          "OSCHECK: ok: signature at CPUID 0x40000000",
+          "OSCHECK: ok: VMX hidden, CPUID.1:ECX[5] clear",
+          "OSCHECK: ok: vmcall from ring 3: #UD as specified")
+
+
+@pytest.fixture(scope="module")
+def linux_image(hypervisor_dir, linux_kernel, initramfs, tmp_path_factory):
+    """The hypervisor as BOOTX64.EFI, chaining the kernel with the initramfs."""
+    return chained_image(hypervisor_dir, linux_kernel,
+                         tmp_path_factory.mktemp("linux") / "linux.img",
+                         cmdline=CMDLINE, initrd=initramfs)
+
+
+def test_the_kernel_is_debians_unpacked_into_the_cache(linux_kernel):
+    data = linux_kernel.read_bytes()
+    assert linux_kernel.parent.parent.name == "linux" and ".cache" in linux_kernel.parts
+    assert data[:2] == b"MZ"                    # the EFI stub's PE header
+    assert data[0x202:0x206] == b"HdrS"         # and the x86 boot protocol's
+    assert (linux_kernel.parent / "version").read_text().strip().endswith("-amd64")
+
+
+@pytest.mark.qemu
+def test_the_kernel_and_initramfs_boot_to_init_in_qemu(linux_kernel, initramfs, run_dir):
+    """The guest side alone, without any hypervisor: QEMU starts the kernel."""
+    args = ["-kernel", str(linux_kernel), "-initrd", str(initramfs), "-append", CMDLINE]
+    with QemuMachine(None, cpus=2, accel="tcg", run_dir=run_dir, extra_args=args) as m:
+        line = m.wait_for_line(NOT_OURS.pattern, timeout=120)
+        assert NOT_OURS.match(line).group(1) == "2"
+        assert m.wait_event("SHUTDOWN", timeout=30)["data"]["reason"] == "guest-shutdown"
+    assert "leaf 0x40000000: max 0x40000001 'TCGTCGTCGTCG'" in m.serial
+
+
+@pytest.mark.qemu
+def test_without_vmx_the_hypervisor_declines_and_linux_boots_on_two_cpus(linux_image, run_dir):
+    # TCG has no VMX (EMULATORS.md): the hypervisor must say so and still
+    # start the next image, as it would on a user's machine without VMX.
+    with QemuMachine(linux_image, cpus=2, accel="tcg", run_dir=run_dir) as m:
+        m.wait_for_line(VMX_UNAVAILABLE.pattern, timeout=60)
+        try:
+            m.wait_for_line(re.escape(CHAIN_STARTED), timeout=60)
+        except Exception:
+            require_chain(m.serial)
+            raise
+        line = m.wait_for_line(NOT_OURS.pattern, timeout=120)
+        assert NOT_OURS.match(line).group(1) == "2"
+        assert m.wait_event("SHUTDOWN", timeout=30)["data"]["reason"] == "guest-shutdown"
+    assert "EFI stub: Loaded initrd from command line option" in m.serial
+    assert "OSCHECK: /init running, 2 CPUs online, expecting signature 'UefiHvUefiHv'" in m.serial
+
+
+@pytest.mark.bochs
+@pytest.mark.slow
+def test_linux_boots_under_the_hypervisor_in_bochs(linux_image, run_dir, assert_no_leftovers):
+    # Haswell: Debian's 6.1 kernel hangs early on Bochs's tigerlake model
+    # (EMULATORS.md). One CPU: OVMF under Bochs has no ACPI, so Linux sees
+    # only the boot CPU; the OS model proves the AP path. No ACPI, no
+    # power-off either: the run ends on /init's verdict.
+    r = boot(linux_image, emulator="bochs", cpus=1, cpu_model="corei7_haswell_4770",
+             timeout=300, expect=["OSCHECK: PASS"], fail=LINUX_FAILURES, run_dir=run_dir)
+    require_chain(r.serial)
+    assert r.ok, r
+    for check in CHECKS:
+        assert check in r.serial
+    assert_no_leftovers(r)
+
+
+@pytest.mark.qemu
+def test_linux_runs_under_the_hypervisor_with_nested_kvm_on_four_cpus(linux_image, run_dir):
+    if not kvm_vmx_usable():
+        pytest.skip("no usable nested VMX here: /dev/kvm cannot run OVMF with -cpu host,+vmx "
+                    "(uefi_hv.emulate.kvm_vmx_usable() probed it)")
+    with QemuMachine(linux_image, cpus=4, accel="kvm", run_dir=run_dir) as m:
+        m.wait_for_line(r"OSCHECK: (PASS|FAIL)|OSCHECK: no uefi-hv", timeout=180)
+        serial = m.serial
+    require_chain(serial)
+    for check in CHECKS:
+        assert check in serial
+    assert "OSCHECK: PASS" in serial
+    assert "OSCHECK: /init running, 4 CPUs online" in serial

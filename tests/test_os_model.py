@@ -1,0 +1,84 @@
+"""The OS model takes the machine over like a kernel: ExitBootServices,
+SetVirtualAddressMap, its own GDT/IDT/page tables, and the AP started twice
+with INIT-SIPI-SIPI. Without uefi-hv it proves those mechanics; chained
+behind uefi-hv it proves the hypervisor survives them on both CPUs."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from uefi_hv.emulate import boot
+from uefi_hv.image import make_image
+
+from oskit.fixtures import hypervisor_dir, osmodel_efi  # noqa: F401 (fixtures)
+from oskit.harness import chained_image, require_chain
+from oskit.osmodel import FAIL, MECHANICS_PASS, PASS
+
+TAKEOVER = ("OSMODEL: ExitBootServices done",
+            "OSMODEL: SetVirtualAddressMap done",
+            "OSMODEL: own GDT, IDT and page tables loaded")
+
+
+def _verdicts(serial: str) -> list[str]:
+    return re.findall(r"^OSMODEL: (?:PASS|MECHANICS PASS.*|FAIL.*)$", serial, re.M)
+
+
+def _assert_ap_started_twice(serial: str) -> None:
+    for round_ in (1, 2):
+        assert f"OSMODEL: AP round {round_}: in long mode" in serial
+        assert re.search(rf"^OSMODEL: AP round {round_}: APIC 1, ", serial, re.M)
+        assert f"OSMODEL: BSP: the AP reported, round {round_}" in serial
+
+
+@pytest.mark.bochs
+def test_without_the_hypervisor_the_model_takes_over_two_cpus_in_bochs(
+        osmodel_efi, tmp_path, run_dir, assert_no_leftovers):
+    image = make_image(osmodel_efi, tmp_path / "osmodel.img")
+    r = boot(image, emulator="bochs", cpus=2, timeout=60, fail=[FAIL], run_dir=run_dir)
+    assert r.ok, r
+    assert r.reason == "clean power-off"        # ResetSystem after SetVirtualAddressMap
+    for step in TAKEOVER:
+        assert step in r.serial
+    assert "hypervisor=0 vmx=1" in r.serial     # Bochs's own CPU, VMX visible
+    _assert_ap_started_twice(r.serial)
+    assert _verdicts(r.serial) == [MECHANICS_PASS]
+    assert_no_leftovers(r)
+
+
+@pytest.mark.qemu
+def test_without_the_hypervisor_the_model_takes_over_two_cpus_in_qemu(
+        osmodel_efi, tmp_path, run_dir, assert_no_leftovers):
+    image = make_image(osmodel_efi, tmp_path / "osmodel.img")
+    r = boot(image, emulator="qemu", cpus=2, timeout=60, fail=[FAIL], run_dir=run_dir)
+    assert r.ok, r
+    assert r.reason == "clean power-off"
+    for step in TAKEOVER:
+        assert step in r.serial
+    _assert_ap_started_twice(r.serial)
+    assert _verdicts(r.serial) == [MECHANICS_PASS]
+    assert_no_leftovers(r)
+
+
+@pytest.mark.bochs
+def test_under_the_hypervisor_both_cpus_see_it_through_the_os_takeover(
+        hypervisor_dir, osmodel_efi, tmp_path, run_dir, assert_no_leftovers):
+    image = chained_image(hypervisor_dir, osmodel_efi, tmp_path / "chained.img")
+    r = boot(image, emulator="bochs", cpus=2, timeout=60, fail=[FAIL], run_dir=run_dir)
+    require_chain(r.serial)
+    assert "uefi-hv: 2 of 2 CPU(s) virtualised" in r.serial
+    verdicts = _verdicts(r.serial)
+    assert verdicts == [PASS], f"{r}; verdicts {verdicts}; last lines:\n" + \
+        "\n".join(r.serial.splitlines()[-10:])
+    assert r.ok, r
+    for step in TAKEOVER:
+        assert step in r.serial
+    # Ring 0 on each CPU: the signature, VMX hidden, and the ping answered by
+    # the hypervisor's instance on that CPU.
+    assert r.serial.count("hypervisor=1 vmx=0; leaf 0x40000000: 'UefiHvUefiHv'") == 3
+    assert "OSMODEL: BSP: VMCALL ping answered, hypervisor CPU 0" in r.serial
+    _assert_ap_started_twice(r.serial)
+    for round_ in (1, 2):
+        assert f"OSMODEL: AP round {round_}: VMCALL ping answered, hypervisor CPU 1" in r.serial
+    assert_no_leftovers(r)
