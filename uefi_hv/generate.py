@@ -84,6 +84,7 @@ CONTROL_ROLES = {
     "HV_PROC_ACTIVATE_SECONDARY": "proc.activate_secondary_controls",
     "HV_PROC_USE_MSR_BITMAPS": "proc.use_msr_bitmaps",
     "HV_PROC_INTERRUPT_WINDOW_EXITING": "proc.interrupt_window_exiting",
+    "HV_PROC_HLT_EXITING": "proc.hlt_exiting",
     "HV_PROC2_ENABLE_EPT": "proc2.enable_ept",
     "HV_PROC2_ENABLE_VPID": "proc2.enable_vpid",
     "HV_PROC2_UNRESTRICTED_GUEST": "proc2.unrestricted_guest",
@@ -249,6 +250,10 @@ def hypervisor_context(spec) -> dict:
                                            "reg_index": CPUID_REGS.index(reg), "bit": bit})
         if handler.action == "dispatch_idt":
             dispatch_idt_global = str(handler.options.get("idt_base", "host_idt_base"))
+    if actions.get("init") and not any(e["reason"] == "hlt" for e in exits) and "hlt" in spec.exit_reasons:
+        # INIT/SIPI emulation: an AP's "cli; hlt" idle loop exits (HLT exiting
+        # is set on APs only) and waits in the hypervisor for its SIPI.
+        exits.append({"reason": "hlt", "action": "wait_for_sipi", "number": spec.exit_reasons["hlt"].number})
     exits.sort(key=lambda e: e["number"])
     actions = {a: actions.get(a, False) for a in model.EXIT_ACTIONS}
 
