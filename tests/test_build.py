@@ -94,3 +94,12 @@ def test_a_stamped_timestamp_is_zeroed_and_the_checksum_fixed(banner_efi):
     assert bytes(stamped) != original
     _zero_timestamp(stamped)
     assert bytes(stamped) == original
+
+
+def test_missing_gnu_efi_names_the_debian_package(tmp_path, monkeypatch, banner_efi):
+    import uefi_hv.build as build
+
+    monkeypatch.setattr(build, "GNU_EFI_CRT0", tmp_path / "crt0-efi-x86_64.o")
+    with pytest.raises(MissingTool, match="crt0-efi-x86_64.o") as caught:
+        build_efi([banner_efi.parent / "src" / "banner.c"], tmp_path / "x.efi")
+    assert caught.value.package == "gnu-efi"

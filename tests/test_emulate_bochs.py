@@ -8,7 +8,7 @@ import re
 import pytest
 
 from uefi_hv.emulate import boot, judge_bochs_log_line
-from uefi_hv.errors import UsageError, UserError
+from uefi_hv.errors import MissingTool, UsageError, UserError
 
 from conftest import BANNER_RE
 
@@ -92,3 +92,16 @@ def test_bad_images_are_refused_before_bochs_starts(tmp_path, no_esp_image):
 ])
 def test_bochs_log_lines_are_judged(line, verdict):
     assert judge_bochs_log_line(line) == verdict
+
+
+def test_missing_firmware_names_its_debian_package(monkeypatch, tmp_path, banner_image):
+    import uefi_hv.emulate as emulate
+
+    table = {"bochs": {"rom": {"path": str(tmp_path / "OVMF.fd"), "package": "ovmf",
+                               "address": "0xffe00000"},
+                       "vgarom": {"path": str(tmp_path / "VGABIOS"), "package": "vgabios"}}}
+    monkeypatch.setattr(emulate, "_firmware_table", lambda: table)
+    with pytest.raises(MissingTool, match="apt-get install ovmf") as caught:
+        boot(banner_image, emulator="bochs", run_dir=tmp_path / "run")
+    assert caught.value.package == "ovmf"
+    assert not (tmp_path / "run").exists()

@@ -303,14 +303,14 @@ class QemuMachine:
         return cmd + self.extra_args
 
     def start(self) -> "QemuMachine":
-        # A unix socket path must stay under 108 bytes: keep it short, in /tmp.
-        self._sock_dir = tempfile.TemporaryDirectory(prefix="uefi-hv-qmp-")
-        sock = Path(self._sock_dir.name) / "qmp.sock"
-        cmd = self.command(sock)
-        (self.run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
-        self.serial_path.unlink(missing_ok=True)
-        self.proc = _spawn(cmd, self.run_dir, self.log_path)
         try:
+            # A unix socket path must stay under 108 bytes: keep it short, in /tmp.
+            self._sock_dir = tempfile.TemporaryDirectory(prefix="uefi-hv-qmp-")
+            sock = Path(self._sock_dir.name) / "qmp.sock"
+            cmd = self.command(sock)
+            (self.run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
+            self.serial_path.unlink(missing_ok=True)
+            self.proc = _spawn(cmd, self.run_dir, self.log_path)
             self._run(self._connect(sock), timeout=30)
         except BaseException:
             self.close()
@@ -370,7 +370,11 @@ class QemuMachine:
     # -- helpers
 
     def _run(self, coro, timeout: float):
-        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        try:
+            return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+        except asyncio.TimeoutError:
+            raise EmulatorTimeout(f"error: QEMU's QMP did not answer within {timeout:g} s "
+                                  f"(run files: {self.run_dir})") from None
 
     def _log_tail(self) -> str:
         try:
@@ -557,14 +561,15 @@ def judge_bochs_log_line(line: str) -> Optional[tuple[str, bool]]:
     return None
 
 
-def _bochs_command(bxrc: Path, rc: Path) -> list[str]:
+def _bochs_command() -> list[str]:
+    """`unshare ... bochs`, to which the run adds its configuration."""
     bochs = _require("bochs", "bochs")
     # Each Bochs binds VNC port 5900 (rfb display): a private network namespace
     # per run lets runs go in parallel. As a user, a user namespace gives one.
     unshare = [_require("unshare", "util-linux"), "-n"]
     if os.geteuid() != 0:
         unshare.insert(1, "-r")
-    return [*unshare, bochs, "-q", "-f", str(bxrc), "-rc", str(rc)]
+    return [*unshare, bochs]
 
 
 def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shutdown,
@@ -572,6 +577,8 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
     from uefi_hv.generate import render
 
     start = time.monotonic()
+    rom, vgarom = firmware("bochs", "rom"), firmware("bochs", "vgarom")
+    cmd_prefix = _bochs_command()
     run_dir = new_run_dir("bochs", run_dir)
     result = BootResult(False, "", "bochs", run_dir)
     serial_path, log_path = run_dir / "serial.txt", run_dir / "bochs.log"
@@ -582,13 +589,13 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
     disk = run_dir / "disk.img"
     subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(image), str(disk)], check=True)
     bxrc = render("bochs/bochsrc.bxrc.j2", run_dir / "bochsrc.bxrc", [],
-                  rom=firmware("bochs", "rom"), vgarom=firmware("bochs", "vgarom"),
+                  rom=rom, vgarom=vgarom,
                   rom_address=_firmware_table()["bochs"]["rom"]["address"],
                   memory_mib=MEMORY_MIB, cpus=cpus, cpu_model=cpu_model or DEFAULT_BOCHS_CPU,
                   image=disk, serial=serial_path, log=log_path)
     rc = run_dir / "debugger.rc"
     rc.write_text("c\n")             # the built-in debugger stops at start: continue
-    cmd = _bochs_command(bxrc, rc)
+    cmd = [*cmd_prefix, "-q", "-f", str(bxrc), "-rc", str(rc)]
     (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
     console = SerialTail(serial_path, stream)
     log = SerialTail(log_path)       # the log is followed like the console
