@@ -1,6 +1,8 @@
 """Building what the OS tests boot, the way a user does it: through the CLI.
 
     build_hypervisor(outdir, spec) -> Path      `uefi-hv build SPEC -o OUTDIR`
+    build_nullchain(outdir) -> Path             the same chain, no hypervisor
+                                                (nullchain.c): the baseline
     chained_image(hv_dir, next_image, output, cmdline="", initrd=None) -> Path
                                                 `uefi-hv image DIR --chain ...`
     require_chain(serial)                       fails, naming what is missing,
@@ -21,10 +23,12 @@ from typing import Optional
 
 from uefi_hv import ROOT
 
-from oskit.initramfs import DEFAULT_SPEC
+from oskit.initramfs import DEFAULT_SPEC, OSKIT
 
 #: What the hypervisor prints as it starts the chained image (templates/hv/chain.c.j2).
 CHAIN_STARTED = "uefi-hv: starting \\EFI\\UEFI-HV\\NEXT.EFI"
+#: What the null hypervisor prints as it does the same (nullchain.c).
+NULLCHAIN_STARTED = "nullchain: no hypervisor; starting \\EFI\\UEFI-HV\\NEXT.EFI"
 #: What it prints on a CPU without VMX (QEMU's TCG), before it chains anyway.
 VMX_UNAVAILABLE = re.compile(r"uefi-hv: VMX is not available on this CPU")
 
@@ -46,10 +50,20 @@ def build_hypervisor(outdir: Path, spec: Path = DEFAULT_SPEC) -> Path:
     return Path(outdir)
 
 
+def build_nullchain(outdir: Path) -> Path:
+    """A directory with BOOTX64.EFI = nullchain.c: an image built from it
+    with chained_image() boots the chained image without any hypervisor."""
+    from uefi_hv.build import build_efi
+
+    build_efi([OSKIT / "nullchain.c"], Path(outdir) / "BOOTX64.EFI")
+    return Path(outdir)
+
+
 def chained_image(hv_dir: Path, next_image: Path, output: Path, cmdline: str = "",
                   initrd: Optional[Path] = None) -> Path:
     """A USB image whose BOOTX64.EFI is the hypervisor in `hv_dir`, which
-    then starts `next_image` with `cmdline` (and `initrd`)."""
+    then starts `next_image` with `cmdline` (and `initrd`); `hv_dir` may
+    also be build_nullchain()'s, for the same boot without a hypervisor."""
     args = ["image", str(hv_dir), "-o", str(output), "--chain", str(next_image)]
     if cmdline:
         args += ["--cmdline", cmdline]

@@ -26,7 +26,10 @@ METAPACKAGE = "linux-image-amd64"
 
 
 class KernelUnavailable(UserError):
-    """The Debian kernel package could not be found or fetched."""
+    """The Debian kernel package could not be found or fetched: the
+    environment lacks something (exit status 3, as MissingTool)."""
+
+    exit_status = 3
 
 
 def _apt(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -98,3 +101,19 @@ def debian_kernel(cache: Path = CACHE) -> Path:
             (target.parent / "version").write_text(kernels[0].name[len("vmlinuz-"):] + "\n")
             kernels[0].replace(target)
         return target
+
+
+def main() -> int:
+    """`python -m oskit.kernel` (from tests/): fetch the kernel, print its path."""
+    import sys
+
+    try:
+        print(debian_kernel())
+    except UserError as e:
+        print(e, file=sys.stderr)
+        return e.exit_status
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
