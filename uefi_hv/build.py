@@ -54,11 +54,18 @@ EFI_SUBSYSTEM_APPLICATION = 10
 SOURCE_SUFFIXES = (".c", ".S")
 
 
+def require_program(program: str, package: str) -> str:
+    """The path of `program`, or MissingTool naming the Debian `package`."""
+    found = shutil.which(program)
+    if found is None:
+        raise MissingTool(f"the program '{program}'", package)
+    return found
+
+
 def require_toolchain() -> None:
     """Raise MissingTool, naming the Debian package, for whatever is missing."""
     for program, package in (("gcc", "gcc"), ("ld", "binutils"), ("objcopy", "binutils")):
-        if shutil.which(program) is None:
-            raise MissingTool(f"the program '{program}'", package)
+        require_program(program, package)
     for path in (GNU_EFI_INCLUDE / "efi.h", GNU_EFI_CRT0, GNU_EFI_LDS,
                  GNU_EFI_LIB / "libefi.a", GNU_EFI_LIB / "libgnuefi.a"):
         if not path.exists():

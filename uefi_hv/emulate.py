@@ -35,6 +35,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from qemu.qmp import EventListener, QMPClient
 
 from uefi_hv import OVMF_DIR, ROOT
+from uefi_hv.build import require_program
 from uefi_hv.errors import MissingTool, UsageError, UserError
 from uefi_hv.gpt import check_bootable
 
@@ -74,13 +75,6 @@ def firmware(emulator: str, role: str) -> Path:
     if not path.is_file():
         raise MissingTool(f"firmware {path}", entry["package"])
     return path
-
-
-def _require(program: str, package: str) -> str:
-    found = shutil.which(program)
-    if found is None:
-        raise MissingTool(f"the program '{program}'", package)
-    return found
 
 
 # --- process groups: nothing outlives its run ------------------------------------
@@ -280,7 +274,7 @@ class QemuMachine:
     # -- life cycle
 
     def command(self, qmp_socket: Path) -> list[str]:
-        qemu = _require("qemu-system-x86_64", "qemu-system-x86")
+        qemu = require_program("qemu-system-x86_64", "qemu-system-x86")
         code = firmware("qemu", "code")
         vars_copy = self.run_dir / "OVMF_VARS.fd"      # fresh variables every run
         shutil.copyfile(firmware("qemu", "vars"), vars_copy)
@@ -563,10 +557,10 @@ def judge_bochs_log_line(line: str) -> Optional[tuple[str, bool]]:
 
 def _bochs_command() -> list[str]:
     """`unshare ... bochs`, to which the run adds its configuration."""
-    bochs = _require("bochs", "bochs")
+    bochs = require_program("bochs", "bochs")
     # Each Bochs binds VNC port 5900 (rfb display): a private network namespace
     # per run lets runs go in parallel. As a user, a user namespace gives one.
-    unshare = [_require("unshare", "util-linux"), "-n"]
+    unshare = [require_program("unshare", "util-linux"), "-n"]
     if os.geteuid() != 0:
         unshare.insert(1, "-r")
     return [*unshare, bochs]

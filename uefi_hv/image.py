@@ -17,14 +17,15 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import shutil
 import subprocess
 import tempfile
 import uuid
+from argparse import Namespace
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional
 
-from uefi_hv.errors import MissingTool, UsageError, UserError
+from uefi_hv.build import cmd_build, require_program
+from uefi_hv.errors import UsageError, UserError
 
 SECTOR = 512
 MIB = 1 << 20
@@ -60,8 +61,7 @@ def make_image(efi: Path, output: Path, add: Iterable[tuple[Path, str]] = (),
     size_mib: the whole image's size; 0 picks one that fits the files.
     """
     for program, package in TOOLS.items():
-        if shutil.which(program) is None:
-            raise MissingTool(f"the program '{program}'", package)
+        require_program(program, package)
     if (cmdline or initrd) and not chain:
         raise UsageError("error: --cmdline and --initrd describe the chained image: "
                          "give --chain PATH too")
@@ -176,9 +176,6 @@ def _resolve_source(source: str, workdir: Path) -> Path:
         raise UsageError(f"error: {path} does not exist (give an .efi file, a build "
                          "directory or a .hv spec)")
     if path.suffix == ".hv":
-        from argparse import Namespace
-
-        from uefi_hv.build import cmd_build
         cmd_build(Namespace(spec=str(path), output=str(workdir), no_check=False, banner=False))
         return workdir / "BOOTX64.EFI"
     return path
