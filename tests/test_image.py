@@ -111,8 +111,11 @@ def test_the_image_grows_to_fit_its_files(tmp_path, banner_efi):
     ({"add": [("SELF", "../escape.efi")]}, "bad destination"),
     ({"add": [("SELF", "efi/boot/bootx64.efi")]}, "two files"),
     ({"size_mib": 8}, "too small"),
+    ({"chain": "SELF", "cmdline": "root=/dev/sd\u00e9"}, "ASCII"),
 ])
 def test_bad_requests_are_refused_before_anything_is_written(tmp_path, banner_efi, kwargs, message):
+    if kwargs.get("chain") == "SELF":
+        kwargs["chain"] = banner_efi
     if "add" in kwargs:
         kwargs["add"] = [(banner_efi if src == "SELF" else tmp_path / src, dest)
                          for src, dest in kwargs["add"]]

@@ -62,6 +62,8 @@ def make_image(efi: Path, output: Path, add: Iterable[tuple[Path, str]] = (),
     """
     for program, package in TOOLS.items():
         require_program(program, package)
+    if not cmdline.isascii():
+        raise UsageError("error: --cmdline must be ASCII (CHAIN.TXT is read by firmware code)")
     if (cmdline or initrd) and not chain:
         raise UsageError("error: --cmdline and --initrd describe the chained image: "
                          "give --chain PATH too")
@@ -135,22 +137,26 @@ def _write_image(files: dict[str, Path], output: Path, size_mib: int) -> None:
     tmp_out.unlink(missing_ok=True)
     with open(tmp_out, "wb") as f:
         f.truncate(total_sectors * SECTOR)
-    layout = (f"label: gpt\nlabel-id: {disk_guid}\nunit: sectors\n"
-              f"start={ESP_START_LBA}, size={esp_sectors}, type={ESP_TYPE_GUID}, "
-              f"uuid={part_guid}, name=\"EFI System Partition\"\n")
-    _tool(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", str(tmp_out)], layout)
-    fat = f"{tmp_out}@@{ESP_START_LBA * SECTOR}"
-    _tool(["mformat", "-i", fat, "-F", "-T", str(esp_sectors), "-H", str(ESP_START_LBA),
-           "-v", VOLUME_LABEL, "-N", seed[:4].hex(), "::"])
-    made: set[str] = set()
-    for dest, src in files.items():
-        parents = list(PurePosixPath(dest).parents)[-2::-1]     # outermost first
-        for parent in parents:
-            key = str(parent).upper()
-            if key not in made:
-                _tool(["mmd", "-i", fat, f"::/{parent}"])
-                made.add(key)
-        _tool(["mcopy", "-i", fat, str(src), f"::/{dest}"])
+    try:
+        layout = (f"label: gpt\nlabel-id: {disk_guid}\nunit: sectors\n"
+                  f"start={ESP_START_LBA}, size={esp_sectors}, type={ESP_TYPE_GUID}, "
+                  f"uuid={part_guid}, name=\"EFI System Partition\"\n")
+        _tool(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", str(tmp_out)], layout)
+        fat = f"{tmp_out}@@{ESP_START_LBA * SECTOR}"
+        _tool(["mformat", "-i", fat, "-F", "-T", str(esp_sectors), "-H", str(ESP_START_LBA),
+               "-v", VOLUME_LABEL, "-N", seed[:4].hex(), "::"])
+        made: set[str] = set()
+        for dest, src in files.items():
+            parents = list(PurePosixPath(dest).parents)[-2::-1]     # outermost first
+            for parent in parents:
+                key = str(parent).upper()
+                if key not in made:
+                    _tool(["mmd", "-i", fat, f"::/{parent}"])
+                    made.add(key)
+            _tool(["mcopy", "-i", fat, str(src), f"::/{dest}"])
+    except BaseException:
+        tmp_out.unlink(missing_ok=True)
+        raise
     tmp_out.replace(output)
 
 
