@@ -1,0 +1,39 @@
+"""Without VMX (QEMU's TCG has none), the same hypervisor image says so,
+changes nothing, and the boot goes on to the chained application."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from uefi_hv import DSL_DIR
+from uefi_hv.build import build_efi
+from uefi_hv.emulate import QemuMachine
+from uefi_hv.generate import generate_hypervisor
+from uefi_hv.image import make_image
+
+pytestmark = pytest.mark.qemu
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("hv-qemu")
+    built = generate_hypervisor(str(DSL_DIR / "default.hv"), workdir / "src", check=True)
+    efi = {name: build_efi([p for p in files if p.suffix in (".c", ".S")], workdir / name,
+                           include_dirs=sorted({p.parent for p in files}))
+           for name, files in built.items()}
+    make_image(efi["BOOTX64.EFI"], workdir / "hv.img", chain=efi["hvcheck.efi"])
+    return workdir / "hv.img"
+
+
+def test_without_vmx_the_boot_continues_to_the_chained_app(image, run_dir):
+    with QemuMachine(image, cpus=1, run_dir=run_dir) as vm:
+        vm.wait_for_line("VMX is not available", timeout=90)
+        vm.wait_for_line("hvcheck: no uefi-hv hypervisor present", timeout=60)
+        event = vm.wait_event("SHUTDOWN", timeout=60)
+        serial = vm.serial
+    assert "the hypervisor is not started" in serial
+    assert "uefi-hv: starting \\EFI\\UEFI-HV\\NEXT.EFI" in serial
+    assert "hvcheck: firmware services: 4 of 4 checks passed" in serial
+    assert event["data"]["reason"] == "guest-shutdown"
