@@ -187,7 +187,7 @@ def hypervisor_context(spec) -> dict:
                "high": f.high_encoding} for f in sorted(spec.fields.values(), key=lambda f: f.encoding)]
     group_order = list(model.CONTROL_GROUPS)
     controls = [{"macro": f"CTL_{c.group.upper()}_{c.name.upper()}", "group": c.group, "bit": c.bit,
-                 "qualname": c.qualname, "named": True}
+                 "qualname": c.qualname, "named": False}
                 for c in sorted(spec.controls.values(), key=lambda c: (group_order.index(c.group), c.bit))]
 
     wanted = {g: 0 for g in group_order}
@@ -203,6 +203,8 @@ def hypervisor_context(spec) -> dict:
         wanted["proc"] |= secondary.mask
         if required["proc2"]:
             required["proc"] |= secondary.mask
+    for c in controls:     # the names a "required control missing" message can need
+        c["named"] = bool(required[c["group"]] & (1 << c["bit"]))
     control_groups = [{"name": g, "field": field, "msr": msr, "true_msr": true_msr,
                        "wanted": wanted[g], "required": required[g]}
                       for g, (field, msr, true_msr) in model.CONTROL_GROUPS.items()]
@@ -293,10 +295,10 @@ def hypervisor_context(spec) -> dict:
         "controls": controls,
         "control_groups": control_groups,
         "roles": roles,
-        "exit_reasons": [{"number": r.number, "name": r.name} for r in reasons],
+        "exit_reasons": _with_offsets([{"number": r.number, "name": r.name} for r in reasons]),
         "exit_reason_count": reasons[-1].number + 1 if reasons else 1,
         "reason_number": {r.name: r.number for r in reasons},
-        "vm_errors": [{"number": e.number, "name": e.name} for e in errors],
+        "vm_errors": _with_offsets([{"number": e.number, "name": e.name} for e in errors]),
         "vm_error_count": errors[-1].number + 1 if errors else 1,
         "host_fields": host_fields,
         "host_groups": host_groups,
@@ -318,6 +320,15 @@ def hypervisor_context(spec) -> dict:
         if "proc2.enable_ept" in spec.controls else False,
         "chain": str(spec.settings.get("chain", "") or "").replace("/", "\\\\"),
     }
+
+
+def _with_offsets(named: list[dict]) -> list[dict]:
+    """Each entry's offset in the concatenation of the NUL-terminated names."""
+    offset = 0
+    for entry in named:
+        entry["offset"] = offset
+        offset += len(entry["name"]) + 1
+    return named
 
 
 def _runtime_rules(spec):
