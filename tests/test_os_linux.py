@@ -10,13 +10,20 @@ import pytest
 
 from uefi_hv.emulate import QemuMachine, boot, kvm_vmx_usable
 
-from oskit.fixtures import hypervisor_dir, initramfs, linux_kernel  # noqa: F401 (fixtures)
-from oskit.harness import CHAIN_STARTED, VMX_UNAVAILABLE, chained_image, require_chain
+from oskit.fixtures import (hypervisor_dir, initramfs, linux_kernel,  # noqa: F401 (fixtures)
+                            nullchain_dir)
+from oskit.harness import (CHAIN_STARTED, NULLCHAIN_STARTED, VMX_UNAVAILABLE, chained_image,
+                           require_chain)
 
 #: panic=-1: a kernel panic resets at once, which QEMU (-no-reboot) reports
 #: as a guest-reset and Bochs as the end of the run; no waiting for a timeout.
 CMDLINE = "console=ttyS0 panic=-1"
 NOT_OURS = re.compile(r"^OSCHECK: no uefi-hv hypervisor; (\d+) CPUs online$", re.M)
+#: Linux runs in Bochs: Debian's 6.1 kernel hangs early on Bochs's tigerlake
+#: model (EMULATORS.md). One CPU: OVMF under Bochs has no ACPI, so Linux sees
+#: only the boot CPU (the OS model proves the AP path). No ACPI, no power-off
+#: either: a run ends on /init's verdict.
+BOCHS_LINUX = dict(emulator="bochs", cpus=1, cpu_model="corei7_haswell_4770", timeout=300)
 LINUX_FAILURES = ["OSCHECK: FAIL", "OSCHECK: no uefi-hv hypervisor", "Kernel panic"]
 CHECKS = ("OSCHECK: ok: hypervisor present, CPUID.1:ECX[31] set",
           "OSCHECK: ok: signature at CPUID 0x40000000",
@@ -29,6 +36,14 @@ def linux_image(hypervisor_dir, linux_kernel, initramfs, tmp_path_factory):
     """The hypervisor as BOOTX64.EFI, chaining the kernel with the initramfs."""
     return chained_image(hypervisor_dir, linux_kernel,
                          tmp_path_factory.mktemp("linux") / "linux.img",
+                         cmdline=CMDLINE, initrd=initramfs)
+
+
+@pytest.fixture(scope="module")
+def baseline_image(nullchain_dir, linux_kernel, initramfs, tmp_path_factory):
+    """The same chain, kernel and initramfs, without the hypervisor."""
+    return chained_image(nullchain_dir, linux_kernel,
+                         tmp_path_factory.mktemp("baseline") / "baseline.img",
                          cmdline=CMDLINE, initrd=initramfs)
 
 
@@ -71,13 +86,22 @@ def test_without_vmx_the_hypervisor_declines_and_linux_boots_on_two_cpus(linux_i
 
 @pytest.mark.bochs
 @pytest.mark.slow
+def test_without_the_hypervisor_linux_boots_to_init_in_bochs(baseline_image, run_dir,
+                                                             assert_no_leftovers):
+    r = boot(baseline_image, **BOCHS_LINUX, expect=[NOT_OURS.pattern],
+             fail=["OSCHECK: FAIL", "OSCHECK: PASS", "Kernel panic"], run_dir=run_dir)
+    assert r.ok, r
+    assert NULLCHAIN_STARTED in r.serial
+    assert NOT_OURS.search(r.serial).group(1) == "1"
+    assert "CPUID.1:ECX hypervisor=0 vmx=1" in r.serial
+    assert_no_leftovers(r)
+
+
+@pytest.mark.bochs
+@pytest.mark.slow
 def test_linux_boots_under_the_hypervisor_in_bochs(linux_image, run_dir, assert_no_leftovers):
-    # Haswell: Debian's 6.1 kernel hangs early on Bochs's tigerlake model
-    # (EMULATORS.md). One CPU: OVMF under Bochs has no ACPI, so Linux sees
-    # only the boot CPU; the OS model proves the AP path. No ACPI, no
-    # power-off either: the run ends on /init's verdict.
-    r = boot(linux_image, emulator="bochs", cpus=1, cpu_model="corei7_haswell_4770",
-             timeout=300, expect=["OSCHECK: PASS"], fail=LINUX_FAILURES, run_dir=run_dir)
+    r = boot(linux_image, **BOCHS_LINUX, expect=["OSCHECK: PASS"], fail=LINUX_FAILURES,
+             run_dir=run_dir)
     require_chain(r.serial)
     assert r.ok, r
     for check in CHECKS:

@@ -24,6 +24,7 @@
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include "hvprobe.h"
@@ -57,7 +58,10 @@ static void open_console(void)
 
 static __attribute__((noreturn)) void power_off(void)
 {
+    /* The serial driver sends what we wrote in the background; a halt or
+     * power-off would cut it short (Bochs showed it): wait until it is out. */
     fflush(stdout);
+    tcdrain(STDOUT_FILENO);
     sync();
     reboot(RB_POWER_OFF);
     /* Without ACPI (OVMF under Bochs) Linux has no way to power off. */
