@@ -105,3 +105,101 @@ def test_a_broken_host_state_is_stopped_by_the_run_time_check(tmp_path, run_dir,
     assert "hvcheck: no uefi-hv hypervisor present" in serial
     assert "hvcheck: firmware services: 4 of 4 checks passed" in serial, result
     assert result.ok, result        # a clean power-off, no VMFAIL in the Bochs log
+
+
+@pytest.fixture
+def bochs_judge_ignoring(monkeypatch):
+    """Let a run go on past Bochs log lines the hypervisor itself answers
+    (a failed VMLAUNCH it reports, a guest triple fault it catches): the
+    test then asserts on what the hypervisor printed and on the log."""
+    from uefi_hv import emulate
+
+    original = emulate.judge_bochs_log_line
+
+    def ignoring(*words):
+        monkeypatch.setattr(emulate, "judge_bochs_log_line",
+                            lambda line: None if any(w in line for w in words) else original(line))
+    return ignoring
+
+
+def test_a_rule_only_the_cpu_checks_fails_vmlaunch_by_name(tmp_path, run_dir, bochs_judge_ignoring):
+    """A host CR3 beyond the physical-address width passes the run-time checks
+    (no rule there) and VMLAUNCH refuses it; the error is printed by name."""
+    bochs_judge_ignoring("VMFAIL")
+    spec = broken_spec(tmp_path, "HOST_CR3               = symbol(host_cr3)",
+                       "HOST_CR3               = 0x8000000000000000")
+    image = build_image(spec, tmp_path / "build", check=False)
+    result = boot(image, emulator="bochs", cpus=1, timeout=60, run_dir=run_dir)
+    assert "VMFAIL: VMCS host state invalid CR3" in result.log
+    assert ("uefi-hv: cpu 0: VMLAUNCH failed: VM-instruction error 8 (entry_invalid_host_state_fields)"
+            in result.serial), result
+    assert "VMX is off on every CPU and the hypervisor's memory is freed; the boot continues" in result.serial
+    assert "hvcheck: no uefi-hv hypervisor present" in result.serial
+    assert "hvcheck: firmware services: 4 of 4 checks passed" in result.serial, result
+    assert result.ok, result
+
+
+GUEST_APPS = {
+    # An empty IDT: INT3 cannot be delivered, nor the #GP, nor the #DF.
+    "triple_fault": r"""
+        struct { UINT16 limit; UINT64 base; } __attribute__((packed)) idtr = { 0, 0 };
+        Print(L"guest: triple fault next\n");
+        __asm__ volatile("cli; lidt %0; int3" : : "m"(idtr));
+    """,
+    # INVD exits unconditionally (SDM 26.1.2); the spec below has no handler.
+    "invd": r"""
+        Print(L"guest: INVD next\n");
+        __asm__ volatile("invd" ::: "memory");
+        Print(L"guest: survived INVD\n");
+    """,
+}
+
+
+def guest_app(tmp_path: Path, name: str) -> Path:
+    src = tmp_path / f"{name}.c"
+    src.write_text("#include <efi.h>\n#include <efilib.h>\n"
+                   "EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)\n{\n"
+                   "    InitializeLib(image, systab);\n" + GUEST_APPS[name] +
+                   "    for (;;)\n        ;\n    return EFI_SUCCESS;\n}\n")
+    return build_efi([src], tmp_path / f"{name}.efi")
+
+
+def image_chaining(spec: Path, app: Path, workdir: Path, check: bool = True) -> Path:
+    built = generate_hypervisor(str(spec), workdir / "src", check=check)
+    files = built["BOOTX64.EFI"]
+    hv = build_efi([p for p in files if p.suffix in (".c", ".S")], workdir / "BOOTX64.EFI",
+                   include_dirs=sorted({p.parent for p in files}))
+    return make_image(hv, workdir / "hv.img", chain=app)
+
+
+def test_a_guest_triple_fault_is_logged_with_guest_state_then_power_off(tmp_path, run_dir,
+                                                                        bochs_judge_ignoring):
+    bochs_judge_ignoring("triple fault", "3rd (")
+    image = image_chaining(DSL_DIR / "default.hv", guest_app(tmp_path, "triple_fault"), tmp_path)
+    result = boot(image, emulator="bochs", cpus=1, timeout=60, run_dir=run_dir)
+    serial = result.serial
+    assert "guest: triple fault next" in serial
+    assert "uefi-hv: cpu 0: the guest triple-faulted (shutdown)" in serial, result
+    assert "uefi-hv: cpu 0: guest RIP 0x" in serial and "guest CR0 0x" in serial
+    assert "uefi-hv: powering off" in serial
+    assert result.ok, result          # ACPI power-off, not a reset
+
+
+def test_an_exit_the_spec_does_not_handle_is_named_and_stops_the_machine(tmp_path, run_dir):
+    spec = broken_spec(tmp_path, "exit invd                               # unconditional exit\n", "")
+    image = image_chaining(spec, guest_app(tmp_path, "invd"), tmp_path / "build", check=False)
+    result = boot(image, emulator="bochs", cpus=1, timeout=60, run_dir=run_dir)
+    assert "guest: INVD next" in result.serial
+    assert "uefi-hv: cpu 0: unhandled VM exit 13 (invd)" in result.serial, result
+    assert "guest: survived INVD" not in result.serial
+    assert result.ok, result
+
+
+def test_the_interrupt_example_reflects_external_interrupts(tmp_path, run_dir):
+    """examples/interrupts.hv: external interrupts exit (acknowledged on exit)
+    and reach the firmware anyway; its timers still work."""
+    image = build_image(DSL_DIR / "examples" / "interrupts.hv", tmp_path)
+    result = boot(image, emulator="bochs", cpus=1, timeout=60, fail=["HVCHECK: FAIL"], run_dir=run_dir)
+    assert "external_interrupt=" in result.serial, result
+    assert "periodic timer event (10 ms, over a 100 ms timer): ok" in result.serial
+    assert "HVCHECK: PASS" in result.serial, result
