@@ -5,6 +5,8 @@
                                                 (nullchain.c): the baseline
     chained_image(hv_dir, next_image, output, cmdline="", initrd=None) -> Path
                                                 `uefi-hv image DIR --chain ...`
+    init_tsc(serial) -> int | None              /init's TSC (Bochs: proportional
+                                                to its tick counter) for benchmarks
     require_chain(serial)                       fails, naming what is missing,
                                                 when the hypervisor did not
                                                 start the chained image
@@ -81,3 +83,15 @@ def require_chain(serial: str) -> None:
             "the hypervisor did not start the chained image (no line "
             f"'{CHAIN_STARTED}'): these tests need its chain support "
             "(CHAIN.TXT, templates/hv/chain.c.j2). Last console lines:\n" + tail)
+
+
+_INIT_TSC = re.compile(r"^OSCHECK: TSC at /init: (\d+)$", re.M)
+
+
+def init_tsc(serial: str) -> Optional[int]:
+    """The TSC /init read as it started, from a run's console; None if absent.
+    Under Bochs (clock: sync=none) time, and so the TSC, follows the
+    instruction count: with and without the hypervisor, the ratio of two of
+    these is the boot cost it adds."""
+    found = _INIT_TSC.search(serial)
+    return int(found.group(1)) if found else None
