@@ -12,8 +12,8 @@ from uefi_hv.emulate import QemuMachine, boot, kvm_vmx_usable
 
 from oskit.fixtures import (hypervisor_dir, initramfs, linux_kernel,  # noqa: F401 (fixtures)
                             nullchain_dir)
-from oskit.harness import (CHAIN_STARTED, NULLCHAIN_STARTED, VMX_UNAVAILABLE, chained_image,
-                           require_chain)
+from oskit.harness import (CHAIN_STARTED, NULLCHAIN_STARTED, VMX_UNAVAILABLE, assert_run_ok,
+                           chained_image, require_chain)
 
 #: panic=-1: a kernel panic resets at once, which QEMU (-no-reboot) reports
 #: as a guest-reset and Bochs as the end of the run; no waiting for a timeout.
@@ -90,7 +90,7 @@ def test_without_the_hypervisor_linux_boots_to_init_in_bochs(baseline_image, run
                                                              assert_no_leftovers):
     r = boot(baseline_image, **BOCHS_LINUX, expect=[NOT_OURS.pattern],
              fail=["OSCHECK: FAIL", "OSCHECK: PASS", "Kernel panic"], run_dir=run_dir)
-    assert r.ok, r
+    assert_run_ok(r)
     assert NULLCHAIN_STARTED in r.serial
     assert NOT_OURS.search(r.serial).group(1) == "1"
     assert "CPUID.1:ECX hypervisor=0 vmx=1" in r.serial
@@ -103,7 +103,7 @@ def test_linux_boots_under_the_hypervisor_in_bochs(linux_image, run_dir, assert_
     r = boot(linux_image, **BOCHS_LINUX, expect=["OSCHECK: PASS"], fail=LINUX_FAILURES,
              run_dir=run_dir)
     require_chain(r.serial)
-    assert r.ok, r
+    assert_run_ok(r)
     for check in CHECKS:
         assert check in r.serial
     assert_no_leftovers(r)

@@ -7,6 +7,8 @@
                                                 `uefi-hv image DIR --chain ...`
     init_tsc(serial) -> int | None              /init's TSC (Bochs: proportional
                                                 to its tick counter) for benchmarks
+    assert_run_ok(result)                       fails with the reason and the
+                                                console's last lines
     require_chain(serial)                       fails, naming what is missing,
                                                 when the hypervisor did not
                                                 start the chained image
@@ -75,10 +77,21 @@ def chained_image(hv_dir: Path, next_image: Path, output: Path, cmdline: str = "
     return Path(output)
 
 
+def _last_lines(serial: str, n: int = 12) -> str:
+    return "\n".join(serial.strip().splitlines()[-n:])
+
+
+def assert_run_ok(result) -> None:
+    """A BootResult that is not ok fails the test with its one-line reason
+    and the console's last lines (not the whole log)."""
+    if not result.ok:
+        raise AssertionError(f"{result}\nlast console lines:\n{_last_lines(result.serial)}")
+
+
 def require_chain(serial: str) -> None:
     """Fail with the reason when the hypervisor did not start the chained image."""
     if CHAIN_STARTED not in serial:
-        tail = "\n".join(serial.strip().splitlines()[-8:])
+        tail = _last_lines(serial)
         raise AssertionError(
             "the hypervisor did not start the chained image (no line "
             f"'{CHAIN_STARTED}'): these tests need its chain support "
