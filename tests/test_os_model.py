@@ -14,7 +14,7 @@ from uefi_hv.image import make_image
 
 from oskit.fixtures import hypervisor_dir, osmodel_efi  # noqa: F401 (fixtures)
 from oskit.harness import assert_run_ok, chained_image, require_chain
-from oskit.osmodel import FAIL, MECHANICS_PASS, PASS
+from oskit.osmodel import FAIL, MECHANICS_PASS, PASS, build_osmodel
 
 TAKEOVER = ("OSMODEL: ExitBootServices done",
             "OSMODEL: SetVirtualAddressMap done",
@@ -58,6 +58,19 @@ def test_without_the_hypervisor_the_model_takes_over_two_cpus_in_qemu(
         assert step in r.serial
     _assert_ap_started_twice(r.serial)
     assert _verdicts(r.serial) == [MECHANICS_PASS]
+    assert_no_leftovers(r)
+
+
+@pytest.mark.qemu
+def test_an_exception_after_the_takeover_is_reported_on_com1(tmp_path, run_dir,
+                                                             assert_no_leftovers):
+    efi = build_osmodel(tmp_path / "fault.efi", fault_test=True)
+    image = make_image(efi, tmp_path / "fault.img")
+    r = boot(image, emulator="qemu", cpus=1, timeout=60,
+             expect=[r"OSMODEL: FAIL: exception vector \d+"], run_dir=run_dir)
+    assert_run_ok(r)
+    assert re.search(r"^OSMODEL: FAIL: exception vector 6, error code 0x0, at RIP 0x[0-9a-f]+ "
+                     r"on APIC 0$", r.serial, re.M), r.serial
     assert_no_leftovers(r)
 
 

@@ -21,8 +21,9 @@ MECHANICS_PASS = "OSMODEL: MECHANICS PASS, hypervisor absent"
 FAIL = "OSMODEL: FAIL"
 
 
-def build_osmodel(output: Path, spec: Path = DEFAULT_SPEC) -> Path:
+def build_osmodel(output: Path, spec: Path = DEFAULT_SPEC, fault_test: bool = False) -> Path:
     """Build the OS model for the hypervisor of `spec` (its signature and
-    the VMCALL numbers) into the EFI application `output`."""
-    return build_efi(list(SOURCES), Path(output), include_dirs=[OSKIT],
-                     extra_cflags=probe_defines(spec))
+    the VMCALL numbers) into the EFI application `output`. `fault_test`:
+    it executes UD2 once it runs on its own IDT (the exception report's test)."""
+    flags = probe_defines(spec) + (["-DOSMODEL_FAULT_TEST"] if fault_test else [])
+    return build_efi(list(SOURCES), Path(output), include_dirs=[OSKIT], extra_cflags=flags)

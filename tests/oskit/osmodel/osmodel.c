@@ -498,6 +498,11 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
 
     take_over_machine_state();
     say("OSMODEL: own GDT, IDT and page tables loaded (CR3 0x%lx)\n", (UINT64)pml4);
+#ifdef OSMODEL_FAULT_TEST
+    /* The tests' proof that the model's IDT reports what goes wrong: #UD. */
+    say("OSMODEL: fault test: UD2 next\n");
+    __asm__ volatile("ud2");
+#endif
 
     if (check_cpu("BSP", &bsp_probe))
         fail("the BSP's hypervisor checks");
