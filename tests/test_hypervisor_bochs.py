@@ -203,3 +203,16 @@ def test_the_interrupt_example_reflects_external_interrupts(tmp_path, run_dir):
     assert "external_interrupt=" in result.serial, result
     assert "periodic timer event (10 ms, over a 100 ms timer): ok" in result.serial
     assert "HVCHECK: PASS" in result.serial, result
+
+
+def test_a_required_control_the_cpu_lacks_is_named_and_nothing_launches(tmp_path, run_dir):
+    """Bochs has no SGX: `require proc2.enable_encls_exiting` cannot be met."""
+    spec = broken_spec(tmp_path, "    prefer  proc2.enable_ept,",
+                       "    require proc2.enable_encls_exiting\n    prefer  proc2.enable_ept,")
+    image = build_image(spec, tmp_path / "build", check=True)
+    result = boot(image, emulator="bochs", cpus=1, timeout=60, run_dir=run_dir)
+    assert ("uefi-hv: cpu 0: required control proc2.enable_encls_exiting (bit 15 of "
+            "SECONDARY_VM_EXEC_CONTROL) is not supported by this CPU") in result.serial, result
+    assert "uefi-hv: not launching: a check failed" in result.serial
+    assert "hvcheck: no uefi-hv hypervisor present" in result.serial
+    assert result.ok, result
