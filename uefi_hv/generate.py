@@ -149,7 +149,8 @@ def _source_expression(source, spec) -> str:
                             f"generated code can read; use one of {', '.join(model.REGISTERS)}")
         return f"host_reg_{source.reg.replace('.', '_')}(cpu)"
     if isinstance(source, model.ReadMsr):
-        return f"rdmsr({source.msr:#x})"
+        names = sorted(m.name for m in getattr(spec, "msrs", {}).values() if m.number == source.msr)
+        return f"rdmsr({source.msr:#x}{' /* ' + names[0] + ' */' if names else ''})"
     if isinstance(source, model.Symbol):
         if source.name not in SYMBOL_EXPRESSIONS:
             raise UserError(f"error: {spec.file}: symbol({source.name}) is not provided by the "
@@ -227,6 +228,7 @@ def hypervisor_context(spec) -> dict:
             "comment": "the global, captured once" if isinstance(assign.source, model.GlobalRef) else "",
             "when_group": when.split(".")[0] if when else "",
             "when_mask": spec.controls[when].mask if when and when in spec.controls else 0,
+            "when_macro": f"CTL_{when.upper().replace('.', '_')}" if when else "",
             "when": when or "",
         })
     host_groups = []
@@ -235,6 +237,8 @@ def hypervisor_context(spec) -> dict:
         if members:
             host_groups.append({"title": title, "fields": members})
     host_fields = [h for g in host_groups for h in g["fields"]]   # the order of cpu->host[]
+    for slot, h in enumerate(host_fields):
+        h["slot"] = slot
 
     exits, actions, cpuid_opts, dispatch_idt_global = [], {}, {"signature": False, "hide": []}, ""
     for handler in spec.exits:
