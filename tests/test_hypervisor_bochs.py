@@ -59,6 +59,9 @@ def test_one_cpu_is_virtualised_and_hvcheck_passes(default_image, run_dir):
             check in line and "FAIL" in line for line in serial.splitlines()), check
     assert "HVCHECK: PASS" in serial, result
     assert "hvcheck: cpu 0 exits by reason: cpuid=" in serial
+    # Last, DEVIRTUALIZE: VMX off, and the firmware goes on natively.
+    assert "hvcheck: cpu 0: DEVIRTUALIZE: VMX off, hypervisor gone: ok" in serial
+    assert "hvcheck: cpu 0: after DEVIRTUALIZE: periodic timer event (10 ms, over a 100 ms timer): ok" in serial
     assert result.ok, result
 
 
@@ -75,6 +78,7 @@ def test_two_cpus_are_virtualised_and_hvcheck_passes_on_both(default_image, run_
         assert f"hvcheck: cpu {cpu}: VMCALL ping: ok" in serial
         assert f"hvcheck: cpu {cpu}: CPUID exit counter grew by 5: ok" in serial
         assert f"hvcheck: cpu {cpu}: VMXON in the guest raises #UD: ok" in serial
+        assert f"hvcheck: cpu {cpu}: DEVIRTUALIZE: VMX off, hypervisor gone: ok" in serial
     assert "hvcheck: summary: 2 of 2 CPU(s) virtualised" in serial
     assert "HVCHECK: PASS" in serial, result
     assert result.ok, result

@@ -70,6 +70,7 @@ VMCALL_FUNCTIONS = (
     ("GET_CPU_COUNT", 2, "RBX = CPUs virtualised, RCX = CPUs found"),
     ("GET_EXIT_COUNT", 3, "in: RBX = exit reason, RCX = CPU (~0: this one); out: RBX = count"),
     ("GET_EXIT_TOTAL", 4, "in: RBX = CPU (~0: this one); out: RBX = all exits of that CPU"),
+    ("DEVIRTUALIZE", 5, "VMX off on the calling CPU; it goes on natively after the VMCALL"),
 )
 
 #: Feature bits `exit cpuid { hide = NAME }` can hide: (leaf, register, bit).
