@@ -112,8 +112,8 @@ def test_linux_boots_under_the_hypervisor_in_bochs(linux_image, run_dir, assert_
 @pytest.mark.qemu
 def test_linux_runs_under_the_hypervisor_with_nested_kvm_on_four_cpus(linux_image, run_dir):
     if not kvm_vmx_usable():
-        pytest.skip("no usable nested VMX here: /dev/kvm cannot run OVMF with -cpu host,+vmx "
-                    "(uefi_hv.emulate.kvm_vmx_usable() probed it)")
+        pytest.skip("no usable nested VMX here: uefi_hv.emulate.kvm_vmx_usable() found no "
+                    "/dev/kvm that runs OVMF with a CPU offering VMX")
     with QemuMachine(linux_image, cpus=4, accel="kvm", run_dir=run_dir) as m:
         m.wait_for_line(r"OSCHECK: (PASS|FAIL)|OSCHECK: no uefi-hv", timeout=180)
         serial = m.serial
