@@ -53,6 +53,17 @@ def test_a_failure_marker_fails_the_run_at_once(hang_image, run_dir, assert_no_l
     assert_no_leftovers(r)
 
 
+def test_a_failure_line_printed_just_before_power_off_still_fails_the_run(
+        banner_image, run_dir, assert_no_leftovers):
+    # The banner's last line comes right before ResetSystem: the console's last
+    # lines are read before the power-off in the log is accepted as success.
+    r = boot(banner_image, emulator="bochs", fail=[r"banner: vmx=\d"], timeout=60,
+             run_dir=run_dir)
+    assert not r.ok, r
+    assert r.reason.startswith("failure marker"), r.reason
+    assert_no_leftovers(r)
+
+
 def test_a_triple_fault_is_named_from_the_bochs_log(triple_fault_image, run_dir,
                                                     assert_no_leftovers):
     r = boot(triple_fault_image, emulator="bochs", timeout=60, run_dir=run_dir)

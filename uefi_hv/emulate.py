@@ -505,7 +505,7 @@ def _boot_qemu(image: Path, cpus: int, timeout: float, expect, fail, expect_shut
             poll=lambda: machine.poll(0.1), running=machine.running,
             expect=expect, fail=fail, expect_shutdown=expect_shutdown,
             timeout=timeout, exited=lambda: f"QEMU exited ({machine.proc.returncode})",
-            on_event=_judge_qemu_event)
+            on_event=_judge_qemu_event, drain=lambda: machine.poll(0.2)[0])
         try:
             result.screenshot = machine.screendump(machine.run_dir / "screen.png")
         except Exception:
@@ -601,13 +601,20 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
         log_events = [judged for line in log.poll() if (judged := judge_bochs_log_line(line))]
         return console.poll(), log_events
 
+    def drain():
+        try:             # Bochs flushes its serial file when it exits
+            proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        return console.poll(final=True)
+
     try:
         result.ok, result.reason = _watch(
             poll=poll, running=lambda: proc.poll() is None,
             expect=expect, fail=fail, expect_shutdown=expect_shutdown, timeout=timeout,
             exited=lambda: f"Bochs exited ({proc.returncode}) without powering off; "
                            f"see {run_dir / 'bochs.out'}",
-            on_event=lambda judged: judged)
+            on_event=lambda judged: judged, drain=drain)
     finally:
         _reap(proc, grace_s=0)
         result.elapsed = time.monotonic() - start
@@ -622,17 +629,17 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
 
 # --- judging a run ---------------------------------------------------------------------
 
-def _watch(poll, running, expect, fail, expect_shutdown, timeout, exited, on_event):
+def _watch(poll, running, expect, fail, expect_shutdown, timeout, exited, on_event, drain):
     """Follow a run until it is decided; return (ok, reason).
 
     poll() -> (new console lines, new events); on_event(event) ->
-    ("power-off", False) | (failure reason, True) | None.
+    ("power-off", False) | (failure reason, True) | None; drain() -> the
+    console lines still unread once the machine has stopped.
     """
     deadline = time.monotonic() + timeout
     expecting, failing = _matchers(expect), _matchers(fail)
-    while True:
-        alive = running()
-        lines, events = poll()
+
+    def judge_lines(lines):
         for line in lines:
             if (marker := _first_match(failing, line)) is not None:
                 return False, f"failure marker '{marker}' seen: {line.strip()}"
@@ -640,10 +647,22 @@ def _watch(poll, running, expect, fail, expect_shutdown, timeout, exited, on_eve
                 return True, f"marker '{marker}' seen"
             if _first_match(_FIRMWARE_FAULTS, line) is not None:
                 return False, f"firmware exception: {line.strip()}"
+        return None
+
+    while True:
+        alive = running()
+        lines, events = poll()
+        if (verdict := judge_lines(lines)) is not None:
+            return verdict
         for event in events:
             judged = on_event(event)
             if judged is None:
                 continue
+            # The console's last lines (a FAIL printed just before ResetSystem)
+            # can reach the serial file after the log or QMP reports the
+            # power-off: they decide the run before the power-off does.
+            if (verdict := judge_lines(drain())) is not None:
+                return verdict
             what, failed = judged
             if failed:
                 return False, what
