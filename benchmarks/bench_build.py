@@ -71,8 +71,14 @@ def main() -> int:
         check_size = efi["hvcheck.efi"].stat().st_size
         hv_h = (efi["BOOTX64.EFI"].parent / "src" / "hv" / "hv.h").read_text()
         per_cpu = resident_per_cpu(hv_h)
+        import subprocess
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "uefi_hv", "generate", args.spec, "-o", str(tmp / "cold")],
+                       check=True, capture_output=True, cwd=ROOT)
+        cold_s = time.perf_counter() - start
         print(f"spec:                      {args.spec}")
-        print(f"generate (clean dir):      {gen_s * 1000:8.1f} ms   (target < 500 ms)")
+        print(f"uefi-hv generate (a fresh process, clean dir): {cold_s * 1000:.0f} ms")
+        print(f"generate (clean dir, warm): {gen_s * 1000:7.1f} ms   (target < 500 ms)")
         print(f"generate + build (clean):  {build_s:8.2f} s    (target < 10 s on 2 cores)")
         print(f"BOOTX64.EFI:               {hv_size / 1024:8.1f} KiB  (target < 96 KiB)")
         print(f"hvcheck.efi:               {check_size / 1024:8.1f} KiB")
