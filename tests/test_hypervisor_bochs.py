@@ -220,3 +220,45 @@ def test_a_required_control_the_cpu_lacks_is_named_and_nothing_launches(tmp_path
     assert "uefi-hv: not launching: a check failed" in result.serial
     assert "hvcheck: no uefi-hv hypervisor present" in result.serial
     assert result.ok, result
+
+
+# Firmware that locked IA32_FEATURE_CONTROL with VMX off (VT-x disabled in its
+# settings): this app does that, then starts the hypervisor from the ESP.
+LOCK_FEATURE_CONTROL = r"""
+#include <efi.h>
+#include <efilib.h>
+
+EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
+{
+    EFI_LOADED_IMAGE *self;
+    EFI_HANDLE hv;
+    InitializeLib(image, systab);
+    __asm__ volatile("wrmsr" : : "c"(0x3A), "a"(1), "d"(0));      /* lock, VMX off */
+    Print(L"test: IA32_FEATURE_CONTROL locked with VMX off\n");
+    uefi_call_wrapper(BS->HandleProtocol, 3, image, &LoadedImageProtocol, (VOID **)&self);
+    EFI_DEVICE_PATH *path = FileDevicePath(self->DeviceHandle, L"\\EFI\\UEFI-HV\\HV.EFI");
+    EFI_STATUS s = uefi_call_wrapper(BS->LoadImage, 6, FALSE, image, path, NULL, 0, &hv);
+    if (!EFI_ERROR(s))
+        s = uefi_call_wrapper(BS->StartImage, 3, hv, NULL, NULL);
+    Print(L"test: the hypervisor returned %r\n", s);
+    uefi_call_wrapper(RT->ResetSystem, 4, EfiResetShutdown, EFI_SUCCESS, 0, NULL);
+    return EFI_SUCCESS;
+}
+"""
+
+
+def test_feature_control_locked_with_vmx_off_is_a_firmware_setting(tmp_path, default_image, run_dir):
+    src = tmp_path / "lock.c"
+    src.write_text(LOCK_FEATURE_CONTROL)
+    locker = build_efi([src], tmp_path / "lock.efi")
+    hv_dir = default_image.parent
+    image = make_image(locker, tmp_path / "locked.img", add=[(hv_dir / "BOOTX64.EFI", "EFI/UEFI-HV/HV.EFI")],
+                       chain=hv_dir / "hvcheck.efi")
+    result = boot(image, emulator="bochs", cpus=1, timeout=60, run_dir=run_dir)
+    serial = result.serial
+    assert "test: IA32_FEATURE_CONTROL locked with VMX off" in serial
+    assert ("uefi-hv: IA32_FEATURE_CONTROL is locked with VMX disabled: VT-x is switched off in the "
+            "firmware settings; enable it there") in serial, result
+    assert "hvcheck: no uefi-hv hypervisor present" in serial       # the boot goes on
+    assert "hvcheck: firmware services: 4 of 4 checks passed" in serial, result
+    assert result.ok, result
