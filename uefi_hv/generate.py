@@ -86,6 +86,7 @@ CONTROL_ROLES = {
     "HV_PROC_USE_MSR_BITMAPS": "proc.use_msr_bitmaps",
     "HV_PROC_INTERRUPT_WINDOW_EXITING": "proc.interrupt_window_exiting",
     "HV_PROC_HLT_EXITING": "proc.hlt_exiting",
+    "HV_PROC_MWAIT_EXITING": "proc.mwait_exiting",
     "HV_PROC2_ENABLE_EPT": "proc2.enable_ept",
     "HV_PROC2_ENABLE_VPID": "proc2.enable_vpid",
     "HV_PROC2_UNRESTRICTED_GUEST": "proc2.unrestricted_guest",
@@ -261,6 +262,9 @@ def hypervisor_context(spec) -> dict:
         # INIT/SIPI emulation: an AP's "cli; hlt" idle loop exits (HLT exiting
         # is set on APs only) and waits in the hypervisor for its SIPI.
         exits.append({"reason": "hlt", "action": "wait_for_sipi", "number": spec.exit_reasons["hlt"].number})
+    if actions.get("init") and not any(e["reason"] == "mwait" for e in exits) and "mwait" in spec.exit_reasons:
+        # ... and so does the MONITOR/MWAIT loop OVMF parks APs in at ExitBootServices.
+        exits.append({"reason": "mwait", "action": "mwait_idle", "number": spec.exit_reasons["mwait"].number})
     exits.sort(key=lambda e: e["number"])
     actions = {a: actions.get(a, False) for a in model.EXIT_ACTIONS}
 
