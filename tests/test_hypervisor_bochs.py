@@ -262,3 +262,17 @@ def test_feature_control_locked_with_vmx_off_is_a_firmware_setting(tmp_path, def
     assert "hvcheck: no uefi-hv hypervisor present" in serial       # the boot goes on
     assert "hvcheck: firmware services: 4 of 4 checks passed" in serial, result
     assert result.ok, result
+
+
+def test_the_specs_chain_option_names_the_next_image_without_chain_txt(tmp_path, default_image, run_dir):
+    spec = broken_spec(tmp_path, "option external_interrupts = off",
+                       'option external_interrupts = off\noption chain = "/EFI/TOOLS/HVCHECK.EFI"')
+    built = generate_hypervisor(str(spec), tmp_path / "src", check=True)
+    files = built["BOOTX64.EFI"]
+    hv = build_efi([p for p in files if p.suffix in (".c", ".S")], tmp_path / "BOOTX64.EFI",
+                   include_dirs=sorted({p.parent for p in files}))
+    image = make_image(hv, tmp_path / "hv.img",
+                       add=[(default_image.parent / "hvcheck.efi", "EFI/TOOLS/HVCHECK.EFI")])
+    result = boot(image, emulator="bochs", cpus=1, timeout=60, fail=["HVCHECK: FAIL"], run_dir=run_dir)
+    assert "uefi-hv: starting \\EFI\\TOOLS\\HVCHECK.EFI" in result.serial, result
+    assert "HVCHECK: PASS" in result.serial, result
