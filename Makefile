@@ -48,7 +48,7 @@ run: setup
 	@set -o pipefail; $(BIN)/uefi-hv run $(BUILD)/hv.img --emulator auto --cpus $(CPUS) \
 	  --timeout 180 | tee $(BUILD)/run.log; status=$$?; \
 	echo; echo "== uefi-hv: summary =="; \
-	grep -hE "CPU\(s\) virtualised;|hvcheck: summary|exits by reason|HVCHECK:|VMX is not available|run-time check .* failed|VMLAUNCH failed" \
+	grep -hE "CPU\(s\) virtualised;|hvcheck: summary|hvcheck: all:|exits by reason|HVCHECK:|VMX is not available|run-time check .* failed|VMLAUNCH failed" \
 	  $(BUILD)/run.log || echo "(the run printed no summary: see $(BUILD)/run.log)"; \
 	exit $$status
 
