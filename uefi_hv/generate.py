@@ -71,6 +71,7 @@ VMCALL_FUNCTIONS = (
     ("GET_EXIT_COUNT", 3, "in: RBX = exit reason, RCX = CPU (~0: this one); out: RBX = count"),
     ("GET_EXIT_TOTAL", 4, "in: RBX = CPU (~0: this one); out: RBX = all exits of that CPU"),
     ("DEVIRTUALIZE", 5, "VMX off on the calling CPU; it goes on natively after the VMCALL"),
+    ("GET_IRQ_COUNT", 6, "in: RBX = vector, RCX = CPU (~0: this one); out: RBX = external-interrupt exits"),
 )
 
 #: Feature bits `exit cpuid { hide = NAME }` can hide: (leaf, register, bit).
@@ -129,6 +130,7 @@ FIELDS_USED = (
     "VIRTUAL_PROCESSOR_ID", "VM_INSTRUCTION_ERROR", "VM_EXIT_REASON", "EXIT_QUALIFICATION",
     "VM_EXIT_INSTRUCTION_LEN", "VM_EXIT_INTR_INFO", "GUEST_PHYSICAL_ADDRESS",
     "VM_ENTRY_CONTROLS", "CPU_BASED_VM_EXEC_CONTROL", "HOST_CR4",
+    "IDT_VECTORING_INFO_FIELD", "IDT_VECTORING_ERROR_CODE", "VM_ENTRY_INSTRUCTION_LEN",
 )
 
 
@@ -175,7 +177,7 @@ def _source_text(source) -> str:
     return f"{getattr(source, 'value', source)}"
 
 
-def hypervisor_context(spec) -> dict:
+def hypervisor_context(spec, idt_base_from_vmcs: bool = False) -> dict:
     """Everything the templates need, computed once from a checked Spec.
     Only sorted or definition-ordered sequences: the output is deterministic."""
     from uefi_hv import model
@@ -318,6 +320,7 @@ def hypervisor_context(spec) -> dict:
         "actions": actions,
         "cpuid": cpuid_opts,
         "dispatch_idt_global": dispatch_idt_global,
+        "idt_base_from_vmcs": idt_base_from_vmcs,
         "msr_intercepts": msr_intercepts,
         "rules": rules,
         "signature_regs": signature_regs,
@@ -346,21 +349,25 @@ def _runtime_rules(spec):
 
 
 HV_TEMPLATES = ("vmx.h", "hv.h", "cpu.h", "log.c", "memory.c", "host_env.c", "vmcs_setup.c",
-                "checks.c", "ept.c", "exits.c", "mp.c", "chain.c", "main.c", "vmexit.S")
-HVCHECK_TEMPLATES = ("hvcheck.c", "hvcheck_asm.S")
+                "checks.c", "ept.c", "exits.c", "mp.c", "chain.c", "main.c", "vmexit.S",
+                "interrupts.h", "interrupts.c", "interrupts.S")
+HVCHECK_TEMPLATES = ("hvcheck.c", "hvcheck_asm.S", "irqcheck.c")
 
 
-def generate_hypervisor(spec_path: str, outdir: Path, check: bool = True) -> dict[str, list[Path]]:
+def generate_hypervisor(spec_path: str, outdir: Path, check: bool = True,
+                        idt_base_from_vmcs: bool = False) -> dict[str, list[Path]]:
     """Generate the hypervisor (BOOTX64.EFI) and its self-test (hvcheck.efi)
     from the spec at `spec_path` into `outdir`/hv and `outdir`/hvcheck.
     With `check`, the spec must pass the static SDM checks (SpecError
     otherwise); without, it is only parsed (tests of the run-time checks).
+    `idt_base_from_vmcs` is for benchmarks/bench_interrupts.py only: the
+    interrupt path VMREADs HOST_IDTR_BASE instead of reading the global.
     Returns {"BOOTX64.EFI": [sources...], "hvcheck.efi": [sources...]}."""
     from uefi_hv import check as check_step
     from uefi_hv import parse
 
     spec = check_step.load_and_check(spec_path) if check else parse.load_spec(spec_path)
-    context = hypervisor_context(spec)
+    context = hypervisor_context(spec, idt_base_from_vmcs=idt_base_from_vmcs)
     sources = [Path(f).name for f in (spec.files or [spec.file])]
     outdir = Path(outdir)
     built = {"BOOTX64.EFI": [], "hvcheck.efi": []}
