@@ -481,6 +481,22 @@ def check_idt_global(ctx: Ctx):
                    f"HOST_IDTR_BASE = {name}", a.loc if a else h.loc)
 
 
+@check("EXTINT-WINDOW", "SDM 26.7.5", "interrupts queued for the guest have an interrupt-window handler")
+def check_extint_window(ctx: Ctx):
+    """`dispatch_idt` queues an interrupt the guest cannot take yet (RFLAGS.IF
+    clear, STI or MOV SS blocking, an event already being injected) and sets
+    "interrupt-window exiting", so that the guest exits as soon as it can
+    take it; that exit (reason 7) needs a handler, or the first interrupt
+    that waits stops the machine."""
+    for h in ctx.spec.exits:
+        if h.action != "dispatch_idt":
+            continue
+        w = ctx.handlers.get("interrupt_window")
+        if w is None or w.action != "inject_pending":
+            yield ("dispatch_idt waits for the guest's interrupt window with interrupt-window "
+                   "exiting; add `exit interrupt_window -> inject_pending`", w.loc if w else h.loc)
+
+
 # --- the language's own rules ----------------------------------------------------
 
 @check("VALUE-WIDTH", "SDM App. B", "constant values fit their field's width")
