@@ -70,6 +70,8 @@ VIOLATIONS = {
     "GLOBAL-UNUSED": variant(append="global boot_cr3 = read(cr3)"),
     "ID-SIGNATURE": variant([('signature "UefiHvUefiHv"', 'signature "UefiHv"')]),
     "ID-VERSION": variant([('version   "0.1.0"', 'version "0.1.0-rc1"')]),
+    "LOG-RATE": variant([("option external_interrupts = off",
+                          "option external_interrupts = off\noption log_rate = 500")]),
 }
 
 

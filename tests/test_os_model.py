@@ -95,4 +95,20 @@ def test_under_the_hypervisor_both_cpus_see_it_through_the_os_takeover(
     _assert_ap_started_twice(r.serial)
     for round_ in (1, 2):
         assert f"OSMODEL: AP round {round_}: VMCALL ping answered, hypervisor CPU 1" in r.serial
+    # The memory the hypervisor keeps (VMCALL GET_RESIDENT_RANGES) is runtime
+    # memory in the map the OS took at ExitBootServices: one line per range.
+    summary = re.search(r"^OSMODEL: BSP: all (\d+) uefi-hv ranges \((\d+) KiB\) are runtime "
+                        r"memory in the OS's memory map$", r.serial, re.M)
+    assert summary, r.serial[-3000:]
+    ranges = re.findall(r"^OSMODEL: BSP: uefi-hv range 0x[0-9a-f]+-0x[0-9a-f]+ \((\d+) KiB\) lies in "
+                        r"EfiRuntimeServices(?:Code and Data|Code|Data) in the OS's memory map$",
+                        r.serial, re.M)
+    assert len(ranges) == int(summary.group(1)) >= 1
+    assert sum(map(int, ranges)) == int(summary.group(2))
+    # ... and it is all of it: what the hypervisor said it keeps at start-up.
+    kept = re.search(r"resident memory (\d+) KiB per CPU \+ (\d+) KiB shared \+ (\d+) KiB code",
+                     r.serial)
+    assert kept, "no 'resident memory' line"
+    per_cpu, shared, code = map(int, kept.groups())
+    assert int(summary.group(2)) == 2 * per_cpu + shared + code
     assert_no_leftovers(r)

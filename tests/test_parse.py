@@ -130,6 +130,7 @@ def test_syntax_errors_in_words(text, message):
     ("host_state { HOST_CR0 = HOST_CSS }", "unknown name 'HOST_CSS'"),
     ("option chian = \"x\"", "unknown option 'chian'; did you mean 'chain'"),
     ("option external_interrupts = maybe", "is on or off"),
+    ("option log_rate = \"fast\"", "option log_rate takes a number, not 'fast'"),
     ("const A = B", "unknown constant 'B'"),
     ('hypervisor "x" { signatur "y" }', "did you mean 'signature'"),
     ('hypervisor "x" { signature "UefiHvUefi\u00e9v" }', "the signature must be printable ASCII"),

@@ -595,6 +595,35 @@ def check_version(ctx: Ctx):
         yield f"version \"{v}\" must be MAJOR.MINOR.PATCH, each below 256 (e.g. \"0.1.0\")", loc
 
 
+#: COM1 at 115200 baud (8N1) carries 11520 characters a second: about 140
+#: lines of 80. More would not be written faster, only spin in VMX root.
+LOG_RATE_MAX = 100
+LOG_BURST_MAX = 1000
+
+
+@check("LOG-RATE", "docs/dsl.md#options", "the log's rate limit is one the serial line can carry")
+def check_log_rate(ctx: Ctx):
+    """`option log_rate` (lines a second) and `option log_burst` (lines at
+    once) bound what the hypervisor writes to COM1 from VMX root. Both are
+    at least 1; the rate at most 100 (COM1 at 115200 baud carries about 140
+    lines of 80 characters a second, and every line is written with the
+    guest stopped); the burst at most 1000 and not below the rate."""
+    s, locs = ctx.spec.settings, ctx.spec.setting_locs
+    rate = s.get("log_rate", m.SETTING_DEFAULTS["log_rate"])
+    burst = s.get("log_burst", m.SETTING_DEFAULTS["log_burst"])
+    if not 1 <= rate <= LOG_RATE_MAX:
+        yield (f"option log_rate = {rate}: lines a second from 1 to {LOG_RATE_MAX} "
+               f"(COM1 carries about 140 a second)"), locs.get("log_rate")
+    if not 1 <= burst <= LOG_BURST_MAX:
+        yield f"option log_burst = {burst}: lines from 1 to {LOG_BURST_MAX}", locs.get("log_burst")
+    elif 1 <= rate <= LOG_RATE_MAX and burst < rate:
+        written = "log_burst" in s
+        yield (f"option log_burst = {burst}{'' if written else ' (the default)'} is below "
+               f"log_rate = {rate}: a second's worth of lines could never be written at once; "
+               f"set option log_burst = {rate} or more"), \
+            locs.get("log_burst") if written else locs.get("log_rate")
+
+
 # --- running them ------------------------------------------------------------------
 
 def check_spec(spec: m.Spec) -> list[Diagnostic]:

@@ -72,6 +72,7 @@ VMCALL_FUNCTIONS = (
     ("GET_EXIT_TOTAL", 4, "in: RBX = CPU (~0: this one); out: RBX = all exits of that CPU"),
     ("DEVIRTUALIZE", 5, "VMX off on the calling CPU; it goes on natively after the VMCALL"),
     ("GET_IRQ_COUNT", 6, "in: RBX = vector, RCX = CPU (~0: this one); out: RBX = external-interrupt exits"),
+    ("GET_RESIDENT_RANGES", 7, "in: RBX = index; out: RBX = base, RCX = bytes, RDX = ranges (of the memory it keeps)"),
 )
 
 #: Feature bits `exit cpuid { hide = NAME }` can hide: (leaf, register, bit).
@@ -331,6 +332,8 @@ def hypervisor_context(spec, idt_base_from_vmcs: bool = False) -> dict:
         "ept": bool(wanted["proc2"] & spec.controls["proc2.enable_ept"].mask)
         if "proc2.enable_ept" in spec.controls else False,
         "chain": str(spec.settings.get("chain", "") or "").replace("/", "\\\\"),
+        "log_rate": int(spec.settings.get("log_rate", model.SETTING_DEFAULTS["log_rate"])),
+        "log_burst": int(spec.settings.get("log_burst", model.SETTING_DEFAULTS["log_burst"])),
     }
 
 

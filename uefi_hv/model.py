@@ -300,10 +300,18 @@ MSR_ACTIONS = {
     "passthrough_log": "execute the access for the guest and log it",
 }
 
-#: Settings (`option NAME = VALUE`) -> kind: "bool" or "string".
+#: Settings (`option NAME = VALUE`) -> kind: "bool", "string" or "int".
 SETTINGS = {
     "external_interrupts": "bool",   # pin.external_interrupt_exiting + ack-on-exit + handlers
     "chain": "string",               # the EFI image the hypervisor starts next
+    "log_rate": "int",               # COM1 lines per second from VMX root, sustained
+    "log_burst": "int",              # ... and in a burst (the token bucket's depth)
+}
+
+#: What a setting the spec leaves out means (docs/dsl.md, Options).
+SETTING_DEFAULTS = {
+    "log_rate": 20,
+    "log_burst": 32,
 }
 
 #: RuntimeRule.kind -> the args it carries (the generator implements each).

@@ -384,6 +384,9 @@ class _Loader:
         elif kind == "string" and not (isinstance(value, Tree) and value.data == "string"):
             self.error(f"option {name} takes a string in double quotes", loc)
             return
+        elif kind == "int" and not isinstance(raw, int):
+            self.error(f"option {name} takes a number, not '{raw}'", loc)
+            return
         old = self.spec.setting_locs.get(name)
         if old is not None and old.file == file:
             self.error(f"option {name} is set twice in this file (first at line {old.line})", loc)

@@ -36,8 +36,18 @@ def vmcall_numbers() -> tuple[int, int]:
     if missing:
         raise UserError(f"error: uefi_hv.generate has no {', '.join(missing)}: the VMCALL "
                         "interface (docs/vmcall.md) is not defined yet")
-    ping = next(number for name, number, _ in generate.VMCALL_FUNCTIONS if name == "PING")
-    return generate.VMCALL_BASE + ping, generate.VMCALL_PONG
+    return vmcall_rax("PING"), generate.VMCALL_PONG
+
+
+def vmcall_rax(function: str) -> int:
+    """RAX of the VMCALL `function` (docs/vmcall.md), from uefi_hv.generate."""
+    from uefi_hv import generate
+
+    numbers = {name: number for name, number, _ in generate.VMCALL_FUNCTIONS}
+    if function not in numbers:
+        raise UserError(f"error: uefi_hv.generate.VMCALL_FUNCTIONS has no {function} "
+                        f"(it has {', '.join(numbers)})")
+    return generate.VMCALL_BASE + numbers[function]
 
 
 def probe_defines(spec: Path = DEFAULT_SPEC) -> list[str]:
@@ -49,7 +59,8 @@ def probe_defines(spec: Path = DEFAULT_SPEC) -> list[str]:
         raise UserError(f"error: {spec}: signature {signature!r} is not 12 plain ASCII bytes")
     ping, pong = vmcall_numbers()
     return [f'-DOSKIT_SIGNATURE="{signature}"', f"-DOSKIT_VMCALL_PING={ping:#x}ULL",
-            f"-DOSKIT_VMCALL_PONG={pong:#x}ULL"]
+            f"-DOSKIT_VMCALL_PONG={pong:#x}ULL",
+            f"-DOSKIT_VMCALL_GET_RESIDENT_RANGES={vmcall_rax('GET_RESIDENT_RANGES'):#x}ULL"]
 
 
 def build_oscheck(output: Path, spec: Path = DEFAULT_SPEC) -> Path:

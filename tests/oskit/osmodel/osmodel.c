@@ -11,7 +11,9 @@
  *      real-mode trampoline on a conventional-memory page below 1 MiB,
  *      which climbs to long mode and calls ap_main(); twice in a row;
  *   5. on both CPUs: CPUID (hypervisor bit, signature, VMX hidden) and, in
- *      ring 0, the VMCALL ping;
+ *      ring 0, the VMCALL ping; on the BSP, that every range of memory the
+ *      hypervisor keeps (VMCALL GET_RESIDENT_RANGES) is runtime memory in
+ *      the map the model got at ExitBootServices, so an OS never hands it out;
  *   6. the verdict on COM1 by port I/O (there are no boot services left):
  *        OSMODEL: PASS
  *        OSMODEL: MECHANICS PASS, hypervisor absent   (booted without uefi-hv)
@@ -25,6 +27,10 @@
 #include <efilib.h>
 
 #include "hvprobe.h"
+
+#ifndef OSKIT_VMCALL_GET_RESIDENT_RANGES
+#error "build with -DOSKIT_VMCALL_GET_RESIDENT_RANGES=... (tests/oskit/initramfs.py: probe_defines)"
+#endif
 
 #define MODEL_CS64 0x08
 #define MODEL_DS   0x10
@@ -339,6 +345,85 @@ static EFI_STATUS exit_boot_services(EFI_HANDLE image, UINTN *map_size, UINTN *d
          (UINT8 *)d < (UINT8 *)(map) + (size); \
          d = (EFI_MEMORY_DESCRIPTOR *)((UINT8 *)d + (stride)))
 
+/* ---- the hypervisor's memory in the OS's map ----------------------------------------- */
+
+/* GET_RESIDENT_RANGES (docs/vmcall.md): range `index` of the memory uefi-hv
+ * keeps. Returns the status (0: ok); *count is the number of ranges. */
+static UINT64 vmcall_resident_range(UINT64 index, UINT64 *base, UINT64 *bytes, UINT64 *count)
+{
+    UINT64 rax = OSKIT_VMCALL_GET_RESIDENT_RANGES, rbx = index, rcx = 0, rdx = 0;
+    __asm__ volatile("vmcall" : "+a"(rax), "+b"(rbx), "+c"(rcx), "+d"(rdx) : : "memory");
+    *base = rbx;
+    *bytes = rcx;
+    *count = rdx;
+    return rax;
+}
+
+#define RUNTIME_CODE_SEEN 1
+#define RUNTIME_DATA_SEEN 2
+
+/* How far from `start` towards `end` the map holds runtime-services memory
+ * without a gap (descriptors may split a range); `types` collects which. */
+static UINT64 runtime_memory_until(UINT64 start, UINT64 end, UINTN map_size, UINTN desc_size,
+                                   unsigned *types)
+{
+    UINT64 at = start;
+    while (at < end) {
+        UINT64 next = at;
+        FOR_EACH_DESCRIPTOR(d, memory_map, map_size, desc_size) {
+            UINT64 first = d->PhysicalStart, last = first + d->NumberOfPages * 4096;
+            if (at < first || at >= last)
+                continue;
+            if (d->Type == EfiRuntimeServicesCode)
+                *types |= RUNTIME_CODE_SEEN;
+            else if (d->Type == EfiRuntimeServicesData)
+                *types |= RUNTIME_DATA_SEEN;
+            else
+                return at;
+            next = last;
+            break;
+        }
+        if (next == at)
+            return at;                  /* in no descriptor at all */
+        at = next;
+    }
+    return end;
+}
+
+/* One line per range the hypervisor keeps; the number of failed checks. */
+static int check_resident_memory(UINTN map_size, UINTN desc_size)
+{
+    UINT64 base, bytes, count, total = 0;
+    if (vmcall_resident_range(0, &base, &bytes, &count) != 0 || count == 0) {
+        say("OSMODEL: BSP: check failed: GET_RESIDENT_RANGES: no ranges (%lu)\n", count);
+        return 1;
+    }
+    int failed = 0;
+    for (UINT64 i = 0; i < count; i++) {
+        if (vmcall_resident_range(i, &base, &bytes, &count) != 0) {
+            say("OSMODEL: BSP: check failed: GET_RESIDENT_RANGES %lu of %lu refused\n", i, count);
+            return failed + 1;
+        }
+        unsigned types = 0;
+        UINT64 end = base + bytes, until = runtime_memory_until(base, end, map_size, desc_size, &types);
+        total += bytes;
+        if (until != end) {
+            say("OSMODEL: BSP: check failed: uefi-hv range 0x%lx-0x%lx: 0x%lx is not runtime "
+                "memory in the OS's memory map\n", base, end, until);
+            failed++;
+            continue;
+        }
+        say("OSMODEL: BSP: uefi-hv range 0x%lx-0x%lx (%lu KiB) lies in %s in the OS's memory map\n",
+            base, end, bytes / 1024,
+            types == (RUNTIME_CODE_SEEN | RUNTIME_DATA_SEEN) ? "EfiRuntimeServicesCode and Data"
+            : types == RUNTIME_CODE_SEEN ? "EfiRuntimeServicesCode" : "EfiRuntimeServicesData");
+    }
+    if (!failed)
+        say("OSMODEL: BSP: all %lu uefi-hv ranges (%lu KiB) are runtime memory in the OS's memory map\n",
+            count, total / 1024);
+    return failed;
+}
+
 /* SetVirtualAddressMap with the runtime regions mapped where they are. */
 static EFI_STATUS identity_virtual_map(UINTN map_size, UINTN desc_size, UINT32 desc_version,
                                        UINTN *runtime_regions)
@@ -506,6 +591,8 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
 
     if (check_cpu("BSP", &bsp_probe))
         fail("the BSP's hypervisor checks");
+    if (bsp_probe.ours && check_resident_memory(map_size, desc_size))
+        fail("the hypervisor's memory is not all runtime memory in the OS's map");
 
     UINT64 page = low_conventional_page(map_size, desc_size);
     if (!page) {
