@@ -418,6 +418,12 @@ static int check_resident_memory(UINTN map_size, UINTN desc_size)
             types == (RUNTIME_CODE_SEEN | RUNTIME_DATA_SEEN) ? "EfiRuntimeServicesCode and Data"
             : types == RUNTIME_CODE_SEEN ? "EfiRuntimeServicesCode" : "EfiRuntimeServicesData");
     }
+    UINT64 past = count, status = vmcall_resident_range(past, &base, &bytes, &count);
+    if (status != 0xFFFFFFFFFFFFFFFEULL || count != past) {
+        say("OSMODEL: BSP: check failed: GET_RESIDENT_RANGES %lu (past the last): status 0x%lx, "
+            "count %lu; want \"bad argument\" and %lu\n", past, status, count, past);
+        failed++;
+    }
     if (!failed)
         say("OSMODEL: BSP: all %lu uefi-hv ranges (%lu KiB) are runtime memory in the OS's memory map\n",
             count, total / 1024);
