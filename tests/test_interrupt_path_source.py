@@ -69,3 +69,15 @@ def test_the_scan_catches_the_benchmark_variant_that_vmreads(tmp_path):
     generate_hypervisor(str(SPEC), tmp_path, idt_base_from_vmcs=True)
     found = idt_base_violations(tmp_path / "hv")
     assert any(f.startswith("VMREAD of HOST_IDTR_BASE: interrupts.c:") for f in found), found
+
+
+def test_the_option_requires_both_controls_in_the_generated_vmcs_setup(default_build):
+    """`option external_interrupts = on`: pin.external_interrupt_exiting (bit
+    0) and exit.ack_interrupt_on_exit (bit 15) are wanted and required, so a
+    CPU without them is named at run time instead of running without them."""
+    setup = (default_build / "vmcs_setup.c").read_text()
+    groups = {g: (int(w, 16), int(r, 16)) for g, w, r in re.findall(
+        r'\[HV_CTL_\w+\] = \{ "(\w+)",.*?\n\s*(0x[0-9A-F]+)U, (0x[0-9A-F]+)U \}', setup)}
+    for group, bit in (("pin", 0), ("exit", 15)):
+        wanted, required = groups[group]
+        assert wanted >> bit & 1 and required >> bit & 1, (group, hex(wanted), hex(required))

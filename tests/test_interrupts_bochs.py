@@ -24,9 +24,9 @@ pytestmark = pytest.mark.bochs
 SPEC = DSL_DIR / "examples" / "interrupts.hv"
 
 
-def build_image(workdir: Path, **variant) -> Path:
-    """interrupts.hv -> BOOTX64.EFI + hvcheck.efi -> a GPT image chaining hvcheck."""
-    built = generate_hypervisor(str(SPEC), workdir / "src", **variant)
+def build_image(workdir: Path, spec: Path = SPEC) -> Path:
+    """A spec (interrupts.hv) -> BOOTX64.EFI + hvcheck.efi -> a GPT image chaining hvcheck."""
+    built = generate_hypervisor(str(spec), workdir / "src")
     efi = {name: build_efi([p for p in files if p.suffix in (".c", ".S")], workdir / name,
                            include_dirs=sorted({p.parent for p in files}))
            for name, files in built.items()}
@@ -81,4 +81,26 @@ def test_two_cpus_each_take_interrupts_through_the_path(interrupts_image, run_di
         assert "sent 32, handled 32, exits on 0xF0 32" in line, line
         assert re.search(rf"hvcheck: cpu {cpu} external-interrupt exits by vector:.* 0xF0=32", serial)
         check_line(serial, cpu, "VMCALL ping")
+    assert result.ok, result
+
+
+def test_a_vector_the_spec_owns_stays_in_the_hypervisor_on_each_cpu(tmp_path, run_dir):
+    """`own = 0xF8`: self-IPIs on 0xF8 exit and are counted, never reach the
+    guest, and are EOIed by the hypervisor (the guest's 0xF0 IPIs after them,
+    same priority class, would be blocked otherwise)."""
+    text = SPEC.read_text()
+    line = "exit external_interrupt -> dispatch_idt { idt_base = host_idt_base }"
+    assert line in text
+    spec = tmp_path / "own.hv"
+    spec.write_text(text.replace(line, line.replace(" }", "; own = 0xF8 }")))
+    image = build_image(tmp_path / "build", spec=spec)
+    result = boot(image, emulator="bochs", cpus=2, timeout=60, fail=["HVCHECK: FAIL"], run_dir=run_dir)
+    serial = result.serial
+    assert "HVCHECK: PASS" in serial, result
+    for cpu in (0, 1):
+        line = check_line(serial, cpu, "self-IPIs on the hypervisor's vector stay in the hypervisor")
+        assert "sent 8, handled 0, exits on 0xF8 8" in line, line
+        line = check_line(serial, cpu, "self-IPIs delivered exactly once")
+        assert "sent 32, handled 32, exits on 0xF0 32" in line, line
+        assert re.search(rf"hvcheck: cpu {cpu} external-interrupt exits by vector:.* 0xF0=32 0xF8=8", serial)
     assert result.ok, result

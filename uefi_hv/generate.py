@@ -246,6 +246,7 @@ def hypervisor_context(spec, idt_base_from_vmcs: bool = False) -> dict:
         h["slot"] = slot
 
     exits, actions, cpuid_opts, dispatch_idt_global = [], {}, {"signature": False, "hide": []}, ""
+    owned_vectors = []
     for handler in spec.exits:
         exits.append({"reason": handler.reason, "action": handler.action,
                       "number": spec.exit_reasons[handler.reason].number})
@@ -261,6 +262,7 @@ def hypervisor_context(spec, idt_base_from_vmcs: bool = False) -> dict:
                                            "reg_index": CPUID_REGS.index(reg), "bit": bit})
         if handler.action == "dispatch_idt":
             dispatch_idt_global = str(handler.options.get("idt_base", "host_idt_base"))
+            owned_vectors = sorted(handler.options.get("own", []))
     if actions.get("init") and not any(e["reason"] == "hlt" for e in exits) and "hlt" in spec.exit_reasons:
         # INIT/SIPI emulation: an AP's "cli; hlt" idle loop exits (HLT exiting
         # is set on APs only) and waits in the hypervisor for its SIPI.
@@ -322,6 +324,11 @@ def hypervisor_context(spec, idt_base_from_vmcs: bool = False) -> dict:
         "cpuid": cpuid_opts,
         "dispatch_idt_global": dispatch_idt_global,
         "idt_base_from_vmcs": idt_base_from_vmcs,
+        # Vectors the hypervisor keeps (`own`), as four 64-bit masks, and the
+        # highest vector from 0xF0 down that the guest gets (hvcheck's self-IPIs).
+        "owned_vectors": owned_vectors,
+        "owned_masks": [sum(1 << (v & 63) for v in owned_vectors if v >> 6 == w) for w in range(4)],
+        "guest_probe_vector": max(v for v in range(0x40, 0xF1) if v not in owned_vectors),
         "msr_intercepts": msr_intercepts,
         "rules": rules,
         "signature_regs": signature_regs,

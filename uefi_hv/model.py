@@ -286,9 +286,11 @@ EXIT_ACTIONS = {a.name: a for a in (
     ActionInfo("log_shutdown", (), {}, "log the exit and shut down"),
     ActionInfo("init", ("init_signal",), {}, "put the vCPU in wait-for-SIPI"),
     ActionInfo("sipi", ("sipi",), {}, "start the vCPU at the SIPI vector"),
-    ActionInfo("dispatch_idt", ("external_interrupt",), {"idt_base": "global"},
+    ActionInfo("dispatch_idt", ("external_interrupt",), {"idt_base": "global", "own": "vectors"},
                "call the host handler of an acknowledged interrupt through the IDT gate at "
-               "idt_base + 16 * vector (the seed: idt_base is a global, never a VMREAD)"),
+               "idt_base + 16 * vector (the seed: idt_base is a global, never a VMREAD); "
+               "the guest's, queued for it, unless `own` lists the vector (32..255): then the "
+               "hypervisor's, counted and EOIed, never seen by the guest"),
     ActionInfo("inject_pending", ("interrupt_window",), {},
                "inject the pending external interrupt when the guest can take it"),
 )}

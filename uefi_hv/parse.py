@@ -741,6 +741,21 @@ class _Loader:
                                values[0][2])
                     continue
                 opts[key] = values[0][0]
+            elif kind == "vectors":
+                # SDM 6.2: vectors 0-31 are the exceptions'; interrupts use 32-255.
+                vectors = []
+                for value, vkind, vloc in values:
+                    if vkind != "number" or not 32 <= int(value) <= 255:
+                        shown = f"{int(value):#x}" if vkind == "number" else value
+                        self.error(f"{key} lists interrupt vectors, 32 to 255 (0-31 are exceptions, "
+                                   f"SDM 6.2), e.g. {key} = 0xF8; not {shown}", vloc)
+                    elif value in vectors:
+                        self.error(f"vector {int(value):#x} is listed twice", vloc)
+                    else:
+                        vectors.append(int(value))
+                if not values:
+                    self.error(f"{key} needs at least one vector: {key} = 0xF8", oloc)
+                opts[key] = sorted(vectors)
         for name, rloc in reasons:
             spec.exits.append(m.ExitHandler(name, act_name, dict(opts), rloc))
 
