@@ -107,3 +107,15 @@ def test_a_vector_the_spec_owns_stays_in_the_hypervisor_on_each_cpu(tmp_path, ru
         assert "sent 32, handled 32, exits on 0xF0 32" in line, line
         assert re.search(rf"hvcheck: cpu {cpu} external-interrupt exits by vector:.* 0xF0=33 0xF8=8", serial)
     assert result.ok, result
+
+
+def test_the_haswell_model_takes_interrupts_the_same_way(interrupts_image, run_dir):
+    """The other capability set Bochs has (VMX-FACTS.md): same checks pass."""
+    result = boot(interrupts_image, emulator="bochs", cpus=1, timeout=60, fail=["HVCHECK: FAIL"],
+                  cpu_model="corei7_haswell_4770", run_dir=run_dir)
+    serial = result.serial
+    assert "HVCHECK: PASS" in serial, result
+    check_line(serial, 0, "timer event rate")
+    check_line(serial, 0, "external-interrupt exits on the timer's vector")
+    check_line(serial, 0, "self-IPIs delivered exactly once")
+    assert result.ok, result
