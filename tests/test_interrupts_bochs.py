@@ -119,3 +119,24 @@ def test_the_haswell_model_takes_interrupts_the_same_way(interrupts_image, run_d
     check_line(serial, 0, "external-interrupt exits on the timer's vector")
     check_line(serial, 0, "self-IPIs delivered exactly once")
     assert result.ok, result
+
+
+def test_without_ack_on_exit_the_host_takes_the_interrupt_itself(tmp_path, run_dir):
+    """External-interrupt exiting without "acknowledge interrupt on exit": the
+    interrupt still waits in the controller at the exit; the hypervisor opens
+    a one-instruction window and the CPU delivers it through the host IDT to
+    the same handlers. Everything hvcheck checks holds, counters included."""
+    spec = tmp_path / "noack.hv"
+    spec.write_text('import "default.hv"\n'
+                    "controls { require pin.external_interrupt_exiting }\n"
+                    "exit external_interrupt -> dispatch_idt { idt_base = host_idt_base }\n"
+                    "exit interrupt_window   -> inject_pending\n")
+    image = build_image(tmp_path / "build", spec=spec)
+    result = boot(image, emulator="bochs", cpus=1, timeout=60, fail=["HVCHECK: FAIL"], run_dir=run_dir)
+    serial = result.serial
+    assert "HVCHECK: PASS" in serial, result
+    check_line(serial, 0, "timer event rate")
+    check_line(serial, 0, "external-interrupt exits on the timer's vector")
+    line = check_line(serial, 0, "self-IPIs delivered exactly once")
+    assert "sent 32, handled 32, exits on 0xF0 32" in line, line
+    assert result.ok, result
