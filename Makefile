@@ -63,8 +63,10 @@ clean:
 # Write an image to a USB stick: make flash DEV=/dev/sdX (list sticks with
 # `.venv/bin/uefi-hv devices`). `uefi-hv flash` refuses anything that is not a
 # removable USB disk with nothing mounted, and asks before it writes.
-# FLASH_ARGS passes options on, e.g. FLASH_ARGS=--dry-run.
-FLASH_IMAGE ?= $(BUILD)/banner.img
+# The image is `make run`'s (the default spec's hypervisor with hvcheck.efi
+# chained); FLASH_IMAGE=... names another. FLASH_ARGS passes options on,
+# e.g. FLASH_ARGS=--dry-run.
+FLASH_IMAGE ?= $(BUILD)/hv.img
 FLASH_ARGS ?=
 flash: setup
 	@test -n "$(DEV)" || { echo "error: say which stick: make flash DEV=/dev/sdX" \
