@@ -658,12 +658,14 @@ def runtime_rules(spec: m.Spec) -> list[m.RuntimeRule]:
     R = m.RuntimeRule
     ctx = Ctx(spec)
     rules = [
-        R("CR0-FIXED", "SDM 23.8, 26.2.2", "CR0 meets IA32_VMX_CR0_FIXED0/1", "cr_fixed",
-          {"reg": "cr0", "fixed0_msr": 0x486, "fixed1_msr": 0x487}),
-        R("CR4-FIXED", "SDM 23.8, 26.2.2", "CR4 meets IA32_VMX_CR4_FIXED0/1", "cr_fixed",
-          {"reg": "cr4", "fixed0_msr": 0x488, "fixed1_msr": 0x489}),
+        R(f"{reg.upper()}-FIXED", "SDM 23.8, 26.2.2",
+          f"{reg.upper()} meets IA32_VMX_{reg.upper()}_FIXED0/1", "cr_fixed",
+          {"reg": reg, "fixed0_msr": spec.msr_number(f"IA32_VMX_{reg.upper()}_FIXED0"),
+           "fixed1_msr": spec.msr_number(f"IA32_VMX_{reg.upper()}_FIXED1")})
+        for reg in ("cr0", "cr4")
     ]
-    for group, (fieldname, cap, true) in m.CONTROL_GROUPS.items():
+    for group, (fieldname, cap_name, true_name) in m.CONTROL_GROUPS.items():
+        cap, true = spec.msr_number(cap_name), spec.msr_number(true_name)
         if group == "proc2" and not ctx.wants("proc.activate_secondary_controls"):
             continue
         rules.append(R(f"CTL-ALLOWED:{group}", "SDM 26.2.1, App. A.3-A.5",

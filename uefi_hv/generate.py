@@ -211,7 +211,8 @@ def hypervisor_context(spec, idt_base_from_vmcs: bool = False) -> dict:
             required["proc"] |= secondary.mask
     for c in controls:     # the names a "required control missing" message can need
         c["named"] = bool(required[c["group"]] & (1 << c["bit"]))
-    control_groups = [{"name": g, "field": field, "msr": msr, "true_msr": true_msr,
+    control_groups = [{"name": g, "field": field, "msr": spec.msr_number(msr),
+                       "true_msr": spec.msr_number(true_msr) or 0,
                        "wanted": wanted[g], "required": required[g]}
                       for g, (field, msr, true_msr) in model.CONTROL_GROUPS.items()]
     roles = []
@@ -308,6 +309,8 @@ def hypervisor_context(spec, idt_base_from_vmcs: bool = False) -> dict:
         "enc": {f["name"]: f"{f['encoding']:#06x}" for f in fields},
         "controls": controls,
         "control_groups": control_groups,
+        "msrs": sorted(spec.msrs.values(), key=lambda r: (r.number, r.name)),
+        "msr": {r.name: r.number for r in spec.msrs.values()},
         "roles": roles,
         "exit_reasons": _with_offsets([{"number": r.number, "name": r.name} for r in reasons]),
         "exit_reason_count": reasons[-1].number + 1 if reasons else 1,

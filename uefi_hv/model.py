@@ -65,13 +65,14 @@ class Field:
 
 # --- control bits ---------------------------------------------------------
 
-# group -> (VMCS field holding it, capability MSR, TRUE_* MSR or None)
+# group -> (VMCS field holding it, capability MSR, TRUE_* MSR or None), by
+# their catalogue names: the encodings and MSR numbers live in dsl/vmcs.hv alone.
 CONTROL_GROUPS = {
-    "pin": ("PIN_BASED_VM_EXEC_CONTROL", 0x481, 0x48D),
-    "proc": ("CPU_BASED_VM_EXEC_CONTROL", 0x482, 0x48E),
-    "proc2": ("SECONDARY_VM_EXEC_CONTROL", 0x48B, None),
-    "exit": ("VM_EXIT_CONTROLS", 0x483, 0x48F),
-    "entry": ("VM_ENTRY_CONTROLS", 0x484, 0x490),
+    "pin": ("PIN_BASED_VM_EXEC_CONTROL", "IA32_VMX_PINBASED_CTLS", "IA32_VMX_TRUE_PINBASED_CTLS"),
+    "proc": ("CPU_BASED_VM_EXEC_CONTROL", "IA32_VMX_PROCBASED_CTLS", "IA32_VMX_TRUE_PROCBASED_CTLS"),
+    "proc2": ("SECONDARY_VM_EXEC_CONTROL", "IA32_VMX_PROCBASED_CTLS2", None),
+    "exit": ("VM_EXIT_CONTROLS", "IA32_VMX_EXIT_CTLS", "IA32_VMX_TRUE_EXIT_CTLS"),
+    "entry": ("VM_ENTRY_CONTROLS", "IA32_VMX_ENTRY_CTLS", "IA32_VMX_TRUE_ENTRY_CTLS"),
 }
 
 
@@ -217,6 +218,17 @@ class Spec:
 
     def field_named(self, name: str) -> Field:
         return self.fields[name]
+
+    def msr_number(self, name: Optional[str]) -> Optional[int]:
+        """The number of a catalogue MSR (None for None); a catalogue without
+        it is the spec's error, named as such."""
+        if name is None:
+            return None
+        if name not in self.msrs:
+            from uefi_hv.errors import UserError
+            raise UserError(f"error: {self.file}: the catalogue lacks the MSR {name}, which the "
+                            f"generated hypervisor reads; add it to the msrs block (dsl/vmcs.hv)")
+        return self.msrs[name].number
 
 
 # --- additions for the DSL (parse/check) and the generator --------------------
