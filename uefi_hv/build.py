@@ -186,15 +186,10 @@ def cmd_build(args) -> int:
     if args.banner:
         built = {"BOOTX64.EFI": generate.generate_banner(outdir / "src")}
     else:
-        generate_hypervisor = getattr(generate, "generate_hypervisor", None)
-        if generate_hypervisor is None:
-            raise UserError("error: this uefi-hv cannot build a hypervisor yet "
-                            "(uefi_hv.generate.generate_hypervisor is missing); "
-                            "'uefi-hv build --banner -o DIR' builds the pipeline's banner")
         spec = Path(args.spec)
         if not spec.is_file():
             raise UsageError(f"error: spec file {spec} does not exist")
-        built = generate_hypervisor(str(spec), outdir / "src", check=not args.no_check)
+        built = generate.generate_hypervisor(str(spec), outdir / "src", check=not args.no_check)
     for name, sources in sorted(built.items()):
         c_and_asm = [s for s in sources if Path(s).suffix in SOURCE_SUFFIXES]
         headers = sorted({Path(s).parent for s in sources})

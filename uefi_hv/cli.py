@@ -107,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("uefi-hv: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        # A file the step could not read or write (an output directory under
+        # a file, a full disk, no permission): the path and the reason, not a
+        # traceback.
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
