@@ -73,6 +73,7 @@ VMCALL_FUNCTIONS = (
     ("DEVIRTUALIZE", 5, "VMX off on the calling CPU; it goes on natively after the VMCALL"),
     ("GET_IRQ_COUNT", 6, "in: RBX = vector, RCX = CPU (~0: this one); out: RBX = external-interrupt exits"),
     ("GET_RESIDENT_RANGES", 7, "in: RBX = index; out: RBX = base, RCX = bytes, RDX = ranges (of the memory it keeps)"),
+    ("RAISE_VECTOR", 8, "in: RBX = vector (32..255, not owned); the calling CPU gets it as an external interrupt"),
 )
 
 #: Feature bits `exit cpuid { hide = NAME }` can hide: (leaf, register, bit).
@@ -301,6 +302,7 @@ def hypervisor_context(spec, idt_base_from_vmcs: bool = False) -> dict:
         raise UserError(f"error: {spec.file}: version '{spec.identity.version}' is not MAJOR.MINOR.PATCH")
 
     host_symbols = {a.source.name for a in spec.host_state if isinstance(a.source, model.Symbol)}
+    guest_vectors = [v for v in range(0xF0, 0x3F, -1) if v not in owned_vectors]   # hvcheck's, highest first
     return {
         "identity": spec.identity,
         "spec_name": Path(spec.file).name,
@@ -331,7 +333,9 @@ def hypervisor_context(spec, idt_base_from_vmcs: bool = False) -> dict:
         # highest vector from 0xF0 down that the guest gets (hvcheck's self-IPIs).
         "owned_vectors": owned_vectors,
         "owned_masks": [sum(1 << (v & 63) for v in owned_vectors if v >> 6 == w) for w in range(4)],
-        "guest_probe_vector": max(v for v in range(0x40, 0xF1) if v not in owned_vectors),
+        # and the next one down, the one hvcheck raises with VMCALL RAISE_VECTOR.
+        "guest_probe_vector": guest_vectors[0],
+        "guest_raise_vector": guest_vectors[1],
         "msr_intercepts": msr_intercepts,
         "rules": rules,
         "signature_regs": signature_regs,
