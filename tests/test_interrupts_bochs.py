@@ -3,8 +3,10 @@ hypervisor generated from examples/interrupts.hv takes every external
 interrupt as a VM exit (acknowledged on exit), calls the handler its host IDT
 holds for the vector, and delivers the interrupt to the firmware; hvcheck.efi,
 chained, checks from inside the guest that the firmware's timer keeps its
-rate, that the exits are counted on the timer's vector, and that self-IPIs
-arrive exactly once on every CPU."""
+rate, that the exits are counted on the timer's vector, that self-IPIs
+arrive exactly once on every CPU, and that a vector the hypervisor raises
+(VMCALL RAISE_VECTOR) with the guest's interrupts off waits for STI and comes
+through the interrupt-window exit, once."""
 
 from __future__ import annotations
 
@@ -46,6 +48,24 @@ def check_line(serial: str, cpu: int, name: str) -> str:
     return lines[0]
 
 
+def check_raised_vector(serial: str, cpu: int, owned: bool = False) -> None:
+    """VMCALL RAISE_VECTOR on one CPU: with IF clear the vector is queued and
+    held (nothing handled, no interrupt-window exit) until STI; NOP, then
+    delivered once by exactly one interrupt-window exit; with IF set it is
+    injected at the VMCALL's own exit, without a window; bad vectors refused."""
+    line = check_line(serial, cpu, "raised vector 0xEF waits for STI, arrives once through the interrupt window")
+    assert ("handled 0 and interrupt-window exits 0 before STI; handled 1 right after STI; NOP, 1 in all; "
+            "interrupt-window exits 1)") in line, line
+    line = check_line(serial, cpu, "raised vector 0xEF with interrupts on arrives as the VMCALL returns, "
+                                   "no interrupt window")
+    assert "handled 1 when it returned, 1 in all; interrupt-window exits 0)" in line, line
+    check_line(serial, cpu, "RAISE_VECTOR refuses exceptions, vectors past 255"
+                            + (" and the hypervisor's own" if owned else "") + " (bad argument)")
+    # The raised vector is not an external-interrupt exit: the counters do not show it.
+    summary = re.search(rf"hvcheck: cpu {cpu} external-interrupt exits by vector:(.*)", serial).group(1)
+    assert "0xEF=" not in summary, summary
+
+
 def test_one_cpu_timer_rate_counters_and_hvcheck_pass(interrupts_image, run_dir):
     result = boot(interrupts_image, emulator="bochs", cpus=1, timeout=60, fail=["HVCHECK: FAIL"],
                   run_dir=run_dir)
@@ -58,6 +78,7 @@ def test_one_cpu_timer_rate_counters_and_hvcheck_pass(interrupts_image, run_dir)
     check_line(serial, 0, "console after the timer check")
     assert "hvcheck: the console still works" in serial
     check_line(serial, 0, "self-IPIs delivered exactly once")
+    check_raised_vector(serial, 0)
     # The summary: the counters, through VMCALL GET_IRQ_COUNT, on the timer's vector.
     summary = re.search(r"hvcheck: cpu 0 external-interrupt exits by vector:(.*)", serial).group(1)
     counts = dict(re.findall(r"(0x[0-9A-F]+)=(\d+)", summary, re.I))
@@ -83,6 +104,7 @@ def test_two_cpus_each_take_interrupts_through_the_path(interrupts_image, run_di
         assert "waited yes, handled 1 after STI" in line, line
         # 32 + the one sent with interrupts off.
         assert re.search(rf"hvcheck: cpu {cpu} external-interrupt exits by vector:.* 0xF0=33", serial)
+        check_raised_vector(serial, cpu)
         check_line(serial, cpu, "VMCALL ping")
     assert result.ok, result
 
@@ -106,6 +128,7 @@ def test_a_vector_the_spec_owns_stays_in_the_hypervisor_on_each_cpu(tmp_path, ru
         line = check_line(serial, cpu, "self-IPIs delivered exactly once")
         assert "sent 32, handled 32, exits on 0xF0 32" in line, line
         assert re.search(rf"hvcheck: cpu {cpu} external-interrupt exits by vector:.* 0xF0=33 0xF8=8", serial)
+        check_raised_vector(serial, cpu, owned=True)
     assert result.ok, result
 
 
@@ -118,6 +141,7 @@ def test_the_haswell_model_takes_interrupts_the_same_way(interrupts_image, run_d
     check_line(serial, 0, "timer event rate")
     check_line(serial, 0, "external-interrupt exits on the timer's vector")
     check_line(serial, 0, "self-IPIs delivered exactly once")
+    check_raised_vector(serial, 0)
     assert result.ok, result
 
 
@@ -139,4 +163,5 @@ def test_without_ack_on_exit_the_host_takes_the_interrupt_itself(tmp_path, run_d
     check_line(serial, 0, "external-interrupt exits on the timer's vector")
     line = check_line(serial, 0, "self-IPIs delivered exactly once")
     assert "sent 32, handled 32, exits on 0xF0 32" in line, line
+    check_raised_vector(serial, 0)
     assert result.ok, result
