@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from uefi_hv.errors import MissingTool, UsageError, UserError
+from uefi_hv.errors import MissingTool, UsageError, UserError, require_program
 
 GNU_EFI_INCLUDE = Path("/usr/include/efi")
 GNU_EFI_LIB = Path("/usr/lib")
@@ -52,14 +52,6 @@ SECTIONS = (".text", ".sdata", ".data", ".dynamic", ".dynsym", ".rel", ".rela",
 EFI_SUBSYSTEM_APPLICATION = 10
 
 SOURCE_SUFFIXES = (".c", ".S")
-
-
-def require_program(program: str, package: str) -> str:
-    """The path of `program`, or MissingTool naming the Debian `package`."""
-    found = shutil.which(program)
-    if found is None:
-        raise MissingTool(f"the program '{program}'", package)
-    return found
 
 
 def require_toolchain() -> None:

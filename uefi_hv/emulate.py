@@ -35,8 +35,7 @@ from typing import Callable, Iterable, Optional, Sequence
 from qemu.qmp import EventListener, QMPClient
 
 from uefi_hv import OVMF_DIR, ROOT
-from uefi_hv.build import require_program
-from uefi_hv.errors import MissingTool, UsageError, UserError
+from uefi_hv.errors import MissingTool, UsageError, UserError, require_program
 from uefi_hv.gpt import check_bootable
 
 EMULATORS = ("auto", "qemu", "bochs")

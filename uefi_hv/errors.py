@@ -18,6 +18,9 @@ class UsageError(UserError):
     exit_status = 2
 
 
+import shutil
+
+
 class MissingTool(UserError):
     """A program or file from a Debian package is missing; names the package."""
 
@@ -29,3 +32,11 @@ class MissingTool(UserError):
             f"(as root: apt-get install {package}, or run 'make setup')"
         )
         self.package = package
+
+
+def require_program(program: str, package: str) -> str:
+    """The path of `program`, or MissingTool naming the Debian `package`."""
+    found = shutil.which(program)
+    if found is None:
+        raise MissingTool(f"the program '{program}'", package)
+    return found

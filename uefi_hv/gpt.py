@@ -17,7 +17,6 @@ make, and refusing it with a clear message beats guessing.
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 import uuid
@@ -25,7 +24,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from uefi_hv.errors import MissingTool, UsageError, UserError
+from uefi_hv.errors import UsageError, UserError, require_program
 
 #: The EFI System Partition's type GUID (UEFI spec 5.3.3, table "Defined GPT
 #: Partition Entry - Partition Type GUIDs").
@@ -138,8 +137,7 @@ def check_bootable(path: str | Path, loader: str = DEFAULT_LOADER) -> ImageInfo:
 def list_fat_files(image: Path, offset: int, what: str = "the partition") -> list[str]:
     """Every file (not directory) of the FAT file system at byte `offset`
     of `image`, as paths relative to its root, sorted."""
-    if shutil.which("mdir") is None:
-        raise MissingTool("mdir (to read the ESP's FAT file system)", "mtools")
+    require_program("mdir", "mtools")      # reads the ESP's FAT file system
     # -/ recursive, -b bare ("::/EFI/BOOT/BOOTX64.EFI", directories end in
     # "/"), -a hidden files too.  IMAGE@@OFFSET is mtools' byte offset.
     proc = subprocess.run(["mdir", "-/", "-b", "-a", "-i", f"{image}@@{offset}", "::/"],

@@ -24,8 +24,8 @@ from argparse import Namespace
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional
 
-from uefi_hv.build import cmd_build, require_program
-from uefi_hv.errors import UsageError, UserError
+from uefi_hv.build import cmd_build
+from uefi_hv.errors import UsageError, UserError, require_program
 
 SECTOR = 512
 MIB = 1 << 20
