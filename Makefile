@@ -7,16 +7,21 @@ VENV  := .venv
 BIN   := $(VENV)/bin
 BUILD := build
 # Debian packages the steps use (build: gcc binutils gnu-efi; image: mtools
-# dosfstools fdisk; emulate: qemu-system-x86 ovmf bochs bochsbios vgabios).
+# dosfstools fdisk; emulate: qemu-system-x86 ovmf vgabios, and bochs bochsbios
+# for `--bochs system`; the project's Bochs 3.0 is built with g++ make xz-utils).
 DEBS  := gcc binutils gnu-efi mtools dosfstools fdisk qemu-system-x86 ovmf \
-         bochs bochsbios vgabios python3-venv
+         bochs bochsbios vgabios python3-venv g++ make xz-utils
+# The project's Bochs 3.0 (headless, from Debian's source package): built
+# once, rebuilt only when its recipe changes. docs/emulators.md says why.
+BOCHS_DIR := .cache/bochs-3.0
+BOCHS := $(BOCHS_DIR)/bin/bochs
 PYTHON_STAMP := $(VENV)/.uefi-hv-installed
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="tests/test_image.py -x"
 PYTEST_ARGS ?=
 
-.PHONY: setup debs run test clean flash
+.PHONY: setup debs bochs run test clean flash
 
-setup: debs $(PYTHON_STAMP)
+setup: debs $(PYTHON_STAMP) $(BOCHS)
 
 # apt-get only when something is missing (and `apt-get update` only then).
 debs:
@@ -32,6 +37,12 @@ debs:
 	  echo "installing Debian packages: $$missing"; \
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
+
+bochs: $(BOCHS)
+
+$(BOCHS): tools/build-bochs.sh | debs
+	@rm -rf $(BOCHS_DIR)
+	tools/build-bochs.sh $(BOCHS_DIR)
 
 $(PYTHON_STAMP): pyproject.toml
 	@test -x $(BIN)/python || python3 -m venv $(VENV)

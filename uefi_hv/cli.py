@@ -80,7 +80,11 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--emulator", choices=["auto", "qemu", "bochs"], default="auto")
     s.add_argument("--cpus", type=int, default=1)
     s.add_argument("--timeout", type=float, default=120.0, help="seconds before the run is stopped")
-    s.add_argument("--cpu-model", default=None, help="Bochs CPU model (default tigerlake)")
+    s.add_argument("--cpu-model", default=None,
+                   help="Bochs CPU model, any the Bochs knows (default tigerlake)")
+    s.add_argument("--bochs", default=None, metavar="project|system|PATH",
+                   help="which Bochs: the project's 3.0 build (default), Debian's "
+                        "package, or a binary (also $UEFI_HV_BOCHS)")
     s.add_argument("--expect", default=None, help="console line that marks success")
     s.add_argument("--run-dir", default=None, help="where the run's logs go (default runs/<time>)")
 

@@ -1,10 +1,11 @@
 """emulate: boot a disk image in QEMU (driven over QMP) or Bochs, and judge the run.
 
-One interface, two backends (EMULATORS.md says what each can do here):
+One interface, two backends (docs/emulators.md says what each can do here):
     boot(image, emulator="bochs"|"qemu"|"auto", ...) -> BootResult
 QEMU boots the image as a USB stick under OVMF and is driven through the
-official QMP client (qemu.qmp); Bochs runs real VMX under OVMF and is judged
-by its serial output and its log.  `QemuMachine` is for tests that drive QMP
+official QMP client (qemu.qmp); Bochs (the project's own 3.0 build by
+default) runs real VMX under OVMF and is judged by its serial output and its
+log.  `QemuMachine` and `BochsMachine` are for tests that drive a machine
 themselves.
 
 Every run leaves its files in its own directory (serial.txt, the emulator's
@@ -35,7 +36,8 @@ from typing import Callable, Iterable, Optional, Sequence
 from qemu.qmp import EventListener, QMPClient
 
 from uefi_hv import OVMF_DIR, ROOT
-from uefi_hv.errors import MissingTool, UsageError, UserError, require_program
+from uefi_hv.errors import (MissingEnvironment, MissingTool, UsageError, UserError,
+                             require_program)
 from uefi_hv.gpt import check_bootable
 
 EMULATORS = ("auto", "qemu", "bochs")
@@ -533,8 +535,33 @@ def _judge_qemu_event(event: dict) -> Optional[tuple[str, bool]]:
 
 # --- Bochs --------------------------------------------------------------------------------
 
+#: The project's Bochs 3.0, headless and without the built-in debugger, built
+#: by `make setup` (tools/build-bochs.sh; docs/emulators.md says why).
+PROJECT_BOCHS = ROOT / ".cache" / "bochs-3.0" / "bin" / "bochs"
+#: Which Bochs runs: "project" (the default), "system" (the `bochs` on PATH,
+#: Debian's package: 2.7 on Debian 12, 3.0 on Debian 13) or a path to a bochs
+#: binary. `uefi-hv run --bochs` and boot(bochs=...) override it.
+BOCHS_ENV = "UEFI_HV_BOCHS"
+
+#: Panics Bochs reports and then carries on from, that do the run no harm: the
+#: log line's text, and why. Bochs runs with `panic: action=report`, so any
+#: other panic is named as the run's failure (judge_bochs_log_line).
+BOCHS_KNOWN_PANICS = {
+    "PAE: asked to set dirty on paging leaf entry with R/W bit clear":
+        "Bochs 3 with CET models, once per boot of Debian 12's OVMF: a sanity check "
+        "of Bochs's own (cpu/paging.cc) when the firmware writes a read-only page with "
+        "CR0.WP=0; the write and the dirty bit happen as on hardware",
+    "VMEXIT CR4 is broken": "Bochs 3 refuses a CR4.LA57 change while EFER.LMA=1 even "
+        "when a VM exit loads the host's CR4 (cpu/vmx.cc), then loads it anyway; "
+        "on hardware a VM exit may change CR4.LA57 (SDM Vol. 3C 28.5.1)",
+    "VMENTER CR4 is broken": "the same check on VM entry into a guest with 5-level "
+        "paging (SDM Vol. 3C 27.3.2.1 lets VM entry change CR4.LA57)",
+}
+
 _BOCHS_LOG_LINE = re.compile(r"^\d+([a-z])\[[^\]]*\]\s*(.*)$")
 _TRIPLE_FAULT = re.compile(r"3rd \(\d+\) exception with no resolution|triple fault", re.I)
+_BOCHS_VERSION = re.compile(r"Bochs x86 Emulator (\S+)")
+_FOUR_GIB = 1 << 32
 
 
 def judge_bochs_log_line(line: str) -> Optional[tuple[str, bool]]:
@@ -549,80 +576,221 @@ def judge_bochs_log_line(line: str) -> Optional[tuple[str, bool]]:
         return f"Bochs: {text[text.find('VM'):]}", True
     if _TRIPLE_FAULT.search(text):
         return f"Bochs: triple fault: {text}", True
-    if level == "p":
+    if level == "p" and not any(known in text for known in BOCHS_KNOWN_PANICS):
         return f"Bochs: PANIC: {text}", True
     return None
 
 
-def _bochs_command() -> list[str]:
-    """`unshare ... bochs`, to which the run adds its configuration."""
-    bochs = require_program("bochs", "bochs")
-    # Each Bochs binds VNC port 5900 (rfb display): a private network namespace
-    # per run lets runs go in parallel. As a user, a user namespace gives one.
-    unshare = [require_program("unshare", "util-linux"), "-n"]
-    if os.geteuid() != 0:
-        unshare.insert(1, "-r")
-    return [*unshare, bochs]
+@dataclass(frozen=True)
+class Bochs:
+    """One Bochs binary and what it can do, as it says itself (`--help cpu`)."""
+
+    path: Path
+    version: str                  # "3.0", "2.7", ...
+    models: tuple                 # the CPU models it knows
+    project_build: bool           # tools/build-bochs.sh's: nogui, no debugger
+    debugger: bool                # compiled in: it stops at a prompt unless -rc says "c"
+
+    def __str__(self) -> str:
+        kind = "the project's build" if self.project_build else "a system Bochs"
+        return f"Bochs {self.version} ({kind}: {self.path})"
+
+    def command(self, bxrc: Path, run_dir: Path) -> list[str]:
+        """The command line that runs `bxrc`."""
+        cmd = [str(self.path), "-q", "-f", str(bxrc)]
+        if self.debugger:
+            rc = run_dir / "debugger.rc"
+            rc.write_text("c\n")           # continue at the debugger's first prompt
+            cmd += ["-rc", str(rc)]
+        if self.project_build:
+            return cmd
+        # Debian's packages have no nogui display: rfb binds VNC port 5900, so
+        # each run gets a private network namespace and runs can go in parallel
+        # (as a user, inside a user namespace).
+        unshare = [require_program("unshare", "util-linux"), "-n"]
+        if os.geteuid() != 0:
+            unshare.insert(1, "-r")
+        return unshare + cmd
+
+
+def _probe_bochs(path: Path, project_build: bool) -> Bochs:
+    try:
+        out = subprocess.run([str(path), "--help", "cpu"], stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=30).stdout
+        usage = subprocess.run([str(path), "--help"], stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise EmulatorError(f"error: {path} does not run as Bochs: {e}") from None
+    version = _BOCHS_VERSION.search(out)
+    if version is None:
+        raise EmulatorError(f"error: {path} does not say it is Bochs ('--help cpu' printed "
+                            f"no 'Bochs x86 Emulator' banner)")
+    listing = out.split("Supported CPU models:", 1)[-1].split("=====", 1)[0]
+    models = tuple(line.strip() for line in listing.splitlines()
+                   if re.fullmatch(r"[a-z0-9_]+", line.strip()))
+    return Bochs(path=path, version=version.group(1), models=models,
+                 project_build=project_build, debugger=" -rc " in usage)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_probe(path: Path, mtime: float, project_build: bool) -> Bochs:
+    return _probe_bochs(path, project_build)
+
+
+def find_bochs(choice: Optional[str] = None) -> Bochs:
+    """The Bochs a run uses: `choice`, else $UEFI_HV_BOCHS, else the project's
+    build ("project", "system" or a path; see BOCHS_ENV)."""
+    choice = choice or os.environ.get(BOCHS_ENV) or "project"
+    if choice == "project":
+        if not os.access(PROJECT_BOCHS, os.X_OK):
+            raise MissingEnvironment(
+                f"error: the project's Bochs 3.0 is not built ({PROJECT_BOCHS} is missing); "
+                f"run 'make setup' (or tools/build-bochs.sh), or use Debian's package "
+                f"with --bochs system ({BOCHS_ENV}=system)")
+        path, project_build = PROJECT_BOCHS, True
+    elif choice == "system":
+        path, project_build = Path(require_program("bochs", "bochs")), False
+    else:
+        path = Path(choice)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise UsageError(f"error: --bochs {choice}: not an executable file "
+                             f"(use 'project', 'system' or the path of a bochs binary)")
+        project_build = path.resolve() == PROJECT_BOCHS.resolve()
+    path = path.resolve()
+    return _cached_probe(path, path.stat().st_mtime, project_build)
+
+
+def bochs_rom_address(rom: Path) -> int:
+    """Where OVMF.fd goes: its last byte at 4 GiB, where the reset vector is.
+    Debian 12's OVMF.fd is 2 MiB (0xffe00000), Debian 13's 4 MiB (0xffc00000)."""
+    return _FOUR_GIB - rom.stat().st_size
+
+
+class BochsMachine:
+    """A Bochs PC with OVMF as its ROM, the image as its first ATA disk, COM1
+    in `run_dir/serial.txt` and the Bochs log in `run_dir/bochs.log`.
+
+        with BochsMachine(image, cpus=2, cpu_model="sapphire_rapids") as m:
+            while m.running():
+                lines, log_events = m.poll()
+
+    The configuration is rendered per run from templates/bochs/bochsrc.bxrc.j2
+    with what the chosen Bochs needs (find_bochs); `emulator.txt` in the run
+    directory says which Bochs ran. Bochs writes to its disk and locks it, so
+    each run boots its own sparse copy, removed at close. Leaving the `with`
+    kills Bochs's process group.
+    """
+
+    def __init__(self, image, cpus: int = 1, cpu_model: Optional[str] = None, run_dir=None,
+                 bochs: Optional[str] = None, memory_mib: int = MEMORY_MIB,
+                 stream: Stream = None, check_image: bool = True):
+        if check_image:
+            check_bootable(image)
+        self.image = Path(image).resolve()
+        self.cpus = cpus
+        self.bochs = find_bochs(bochs)
+        self.cpu_model = cpu_model or DEFAULT_BOCHS_CPU
+        if self.bochs.models and self.cpu_model not in self.bochs.models:
+            raise UsageError(f"error: {self.bochs} has no CPU model '{self.cpu_model}'; "
+                             f"it has: {', '.join(self.bochs.models)}")
+        self.rom, self.vgarom = firmware("bochs", "rom"), firmware("bochs", "vgarom")
+        self.memory_mib = memory_mib
+        self.run_dir = new_run_dir("bochs", run_dir)
+        self.serial_path = self.run_dir / "serial.txt"
+        self.log_path = self.run_dir / "bochs.log"
+        self.disk = self.run_dir / "disk.img"
+        self.console = SerialTail(self.serial_path, stream)
+        self.log = SerialTail(self.log_path)      # followed like the console
+        self.proc: Optional[subprocess.Popen] = None
+
+    def configuration(self) -> Path:
+        from uefi_hv.generate import render
+
+        return render("bochs/bochsrc.bxrc.j2", self.run_dir / "bochsrc.bxrc", [],
+                      bochs=self.bochs, rom=self.rom, vgarom=self.vgarom,
+                      rom_address=f"{bochs_rom_address(self.rom):#x}",
+                      memory_mib=self.memory_mib, cpus=self.cpus, cpu_model=self.cpu_model,
+                      image=self.disk, serial=self.serial_path, log=self.log_path)
+
+    def start(self) -> "BochsMachine":
+        try:
+            for stale in (self.serial_path, self.log_path):
+                stale.unlink(missing_ok=True)
+            subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(self.image),
+                            str(self.disk)], check=True)
+            cmd = self.bochs.command(self.configuration(), self.run_dir)
+            (self.run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
+            (self.run_dir / "emulator.txt").write_text(f"{self.bochs}\n")
+            self.proc = _spawn(cmd, self.run_dir, self.run_dir / "bochs.out")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Kill Bochs's process group and remove the disk copy; idempotent."""
+        if self.proc is not None:
+            _reap(self.proc, grace_s=0)
+        for leftover in (self.disk, self.disk.with_name(self.disk.name + ".lock")):
+            leftover.unlink(missing_ok=True)
+        self.console.poll(final=True)
+        self.log.poll(final=True)
+
+    def __enter__(self) -> "BochsMachine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def serial(self) -> str:
+        return self.console.text
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def poll(self, seconds: float = 0.1) -> tuple[list[str], list[tuple[str, bool]]]:
+        """Wait `seconds`; return the new console lines and the judged log
+        lines (judge_bochs_log_line) that end a run."""
+        time.sleep(seconds)
+        judged = [verdict for line in self.log.poll()
+                  if (verdict := judge_bochs_log_line(line))]
+        return self.console.poll(), judged
+
+    def drain(self) -> list[str]:
+        """The console's last lines once Bochs has stopped (it flushes its
+        serial file when it exits)."""
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass
+        return self.console.poll(final=True)
 
 
 def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shutdown,
-                cpu_model, run_dir, stream) -> BootResult:
-    from uefi_hv.generate import render
-
+                cpu_model, bochs, run_dir, stream) -> BootResult:
     start = time.monotonic()
-    rom, vgarom = firmware("bochs", "rom"), firmware("bochs", "vgarom")
-    cmd_prefix = _bochs_command()
-    run_dir = new_run_dir("bochs", run_dir)
-    result = BootResult(False, "", "bochs", run_dir)
-    serial_path, log_path = run_dir / "serial.txt", run_dir / "bochs.log"
-    for stale in (serial_path, log_path):
-        stale.unlink(missing_ok=True)
-    # Bochs locks its disk with DISK.lock and leaves the lock behind when it is
-    # killed; it also writes to the disk. Each run boots its own sparse copy.
-    disk = run_dir / "disk.img"
-    subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(image), str(disk)], check=True)
-    bxrc = render("bochs/bochsrc.bxrc.j2", run_dir / "bochsrc.bxrc", [],
-                  rom=rom, vgarom=vgarom,
-                  rom_address=_firmware_table()["bochs"]["rom"]["address"],
-                  memory_mib=MEMORY_MIB, cpus=cpus, cpu_model=cpu_model or DEFAULT_BOCHS_CPU,
-                  image=disk, serial=serial_path, log=log_path)
-    rc = run_dir / "debugger.rc"
-    rc.write_text("c\n")             # the built-in debugger stops at start: continue
-    cmd = [*cmd_prefix, "-q", "-f", str(bxrc), "-rc", str(rc)]
-    (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
-    console = SerialTail(serial_path, stream)
-    log = SerialTail(log_path)       # the log is followed like the console
-    proc = _spawn(cmd, run_dir, run_dir / "bochs.out")
-    result.pids.append(proc.pid)
-
-    def poll():
-        time.sleep(0.1)
-        log_events = [judged for line in log.poll() if (judged := judge_bochs_log_line(line))]
-        return console.poll(), log_events
-
-    def drain():
-        try:             # Bochs flushes its serial file when it exits
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            pass
-        return console.poll(final=True)
-
+    machine = BochsMachine(image, cpus=cpus, cpu_model=cpu_model, run_dir=run_dir,
+                           bochs=bochs, stream=stream, check_image=False)
+    result = BootResult(False, "", "bochs", machine.run_dir)
     try:
+        machine.start()
+        result.pids.append(machine.pid)
         result.ok, result.reason = _watch(
-            poll=poll, running=lambda: proc.poll() is None,
+            poll=machine.poll, running=machine.running,
             expect=expect, fail=fail, expect_shutdown=expect_shutdown, timeout=timeout,
-            exited=lambda: f"Bochs exited ({proc.returncode}) without powering off; "
-                           f"see {run_dir / 'bochs.out'}",
-            on_event=lambda judged: judged, drain=drain)
+            exited=lambda: f"Bochs exited ({machine.proc.returncode}) without powering off; "
+                           f"see {machine.run_dir / 'bochs.out'}",
+            on_event=lambda judged: judged, drain=machine.drain)
     finally:
-        _reap(proc, grace_s=0)
+        machine.close()
         result.elapsed = time.monotonic() - start
-        for leftover in (disk, disk.with_name(disk.name + ".lock")):
-            leftover.unlink(missing_ok=True)
-    console.poll(final=True)
-    log.poll(final=True)
-    result.serial = console.text
-    result.log = log.text
+    result.serial = machine.serial
+    result.log = machine.log.text
     return result
 
 
@@ -685,13 +853,14 @@ def _describe(expect: Sequence[str]) -> str:
 def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
          expect: Sequence[str] = (), fail: Sequence[str] = (),
          expect_shutdown: bool = True, cpu_model: Optional[str] = None,
-         run_dir=None, stream: Stream = None) -> BootResult:
+         bochs: Optional[str] = None, run_dir=None, stream: Stream = None) -> BootResult:
     """Boot the GPT image `image` and judge the run.
 
     expect/fail: console markers (regexes or plain strings, matched per line);
     the run stops at the first one seen. With no `expect`, a clean power-off
     is the success (when `expect_shutdown`). Bochs runs also fail on a VMFAIL,
-    VMENTER FAIL, triple fault or panic in its log. `auto` is QEMU with KVM
+    VMENTER FAIL, triple fault or panic in its log (but the known, harmless
+    ones of BOCHS_KNOWN_PANICS). `bochs` chooses the Bochs (find_bochs). `auto` is QEMU with KVM
     when kvm_vmx_usable(), else Bochs. Bad input (no image, no ESP) raises a
     UserError before anything starts.
     """
@@ -711,7 +880,7 @@ def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
         return _boot_qemu(image, cpus, timeout, list(expect), list(fail), expect_shutdown,
                           run_dir, stream)
     return _boot_bochs(image, cpus, timeout, list(expect), list(fail), expect_shutdown,
-                       cpu_model, run_dir, stream)
+                       cpu_model, bochs, run_dir, stream)
 
 
 # --- CLI --------------------------------------------------------------------------------------
@@ -719,10 +888,12 @@ def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
 def cmd_run(args) -> int:
     if args.cpu_model and args.emulator == "qemu":
         raise UsageError("error: --cpu-model chooses the Bochs CPU; QEMU runs -cpu host or TCG")
+    if args.bochs and args.emulator == "qemu":
+        raise UsageError("error: --bochs chooses the Bochs binary; this run is QEMU's")
     # A polite kill (SIGTERM) ends the run like Ctrl-C: the emulator goes too.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     result = boot(args.image, emulator=args.emulator, cpus=args.cpus, timeout=args.timeout,
                   expect=[args.expect] if args.expect else [], cpu_model=args.cpu_model,
-                  run_dir=args.run_dir, stream=lambda line: print(line, flush=True))
+                  bochs=args.bochs, run_dir=args.run_dir, stream=lambda line: print(line, flush=True))
     print(f"uefi-hv: {result}")
     return 0 if result.ok else 1

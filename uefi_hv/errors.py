@@ -21,10 +21,15 @@ class UsageError(UserError):
 import shutil
 
 
-class MissingTool(UserError):
-    """A program or file from a Debian package is missing; names the package."""
+class MissingEnvironment(UserError):
+    """Something the machine should have is missing; the message says how to
+    get it."""
 
     exit_status = 3
+
+
+class MissingTool(MissingEnvironment):
+    """A program or file from a Debian package is missing; names the package."""
 
     def __init__(self, what: str, package: str):
         super().__init__(
