@@ -38,9 +38,9 @@ debs:
 	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$missing; \
 	fi
 
-bochs: $(BOCHS)
+bochs: debs $(BOCHS)
 
-$(BOCHS): tools/build-bochs.sh | debs
+$(BOCHS): tools/build-bochs.sh
 	@rm -rf $(BOCHS_DIR)
 	tools/build-bochs.sh $(BOCHS_DIR)
 

@@ -7,21 +7,36 @@ import re
 
 import pytest
 
-from uefi_hv.emulate import boot, judge_bochs_log_line
-from uefi_hv.errors import MissingTool, UsageError, UserError
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from uefi_hv import ROOT
+from uefi_hv.emulate import (BOCHS_KNOWN_PANICS, PROJECT_BOCHS, boot, bochs_rom_address,
+                             find_bochs, judge_bochs_log_line)
+from uefi_hv.errors import MissingEnvironment, MissingTool, UsageError, UserError
 
 from conftest import BANNER_RE
 
 pytestmark = pytest.mark.bochs
 
 
-def test_banner_sees_vmx_on_a_tigerlake_cpu(banner_image, run_dir, assert_no_leftovers):
+def test_banner_sees_vmx_on_a_tigerlake_cpu(banner_image, run_dir, assert_no_leftovers,
+                                            monkeypatch):
+    monkeypatch.delenv("UEFI_HV_BOCHS", raising=False)
     r = boot(banner_image, emulator="bochs", timeout=60, run_dir=run_dir)
     assert r.ok, r
     assert r.reason == "clean power-off"
     banner = re.search(BANNER_RE, r.serial)
     assert banner and banner.group("vmx") == "1" and banner.group("vendor") == "GenuineIntel"
-    assert "model=tigerlake" in (run_dir / "bochsrc.bxrc").read_text()
+    bxrc = (run_dir / "bochsrc.bxrc").read_text()
+    assert "model=tigerlake" in bxrc
+    # The project's headless Bochs 3.0 by default: no VNC, no debugger prompt.
+    assert (run_dir / "emulator.txt").read_text() == f"Bochs 3.0 (the project's build: {PROJECT_BOCHS})\n"
+    assert "display_library: nogui" in bxrc and "panic: action=report" in bxrc
+    command = (run_dir / "command.txt").read_text().split()
+    assert command[0] == str(PROJECT_BOCHS) and "-rc" not in command and "unshare" not in command[0]
     assert "ACPI control: soft power off" in r.log
     assert (run_dir / "serial.txt").exists()
     assert_no_leftovers(r)
@@ -108,11 +123,120 @@ def test_bochs_log_lines_are_judged(line, verdict):
 def test_missing_firmware_names_its_debian_package(monkeypatch, tmp_path, banner_image):
     import uefi_hv.emulate as emulate
 
-    table = {"bochs": {"rom": {"path": str(tmp_path / "OVMF.fd"), "package": "ovmf",
-                               "address": "0xffe00000"},
+    table = {"bochs": {"rom": {"path": str(tmp_path / "OVMF.fd"), "package": "ovmf"},
                        "vgarom": {"path": str(tmp_path / "VGABIOS"), "package": "vgabios"}}}
     monkeypatch.setattr(emulate, "_firmware_table", lambda: table)
     with pytest.raises(MissingTool, match="apt-get install ovmf") as caught:
         boot(banner_image, emulator="bochs", run_dir=tmp_path / "run")
     assert caught.value.package == "ovmf"
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(shutil.which("bochs") is None, reason="Debian's bochs package is not installed")
+def test_a_system_bochs_still_runs_with_its_quirks(banner_image, run_dir, assert_no_leftovers):
+    """Debian's package (2.7 on Debian 12, 3.0 on Debian 13): VNC display in a
+    network namespace of its own, the debugger told to continue."""
+    r = boot(banner_image, emulator="bochs", bochs="system", timeout=60, run_dir=run_dir)
+    assert r.ok, r
+    assert re.search(BANNER_RE, r.serial).group("vmx") == "1"
+    version = find_bochs("system").version
+    assert (run_dir / "emulator.txt").read_text().startswith(
+        f"Bochs {version} (a system Bochs: {Path(shutil.which('bochs')).resolve()})")
+    command = (run_dir / "command.txt").read_text().split()
+    assert "unshare" in command[0] and "-rc" in command
+    assert 'display_library: rfb, options="timeout=0"' in (run_dir / "bochsrc.bxrc").read_text()
+    assert_no_leftovers(r)
+
+
+def test_the_projects_bochs_knows_todays_cpu_models():
+    bochs = find_bochs("project")
+    assert bochs.version == "3.0" and bochs.project_build and not bochs.debugger
+    for model in ("tigerlake", "sapphire_rapids", "arrow_lake", "corei7_haswell_4770", "ryzen"):
+        assert model in bochs.models
+
+
+def test_an_unknown_cpu_model_is_refused_with_the_list(banner_image, tmp_path, monkeypatch):
+    monkeypatch.delenv("UEFI_HV_BOCHS", raising=False)
+    with pytest.raises(UsageError) as caught:
+        boot(banner_image, emulator="bochs", cpu_model="alder_lake", run_dir=tmp_path / "run")
+    message = str(caught.value)
+    assert message.startswith("error: Bochs 3.0 (the project's build: ")
+    assert "has no CPU model 'alder_lake'; it has: " in message and "sapphire_rapids" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_the_projects_build_the_error_says_how_to_get_it(monkeypatch, tmp_path,
+                                                                banner_image):
+    import uefi_hv.emulate as emulate
+
+    monkeypatch.setattr(emulate, "PROJECT_BOCHS", tmp_path / "bochs-3.0" / "bin" / "bochs")
+    monkeypatch.delenv("UEFI_HV_BOCHS", raising=False)
+    with pytest.raises(MissingEnvironment) as caught:
+        boot(banner_image, emulator="bochs", run_dir=tmp_path / "run")
+    assert caught.value.exit_status == 3
+    assert "run 'make setup' (or tools/build-bochs.sh)" in str(caught.value)
+    assert "--bochs system" in str(caught.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_environment_chooses_the_bochs_and_a_bad_one_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("UEFI_HV_BOCHS", str(tmp_path / "no-such-bochs"))
+    with pytest.raises(UsageError, match=r"--bochs .*no-such-bochs: not an executable file"):
+        find_bochs()
+    monkeypatch.setenv("UEFI_HV_BOCHS", str(PROJECT_BOCHS))
+    assert find_bochs().project_build
+    fake = tmp_path / "bochs"
+    fake.write_text("#!/bin/sh\necho hello\n")
+    fake.chmod(0o755)
+    with pytest.raises(UserError, match="does not say it is Bochs"):
+        find_bochs(str(fake))
+
+
+@pytest.mark.parametrize("size_mib, address", [(2, 0xffe00000), (4, 0xffc00000)])
+def test_ovmf_is_mapped_to_end_at_four_gib(tmp_path, size_mib, address):
+    """Debian 12's OVMF.fd is 2 MiB, Debian 13's 4 MiB: the ROM address follows."""
+    rom = tmp_path / "OVMF.fd"
+    with open(rom, "wb") as f:
+        f.truncate(size_mib << 20)
+    assert bochs_rom_address(rom) == address
+
+
+@pytest.mark.parametrize("text", sorted(BOCHS_KNOWN_PANICS))
+def test_the_known_harmless_panics_do_not_fail_a_run(text):
+    assert judge_bochs_log_line(f"00685612857p[CPU0  ] >>PANIC<< {text} !") is None
+    # ... but only as panics of that text: another panic still fails the run.
+    assert judge_bochs_log_line("00685612857p[CPU0  ] >>PANIC<< VMEXIT CR0 is broken !") == (
+        "Bochs: PANIC: >>PANIC<< VMEXIT CR0 is broken !", True)
+
+
+def _script_env(tmp_path: Path, without: str) -> dict:
+    """PATH with the programs the build script uses, less `without`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for program in ("bash", "realpath", "nproc", "apt-get", "g++", "make", "xz", "tar", "rm",
+                    "mkdir", "grep", "awk", "head", "cat"):
+        if program != without and (found := shutil.which(program)):
+            (bin_dir / program).symlink_to(found)
+    return dict(os.environ, PATH=str(bin_dir))
+
+
+def test_the_bochs_build_names_a_missing_debian_package(tmp_path):
+    dest = tmp_path / "bochs-3.0"
+    run = subprocess.run([shutil.which("bash"), str(ROOT / "tools" / "build-bochs.sh"), str(dest)],
+                         env=_script_env(tmp_path, without="g++"), capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr == ("error: building Bochs 3.0: 'g++' is missing "
+                          "(as root: apt-get install g++)\n")
+    assert not dest.exists()
+
+
+def test_a_second_setup_does_not_rebuild_bochs():
+    """The project's Bochs is newer than its recipe: make has nothing to do,
+    and the script itself leaves a finished build alone."""
+    question = subprocess.run(["make", "-q", "-C", str(ROOT), ".cache/bochs-3.0/bin/bochs"],
+                              capture_output=True, text=True)
+    assert question.returncode == 0, question.stdout + question.stderr
+    again = subprocess.run([str(ROOT / "tools" / "build-bochs.sh"), str(PROJECT_BOCHS.parent.parent)],
+                           capture_output=True, text=True, timeout=10)
+    assert again.returncode == 0
+    assert again.stdout == f"Bochs 3.0: {PROJECT_BOCHS} is there\n"

@@ -14,7 +14,7 @@ from uefi_hv.image import make_image
 
 from oskit.fixtures import hypervisor_dir, osmodel_efi  # noqa: F401 (fixtures)
 from oskit.harness import assert_run_ok, chained_image, require_chain
-from oskit.osmodel import FAIL, MECHANICS_PASS, PASS, build_osmodel
+from oskit.osmodel import FAIL, MECHANICS_PASS, PASS, assert_aps_started_twice, build_osmodel
 
 TAKEOVER = ("OSMODEL: ExitBootServices done",
             "OSMODEL: SetVirtualAddressMap done",
@@ -23,13 +23,6 @@ TAKEOVER = ("OSMODEL: ExitBootServices done",
 
 def _verdicts(serial: str) -> list[str]:
     return re.findall(r"^OSMODEL: (?:PASS|MECHANICS PASS.*|FAIL.*)$", serial, re.M)
-
-
-def _assert_ap_started_twice(serial: str) -> None:
-    for round_ in (1, 2):
-        assert f"OSMODEL: AP round {round_}: in long mode" in serial
-        assert re.search(rf"^OSMODEL: AP round {round_}: APIC 1, ", serial, re.M)
-        assert f"OSMODEL: BSP: the AP reported, round {round_}" in serial
 
 
 @pytest.mark.bochs
@@ -42,7 +35,7 @@ def test_without_the_hypervisor_the_model_takes_over_two_cpus_in_bochs(
     for step in TAKEOVER:
         assert step in r.serial
     assert "hypervisor=0 vmx=1" in r.serial     # Bochs's own CPU, VMX visible
-    _assert_ap_started_twice(r.serial)
+    assert_aps_started_twice(r.serial, cpus=2)
     assert _verdicts(r.serial) == [MECHANICS_PASS]
     assert_no_leftovers(r)
 
@@ -56,7 +49,7 @@ def test_without_the_hypervisor_the_model_takes_over_two_cpus_in_qemu(
     assert r.reason == "clean power-off"
     for step in TAKEOVER:
         assert step in r.serial
-    _assert_ap_started_twice(r.serial)
+    assert_aps_started_twice(r.serial, cpus=2)
     assert _verdicts(r.serial) == [MECHANICS_PASS]
     assert_no_leftovers(r)
 
@@ -92,9 +85,7 @@ def test_under_the_hypervisor_both_cpus_see_it_through_the_os_takeover(
     # the hypervisor's instance on that CPU.
     assert r.serial.count("hypervisor=1 vmx=0; leaf 0x40000000: 'UefiHvUefiHv'") == 3
     assert "OSMODEL: BSP: VMCALL ping answered, hypervisor CPU 0" in r.serial
-    _assert_ap_started_twice(r.serial)
-    for round_ in (1, 2):
-        assert f"OSMODEL: AP round {round_}: VMCALL ping answered, hypervisor CPU 1" in r.serial
+    assert_aps_started_twice(r.serial, cpus=2, hypervisor=True)
     # The memory the hypervisor keeps (VMCALL GET_RESIDENT_RANGES) is runtime
     # memory in the map the OS took at ExitBootServices: one line per range.
     summary = re.search(r"^OSMODEL: BSP: all (\d+) uefi-hv ranges \((\d+) KiB\) are runtime "

@@ -31,13 +31,15 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 
 # What the hypervisor needs of the emulator: VMX with EPT and unrestricted
 # guest (vmx=2), SVM for the AMD backend, several CPUs, and the ISA of the
-# newest models (AVX-512, AMX, CET, UINTR, protection keys) so that
-# sapphire_rapids and arrow_lake are what they say.
+# newest models (AVX-512, CET, UINTR, protection keys) so that
+# sapphire_rapids and arrow_lake are what they say. Not AMX: Bochs 3.0 has
+# AMX without XFD (IA32_XFD, CPUID.(0xD,1):EAX[4]), which no real CPU has, and
+# Linux 6.1 then enables XTILECFG without XTILEDATA: #GP in XSETBV at boot.
 CONFIGURE_FLAGS=(
   --with-nogui
   --enable-x86-64 --enable-cpu-level=6 --enable-smp
   --enable-vmx=2 --enable-svm
-  --enable-avx --enable-evex --enable-amx --enable-cet --enable-uintr
+  --enable-avx --enable-evex --enable-cet --enable-uintr
   --enable-protection-keys --enable-memtype --enable-a20-pin --enable-fpu
   --enable-pci
   --enable-all-optimizations --enable-repeat-speedups

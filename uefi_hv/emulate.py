@@ -614,11 +614,13 @@ class Bochs:
 
 
 def _probe_bochs(path: Path, project_build: bool) -> Bochs:
+    def ask(*args: str) -> str:         # Bochs prints its help on both streams
+        return subprocess.run([str(path), *args], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, errors="replace", timeout=30).stdout
+
     try:
-        out = subprocess.run([str(path), "--help", "cpu"], stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=30).stdout
-        usage = subprocess.run([str(path), "--help"], stdin=subprocess.DEVNULL,
-                               capture_output=True, text=True, timeout=30).stdout
+        out, usage = ask("--help", "cpu"), ask("--help")
     except (OSError, subprocess.TimeoutExpired) as e:
         raise EmulatorError(f"error: {path} does not run as Bochs: {e}") from None
     version = _BOCHS_VERSION.search(out)

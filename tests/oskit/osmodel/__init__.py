@@ -6,6 +6,7 @@ over like an OS kernel and checks uefi-hv from ring 0 on every CPU.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from uefi_hv.build import build_efi
@@ -27,3 +28,22 @@ def build_osmodel(output: Path, spec: Path = DEFAULT_SPEC, fault_test: bool = Fa
     it executes UD2 once it runs on its own IDT (the exception report's test)."""
     flags = probe_defines(spec) + (["-DOSMODEL_FAULT_TEST"] if fault_test else [])
     return build_efi(list(SOURCES), Path(output), include_dirs=[OSKIT], extra_cflags=flags)
+
+
+def assert_aps_started_twice(serial: str, cpus: int, hypervisor: bool = False) -> None:
+    """The model started every AP (APIC ids 1..cpus-1 in the emulators), one
+    at a time, in both rounds; under the hypervisor each AP's ping was
+    answered by the hypervisor's instance on that CPU."""
+    assert f"OSMODEL: MP services: {cpus} CPU(s), the BSP and {cpus - 1} AP(s)" in serial
+    if cpus == 1:
+        assert "OSMODEL: BSP: the only CPU: no AP to start" in serial
+    for round_ in (1, 2):
+        for apic in range(1, cpus):
+            assert re.search(rf"^OSMODEL: AP round {round_}: APIC {apic}, ", serial, re.M), \
+                (round_, apic)
+            assert f"OSMODEL: BSP: APIC {apic} reported, round {round_}" in serial
+        assert serial.count(f"OSMODEL: AP round {round_}: in long mode") == cpus - 1
+        if hypervisor:
+            for cpu in range(1, cpus):
+                assert (f"OSMODEL: AP round {round_}: VMCALL ping answered, hypervisor CPU {cpu}"
+                        in serial), (round_, cpu)

@@ -7,10 +7,12 @@
  *   2. SetVirtualAddressMap, identity (VirtualStart = PhysicalStart);
  *   3. its own GDT, IDT (every exception prints its vector on COM1 and
  *      halts) and page tables (identity, 2 MiB pages, the first 4 GiB);
- *   4. the AP started by hand, INIT-SIPI-SIPI through the local APIC, into a
- *      real-mode trampoline on a conventional-memory page below 1 MiB,
+ *   4. every AP started by hand, one at a time, with INIT-SIPI-SIPI sent
+ *      through the local APIC to its APIC id (which the firmware's MP
+ *      services named before ExitBootServices, as an OS reads the MADT),
+ *      into a real-mode trampoline on a conventional-memory page below 1 MiB,
  *      which climbs to long mode and calls ap_main(); twice in a row;
- *   5. on both CPUs: CPUID (hypervisor bit, signature, VMX hidden) and, in
+ *   5. on every CPU: CPUID (hypervisor bit, signature, VMX hidden) and, in
  *      ring 0, the VMCALL ping; on the BSP, that every range of memory the
  *      hypervisor keeps (VMCALL GET_RESIDENT_RANGES) is runtime memory in
  *      the map the model got at ExitBootServices, so an OS never hands it out;
@@ -46,10 +48,9 @@
 #define XAPIC_ICR_LOW        0x300
 #define XAPIC_ICR_HIGH       0x310
 #define ICR_DELIVERY_PENDING (1U << 12)
-/* ICR: destination shorthand "all excluding self" (bits 19:18 = 11), level
- * assert (bit 14), delivery mode INIT (101b) or start-up (110b); SDM Vol. 3A
- * 11.6.1. The shorthand needs no APIC id: there is no MADT under Bochs. */
-#define ICR_ALL_BUT_SELF     (3U << 18)
+/* ICR: no destination shorthand, physical destination (the APIC id in ICR
+ * bits 63:56, or 63:32 in x2APIC mode), level assert (bit 14), delivery
+ * mode INIT (101b) or start-up (110b); SDM Vol. 3A 11.6.1. */
 #define ICR_LEVEL_ASSERT     (1U << 14)
 #define ICR_INIT             (5U << 8)
 #define ICR_STARTUP          (6U << 8)
@@ -60,6 +61,27 @@
 
 #define AP_ROUNDS 2
 #define AP_WAIT_MS 2000
+#define MAX_CPUS 64
+
+/* The firmware's EFI_MP_SERVICES_PROTOCOL (UEFI PI spec, Vol. 2, 13.4): only
+ * what the model calls. gnu-efi does not declare it. */
+#define MP_SERVICES_GUID \
+    { 0x3fdda605, 0xa76e, 0x4f46, { 0xad, 0x29, 0x12, 0xf4, 0x53, 0x1b, 0x3d, 0x08 } }
+#define PROCESSOR_AS_BSP_BIT 1
+
+struct processor_information {
+    UINT64 processor_id;                /* the APIC id */
+    UINT32 status_flag;
+    UINT32 package, core, thread;
+    UINT8 extended[64];                 /* PI 1.7's extended topology, unused */
+};
+
+struct mp_services {
+    EFI_STATUS (EFIAPI *get_number_of_processors)(struct mp_services *, UINTN *all,
+                                                  UINTN *enabled);
+    EFI_STATUS (EFIAPI *get_processor_info)(struct mp_services *, UINTN number,
+                                            struct processor_information *info);
+};
 
 /* ---- what the assembly provides (osmodel.S) ------------------------------- */
 
@@ -105,6 +127,11 @@ static UINT8 runtime_map[16 * 1024] __attribute__((aligned(8)));
 /* What the AP reports back; written by the AP, read by the BSP. */
 static volatile UINT32 ap_done;
 static volatile UINT32 ap_round;
+static volatile UINT32 ap_apic_id;
+
+/* The APs' APIC ids, from the firmware's MP services. */
+static UINT32 ap_ids[MAX_CPUS];
+static UINTN ap_count;
 
 static struct hvprobe bsp_probe;
 static UINT64 tsc_per_ms;
@@ -235,15 +262,15 @@ static unsigned int apic_id(void)
     return r[1] >> 24;                  /* CPUID.1:EBX[31:24], initial APIC id */
 }
 
-static void send_ipi(UINT32 icr_low)
+static void send_ipi(UINT32 icr_low, UINT32 destination)
 {
-    if (x2apic) {
-        wrmsr(MSR_X2APIC_ICR, icr_low);     /* no delivery status in x2APIC mode */
+    if (x2apic) {       /* no delivery status in x2APIC mode */
+        wrmsr(MSR_X2APIC_ICR, (UINT64)destination << 32 | icr_low);
         return;
     }
     volatile UINT32 *high = (volatile UINT32 *)(apic_mmio + XAPIC_ICR_HIGH);
     volatile UINT32 *low = (volatile UINT32 *)(apic_mmio + XAPIC_ICR_LOW);
-    *high = 0;                          /* destination: unused with a shorthand */
+    *high = destination << 24;
     *low = icr_low;
     for (int spin = 0; spin < 1000000 && (*low & ICR_DELIVERY_PENDING); spin++)
         __asm__ volatile("pause");
@@ -251,12 +278,12 @@ static void send_ipi(UINT32 icr_low)
 
 /* The universal start-up algorithm of SDM Vol. 3A 8.4.4.1: INIT, 10 ms,
  * SIPI, 200 us, SIPI. The second SIPI is ignored by an AP already running. */
-static void init_sipi_sipi(UINT64 trampoline)
+static void init_sipi_sipi(UINT32 apic, UINT64 trampoline)
 {
-    send_ipi(ICR_ALL_BUT_SELF | ICR_LEVEL_ASSERT | ICR_INIT);
+    send_ipi(ICR_LEVEL_ASSERT | ICR_INIT, apic);
     delay_us(10000);
     for (int i = 0; i < 2; i++) {
-        send_ipi(ICR_ALL_BUT_SELF | ICR_LEVEL_ASSERT | ICR_STARTUP | (UINT32)(trampoline >> 12));
+        send_ipi(ICR_LEVEL_ASSERT | ICR_STARTUP | (UINT32)(trampoline >> 12), apic);
         delay_us(200);
     }
 }
@@ -313,6 +340,7 @@ static void ap_main(UINT64 round)
         failed++;
     }
     ap_round = (UINT32)round;
+    ap_apic_id = apic_id();
     __atomic_store_n(&ap_done, failed ? 2 : 1, __ATOMIC_RELEASE);
     halt_forever();
 }
@@ -518,31 +546,60 @@ static void prepare_trampoline(UINT64 page, UINT64 round)
 #undef PARAM
 }
 
-/* Start the AP into ap_main(round); NULL when it came and its checks
- * passed, else what went wrong. */
-static const char *start_ap(UINT64 page, UINT64 round)
+/* Start the AP with APIC id `apic` into ap_main(round); NULL when it came
+ * and its checks passed, else what went wrong. One AP at a time: they share
+ * the trampoline and its stack. */
+static const char *start_ap(UINT32 apic, UINT64 page, UINT64 round)
 {
     prepare_trampoline(page, round);
     __atomic_store_n(&ap_done, 0, __ATOMIC_RELEASE);
-    say("OSMODEL: BSP: INIT-SIPI-SIPI round %lu, trampoline at 0x%lx (SIPI vector 0x%lx)\n",
-        round, page, page >> 12);
-    init_sipi_sipi(page);
+    say("OSMODEL: BSP: INIT-SIPI-SIPI to APIC %u, round %lu, trampoline at 0x%lx "
+        "(SIPI vector 0x%lx)\n", apic, round, page, page >> 12);
+    init_sipi_sipi(apic, page);
     UINT64 deadline = rdtsc() + tsc_per_ms * AP_WAIT_MS;
     while (!__atomic_load_n(&ap_done, __ATOMIC_ACQUIRE) && rdtsc() < deadline)
         __asm__ volatile("pause");
     UINT32 done = __atomic_load_n(&ap_done, __ATOMIC_ACQUIRE);
     if (!done) {
-        say("OSMODEL: BSP: no AP reported within %u ms of round %lu\n", AP_WAIT_MS, round);
-        return round == 1 ? "no AP started, round 1" : "no AP started, round 2";
+        say("OSMODEL: BSP: APIC %u did not report within %u ms of round %lu\n", apic,
+            AP_WAIT_MS, round);
+        return round == 1 ? "an AP did not start, round 1" : "an AP did not start, round 2";
     }
-    if (ap_round != round) {
-        say("OSMODEL: BSP: the AP reported round %u, expected %lu\n", ap_round, round);
-        return "the AP ran the wrong round";
+    if (ap_round != round || ap_apic_id != apic) {
+        say("OSMODEL: BSP: APIC %u reported round %u, expected APIC %u, round %lu\n",
+            ap_apic_id, ap_round, apic, round);
+        return "the wrong AP or round reported";
     }
     if (done != 1)
-        return round == 1 ? "the AP's checks, round 1" : "the AP's checks, round 2";
-    say("OSMODEL: BSP: the AP reported, round %lu\n", round);
+        return round == 1 ? "an AP's checks, round 1" : "an AP's checks, round 2";
+    say("OSMODEL: BSP: APIC %u reported, round %lu\n", apic, round);
     return NULL;
+}
+
+/* The APs' APIC ids, from the firmware's MP services: while boot services
+ * last, as an OS would read them from the MADT (OVMF under Bochs has none). */
+static EFI_STATUS find_aps(void)
+{
+    EFI_GUID guid = MP_SERVICES_GUID;
+    struct mp_services *mp;
+    UINTN all, enabled;
+    EFI_STATUS status = uefi_call_wrapper(BS->LocateProtocol, 3, &guid, NULL, (void **)&mp);
+    if (EFI_ERROR(status))
+        return status;
+    status = uefi_call_wrapper(mp->get_number_of_processors, 3, mp, &all, &enabled);
+    if (EFI_ERROR(status))
+        return status;
+    if (all > MAX_CPUS)
+        return EFI_BUFFER_TOO_SMALL;
+    for (UINTN n = 0; n < all; n++) {
+        struct processor_information info;
+        status = uefi_call_wrapper(mp->get_processor_info, 3, mp, n, &info);
+        if (EFI_ERROR(status))
+            return status;
+        if (!(info.status_flag & PROCESSOR_AS_BSP_BIT))
+            ap_ids[ap_count++] = (UINT32)info.processor_id;
+    }
+    return EFI_SUCCESS;
 }
 
 EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
@@ -565,6 +622,13 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
     apic_mmio = apic_base & ~0xFFFULL & 0x000FFFFFFFFFFFFFULL;
     say("OSMODEL: TSC %lu per ms; local APIC %s at 0x%lx; model image at 0x%lx\n", tsc_per_ms,
         x2apic ? "in x2APIC mode" : "xAPIC", apic_mmio, (UINT64)efi_main);
+    status = find_aps();
+    if (EFI_ERROR(status)) {
+        say("OSMODEL: FAIL: the firmware's MP services: status 0x%lx\n", (UINT64)status);
+        halt_forever();
+    }
+    say("OSMODEL: MP services: %lu CPU(s), the BSP and %lu AP(s)\n", (UINT64)ap_count + 1,
+        (UINT64)ap_count);
     if ((UINT64)gdt >> 32 || (UINT64)pml4 >> 32 || (UINT64)pml4 & 0xFFF) {
         say("OSMODEL: FAIL: the model's tables must lie below 4 GiB, page-aligned (pml4 0x%lx)\n",
             (UINT64)pml4);
@@ -601,13 +665,17 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
         fail("the hypervisor's memory is not all runtime memory in the OS's map");
 
     UINT64 page = low_conventional_page(map_size, desc_size);
-    if (!page) {
+    if (!ap_count) {
+        say("OSMODEL: BSP: the only CPU: no AP to start\n");
+    } else if (!page) {
         fail("no conventional memory page below 1 MiB for the AP trampoline");
     } else {
         for (UINT64 round = 1; round <= AP_ROUNDS; round++) {
-            const char *why = start_ap(page, round);
-            if (why)
-                fail(why);
+            for (UINTN i = 0; i < ap_count; i++) {
+                const char *why = start_ap(ap_ids[i], page, round);
+                if (why)
+                    fail(why);
+            }
         }
     }
 
