@@ -403,5 +403,5 @@ def test_a_copy_written_with_to_file_boots_in_qemu_as_a_usb_stick(banner_image, 
                   run_dir=run_dir)
     assert result.ok, result
     assert "QEMU USB HARDDRIVE" in result.serial      # OVMF's boot option for the stick
-    assert "uefi-hv banner: vmx=0" in result.serial   # TCG has no VMX (EMULATORS.md)
+    assert "uefi-hv banner: vmx=0" in result.serial   # TCG has no VMX (docs/emulators.md)
     assert_no_leftovers(result)

@@ -232,9 +232,44 @@ def new_run_dir(emulator: str, run_dir=None) -> Path:
     return run_dir
 
 
+# --- machines ---------------------------------------------------------------------------
+
+class Machine:
+    """What every emulated machine offers, after QEMU's own QEMUMachine: a
+    context manager that starts it (start) and ends it with its whole process
+    group (close), its console followed in `tail`, and its state."""
+
+    proc: Optional[subprocess.Popen] = None
+    tail: SerialTail
+
+    def start(self) -> "Machine":
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "Machine":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def serial(self) -> str:
+        """The console so far, escape sequences removed."""
+        return self.tail.text
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
 # --- QEMU -------------------------------------------------------------------------------
 
-class QemuMachine:
+class QemuMachine(Machine):
     """A QEMU q35 machine with OVMF, the image as a USB stick, QMP on a unix
     socket and COM1 in `run_dir/serial.txt`.
 
@@ -348,20 +383,6 @@ class QemuMachine:
             self._sock_dir = None
         self.tail.poll(final=True)
 
-    def __enter__(self) -> "QemuMachine":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def serial(self) -> str:
-        return self.tail.text
-
     # -- helpers
 
     def _run(self, coro, timeout: float):
@@ -391,9 +412,6 @@ class QemuMachine:
         """Wait `seconds` (QMP keeps running) and return what is new:
         (serial lines, QMP events)."""
         return self._loop.run_until_complete(self._pump(seconds))
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     # -- the API tests use
 
@@ -668,7 +686,7 @@ def bochs_rom_address(rom: Path) -> int:
     return _FOUR_GIB - rom.stat().st_size
 
 
-class BochsMachine:
+class BochsMachine(Machine):
     """A Bochs PC with OVMF as its ROM, the image as its first ATA disk, COM1
     in `run_dir/serial.txt` and the Bochs log in `run_dir/bochs.log`.
 
@@ -701,7 +719,7 @@ class BochsMachine:
         self.serial_path = self.run_dir / "serial.txt"
         self.log_path = self.run_dir / "bochs.log"
         self.disk = self.run_dir / "disk.img"
-        self.console = SerialTail(self.serial_path, stream)
+        self.tail = SerialTail(self.serial_path, stream)
         self.log = SerialTail(self.log_path)      # followed like the console
         self.proc: Optional[subprocess.Popen] = None
 
@@ -735,25 +753,8 @@ class BochsMachine:
             _reap(self.proc, grace_s=0)
         for leftover in (self.disk, self.disk.with_name(self.disk.name + ".lock")):
             leftover.unlink(missing_ok=True)
-        self.console.poll(final=True)
+        self.tail.poll(final=True)
         self.log.poll(final=True)
-
-    def __enter__(self) -> "BochsMachine":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.proc.pid if self.proc else None
-
-    @property
-    def serial(self) -> str:
-        return self.console.text
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def poll(self, seconds: float = 0.1) -> tuple[list[str], list[tuple[str, bool]]]:
         """Wait `seconds`; return the new console lines and the judged log
@@ -761,7 +762,7 @@ class BochsMachine:
         time.sleep(seconds)
         judged = [verdict for line in self.log.poll()
                   if (verdict := judge_bochs_log_line(line))]
-        return self.console.poll(), judged
+        return self.tail.poll(), judged
 
     def drain(self) -> list[str]:
         """The console's last lines once Bochs has stopped (it flushes its
@@ -770,7 +771,7 @@ class BochsMachine:
             self.proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             pass
-        return self.console.poll(final=True)
+        return self.tail.poll(final=True)
 
 
 def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shutdown,
