@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from uefi_hv.emulate import boot  # noqa: E402
 
-from oskit.harness import (build_hypervisor, build_nullchain, chained_image,  # noqa: E402
+from oskit.harness import (build_hypervisor_dir, build_nullchain, chained_image,  # noqa: E402
                            init_tsc)
 from oskit.initramfs import oscheck_initramfs  # noqa: E402
 from oskit.kernel import debian_kernel  # noqa: E402
@@ -54,7 +54,7 @@ def main() -> int:
         images = {
             "without hypervisor": chained_image(build_nullchain(tmp / "null"), kernel,
                                                 tmp / "null.img", CMDLINE, initrd),
-            "under uefi-hv": chained_image(build_hypervisor(tmp / "hv"), kernel,
+            "under uefi-hv": chained_image(build_hypervisor_dir(tmp / "hv"), kernel,
                                            tmp / "hv.img", CMDLINE, initrd),
         }
         print("booting both to /init in Bochs (Haswell model, 1 CPU) ...")

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from uefi_hv import DSL_DIR  # noqa: E402
-from uefi_hv.build import build_efi  # noqa: E402
+from uefi_hv.build import build_hypervisor  # noqa: E402
 from uefi_hv.generate import generate_hypervisor  # noqa: E402
 
 PAGE = 4096
@@ -38,13 +38,6 @@ def timed(fn, repeat: int) -> tuple[float, object]:
         result = fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), result
-
-
-def build_all(spec: str, outdir: Path) -> dict[str, Path]:
-    built = generate_hypervisor(spec, outdir / "src", check=True)
-    return {name: build_efi([p for p in files if p.suffix in (".c", ".S")], outdir / name,
-                            include_dirs=sorted({p.parent for p in files}))
-            for name, files in built.items()}
 
 
 def resident_per_cpu(hv_h: str) -> int:
@@ -66,7 +59,7 @@ def main() -> int:
         counter = iter(range(10**6))
         gen_s, _ = timed(lambda: generate_hypervisor(args.spec, tmp / f"gen{next(counter)}", check=True),
                          args.repeat)
-        build_s, efi = timed(lambda: build_all(args.spec, tmp / f"build{next(counter)}"), max(1, args.repeat // 2))
+        build_s, efi = timed(lambda: build_hypervisor(args.spec, tmp / f"build{next(counter)}"), max(1, args.repeat // 2))
         hv_size = efi["BOOTX64.EFI"].stat().st_size
         check_size = efi["hvcheck.efi"].stat().st_size
         hv_h = (efi["BOOTX64.EFI"].parent / "src" / "hv" / "hv.h").read_text()

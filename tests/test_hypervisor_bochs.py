@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from uefi_hv import DSL_DIR
-from uefi_hv.build import build_efi
+from uefi_hv.build import build_efi, build_hypervisor
 from uefi_hv.emulate import boot
-from uefi_hv.generate import generate_hypervisor
 from uefi_hv.image import make_image
 
 pytestmark = pytest.mark.bochs
@@ -21,11 +20,7 @@ pytestmark = pytest.mark.bochs
 
 def build_image(spec: Path, workdir: Path, check: bool = True) -> Path:
     """spec -> BOOTX64.EFI + hvcheck.efi -> a GPT image that chains hvcheck."""
-    built = generate_hypervisor(str(spec), workdir / "src", check=check)
-    efi = {}
-    for name, files in built.items():
-        sources = [p for p in files if p.suffix in (".c", ".S")]
-        efi[name] = build_efi(sources, workdir / name, include_dirs=sorted({p.parent for p in files}))
+    efi = build_hypervisor(spec, workdir, check=check)
     image = workdir / "hv.img"
     make_image(efi["BOOTX64.EFI"], image, chain=efi["hvcheck.efi"])
     return image
@@ -169,10 +164,7 @@ def guest_app(tmp_path: Path, name: str) -> Path:
 
 
 def image_chaining(spec: Path, app: Path, workdir: Path, check: bool = True) -> Path:
-    built = generate_hypervisor(str(spec), workdir / "src", check=check)
-    files = built["BOOTX64.EFI"]
-    hv = build_efi([p for p in files if p.suffix in (".c", ".S")], workdir / "BOOTX64.EFI",
-                   include_dirs=sorted({p.parent for p in files}))
+    hv = build_hypervisor(spec, workdir, check=check)["BOOTX64.EFI"]
     return make_image(hv, workdir / "hv.img", chain=app)
 
 
@@ -267,10 +259,7 @@ def test_feature_control_locked_with_vmx_off_is_a_firmware_setting(tmp_path, def
 def test_the_specs_chain_option_names_the_next_image_without_chain_txt(tmp_path, default_image, run_dir):
     spec = broken_spec(tmp_path, "option external_interrupts = off",
                        'option external_interrupts = off\noption chain = "/EFI/TOOLS/HVCHECK.EFI"')
-    built = generate_hypervisor(str(spec), tmp_path / "src", check=True)
-    files = built["BOOTX64.EFI"]
-    hv = build_efi([p for p in files if p.suffix in (".c", ".S")], tmp_path / "BOOTX64.EFI",
-                   include_dirs=sorted({p.parent for p in files}))
+    hv = build_hypervisor(spec, tmp_path / "build")["BOOTX64.EFI"]
     image = make_image(hv, tmp_path / "hv.img",
                        add=[(default_image.parent / "hvcheck.efi", "EFI/TOOLS/HVCHECK.EFI")])
     result = boot(image, emulator="bochs", cpus=1, timeout=60, fail=["HVCHECK: FAIL"], run_dir=run_dir)

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from uefi_hv import DSL_DIR
-from uefi_hv.build import build_efi
+from uefi_hv.build import build_hypervisor
 from uefi_hv.emulate import QemuMachine
-from uefi_hv.generate import generate_hypervisor
 from uefi_hv.image import make_image
 
 pytestmark = pytest.mark.qemu
@@ -19,10 +18,7 @@ pytestmark = pytest.mark.qemu
 @pytest.fixture(scope="module")
 def image(tmp_path_factory) -> Path:
     workdir = tmp_path_factory.mktemp("hv-qemu")
-    built = generate_hypervisor(str(DSL_DIR / "default.hv"), workdir / "src", check=True)
-    efi = {name: build_efi([p for p in files if p.suffix in (".c", ".S")], workdir / name,
-                           include_dirs=sorted({p.parent for p in files}))
-           for name, files in built.items()}
+    efi = build_hypervisor(DSL_DIR / "default.hv", workdir)
     make_image(efi["BOOTX64.EFI"], workdir / "hv.img", chain=efi["hvcheck.efi"])
     return workdir / "hv.img"
 

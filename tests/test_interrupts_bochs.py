@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from uefi_hv import DSL_DIR
-from uefi_hv.build import build_efi
+from uefi_hv.build import build_hypervisor
 from uefi_hv.emulate import boot
-from uefi_hv.generate import generate_hypervisor
 from uefi_hv.image import make_image
 
 pytestmark = pytest.mark.bochs
@@ -28,10 +27,7 @@ SPEC = DSL_DIR / "examples" / "interrupts.hv"
 
 def build_image(workdir: Path, spec: Path = SPEC) -> Path:
     """A spec (interrupts.hv) -> BOOTX64.EFI + hvcheck.efi -> a GPT image chaining hvcheck."""
-    built = generate_hypervisor(str(spec), workdir / "src")
-    efi = {name: build_efi([p for p in files if p.suffix in (".c", ".S")], workdir / name,
-                           include_dirs=sorted({p.parent for p in files}))
-           for name, files in built.items()}
+    efi = build_hypervisor(spec, workdir)
     return make_image(efi["BOOTX64.EFI"], workdir / "hv.img", chain=efi["hvcheck.efi"])
 
 

@@ -171,20 +171,42 @@ def _zero_timestamp(image: bytearray) -> None:
 
 # --- CLI ----------------------------------------------------------------------
 
+def build_programs(built: dict[str, list[Path]], outdir: Path) -> dict[str, Path]:
+    """Compile each program of `built` ({"BOOTX64.EFI": [sources and
+    headers], ...}, as generate returns it) into `outdir`/<name>; the folders
+    of its files are its include path."""
+    efi = {}
+    for name, files in sorted(built.items()):
+        sources = [Path(f) for f in files if Path(f).suffix in SOURCE_SUFFIXES]
+        efi[name] = build_efi(sources, Path(outdir) / name,
+                              include_dirs=sorted({Path(f).parent for f in files}))
+    return efi
+
+
+def build_hypervisor(spec, outdir, check: bool = True, **options) -> dict[str, Path]:
+    """The whole pipeline for one spec: generate into `outdir`/src, then
+    build `outdir`/BOOTX64.EFI and `outdir`/hvcheck.efi; returns
+    {"BOOTX64.EFI": path, "hvcheck.efi": path}. `check=False` skips the
+    static checks (tests of the run-time checks); `options` go to
+    generate_hypervisor."""
+    from uefi_hv.generate import generate_hypervisor
+
+    spec = Path(spec)
+    if not spec.is_file():
+        raise UsageError(f"error: spec file {spec} does not exist")
+    outdir = Path(outdir)
+    return build_programs(generate_hypervisor(str(spec), outdir / "src", check=check, **options),
+                          outdir)
+
+
 def cmd_build(args) -> int:
     outdir = Path(args.output)
-    from uefi_hv import generate
-
     if args.banner:
-        built = {"BOOTX64.EFI": generate.generate_banner(outdir / "src")}
+        from uefi_hv.generate import generate_banner
+
+        efi = build_programs({"BOOTX64.EFI": generate_banner(outdir / "src")}, outdir)
     else:
-        spec = Path(args.spec)
-        if not spec.is_file():
-            raise UsageError(f"error: spec file {spec} does not exist")
-        built = generate.generate_hypervisor(str(spec), outdir / "src", check=not args.no_check)
-    for name, sources in sorted(built.items()):
-        c_and_asm = [s for s in sources if Path(s).suffix in SOURCE_SUFFIXES]
-        headers = sorted({Path(s).parent for s in sources})
-        out = build_efi(c_and_asm, outdir / name, include_dirs=headers)
+        efi = build_hypervisor(args.spec, outdir, check=not args.no_check)
+    for name, out in sorted(efi.items()):
         print(f"built {out}")
     return 0

@@ -20,11 +20,10 @@ import os
 import subprocess
 import tempfile
 import uuid
-from argparse import Namespace
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional
 
-from uefi_hv.build import cmd_build
+from uefi_hv.build import build_hypervisor
 from uefi_hv.errors import UsageError, UserError, require_program
 
 SECTOR = 512
@@ -182,8 +181,7 @@ def _resolve_source(source: str, workdir: Path) -> Path:
         raise UsageError(f"error: {path} does not exist (give an .efi file, a build "
                          "directory or a .hv spec)")
     if path.suffix == ".hv":
-        cmd_build(Namespace(spec=str(path), output=str(workdir), no_check=False, banner=False))
-        return workdir / "BOOTX64.EFI"
+        return build_hypervisor(path, workdir)["BOOTX64.EFI"]
     return path
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from oskit.harness import build_hypervisor, build_nullchain
+from oskit.harness import build_hypervisor_dir, build_nullchain
 from oskit.initramfs import oscheck_initramfs
 from oskit.kernel import debian_kernel
 from oskit.osmodel import build_osmodel
@@ -19,7 +19,7 @@ from oskit.osmodel import build_osmodel
 @pytest.fixture(scope="session")
 def hypervisor_dir(tmp_path_factory) -> Path:
     """The default spec's hypervisor: a directory with BOOTX64.EFI."""
-    return build_hypervisor(tmp_path_factory.mktemp("hv"))
+    return build_hypervisor_dir(tmp_path_factory.mktemp("hv"))
 
 
 @pytest.fixture(scope="session")

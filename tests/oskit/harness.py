@@ -1,6 +1,7 @@
-"""Building what the OS tests boot, the way a user does it: through the CLI.
+"""Building what the OS tests boot: the hypervisor through the pipeline's API,
+the images through the CLI, the way a user makes them.
 
-    build_hypervisor(outdir, spec) -> Path      `uefi-hv build SPEC -o OUTDIR`
+    build_hypervisor_dir(outdir, spec) -> Path  uefi_hv.build.build_hypervisor
     build_nullchain(outdir) -> Path             the same chain, no hypervisor
                                                 (nullchain.c): the baseline
     chained_image(hv_dir, next_image, output, cmdline="", initrd=None) -> Path
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from uefi_hv import ROOT
+from uefi_hv.build import build_hypervisor
 
 from oskit.initramfs import DEFAULT_SPEC, OSKIT
 
@@ -46,11 +48,9 @@ def _cli(*args: str) -> str:
     return proc.stdout
 
 
-def build_hypervisor(outdir: Path, spec: Path = DEFAULT_SPEC) -> Path:
+def build_hypervisor_dir(outdir: Path, spec: Path = DEFAULT_SPEC) -> Path:
     """The hypervisor of `spec`, built into `outdir` (BOOTX64.EFI in it)."""
-    _cli("build", str(spec), "-o", str(outdir))
-    if not (Path(outdir) / "BOOTX64.EFI").is_file():
-        raise AssertionError(f"uefi-hv build wrote no {outdir}/BOOTX64.EFI")
+    build_hypervisor(spec, outdir)
     return Path(outdir)
 
 
