@@ -13,4 +13,7 @@ __version__ = "0.1.0"
 ROOT = Path(__file__).resolve().parent.parent
 DSL_DIR = ROOT / "dsl"
 TEMPLATES_DIR = ROOT / "templates"
+#: The hand-written runtime (plain C and assembly, compiled as it is) around
+#: what the templates generate from the spec.
+RUNTIME_DIR = ROOT / "runtime"
 OVMF_DIR = ROOT / "ovmf"

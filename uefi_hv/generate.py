@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jinja2
 
-from uefi_hv import TEMPLATES_DIR
+from uefi_hv import RUNTIME_DIR, TEMPLATES_DIR
 
 _env: jinja2.Environment | None = None
 
@@ -365,10 +365,15 @@ def _runtime_rules(spec):
     return check.runtime_rules(spec)
 
 
-HV_TEMPLATES = ("vmx.h", "hv.h", "cpu.h", "log.c", "memory.c", "host_env.c", "vmcs_setup.c",
-                "checks.c", "ept.c", "exits.c", "mp.c", "chain.c", "main.c", "vmexit.S",
+HV_TEMPLATES = ("vmx.h", "hv.h", "log.c", "host_env.c", "vmcs_setup.c",
+                "checks.c", "ept.c", "exits.c", "chain.c", "main.c", "vmexit.S",
                 "interrupts.h", "interrupts.c", "interrupts.S")
-HVCHECK_TEMPLATES = ("hvcheck.c", "hvcheck_asm.S", "irqcheck.c")
+HVCHECK_TEMPLATES = ("hvcheck.c", "irqcheck.c")
+
+
+def runtime_sources(program: str) -> list[Path]:
+    """The hand-written sources and headers of runtime/`program` (hv, hvcheck)."""
+    return sorted(p for p in (RUNTIME_DIR / program).iterdir() if p.suffix in (".c", ".S", ".h"))
 
 
 def generate_hypervisor(spec_path: str, outdir: Path, check: bool = True,
@@ -379,7 +384,8 @@ def generate_hypervisor(spec_path: str, outdir: Path, check: bool = True,
     otherwise); without, it is only parsed (tests of the run-time checks).
     `idt_base_from_vmcs` is for benchmarks/bench_interrupts.py only: the
     interrupt path VMREADs HOST_IDTR_BASE instead of reading the global.
-    Returns {"BOOTX64.EFI": [sources...], "hvcheck.efi": [sources...]}."""
+    Returns {"BOOTX64.EFI": [sources...], "hvcheck.efi": [sources...]}: the
+    generated files, then the hand-written runtime's (runtime/hv, runtime/hvcheck)."""
     from uefi_hv import check as check_step
     from uefi_hv import parse
 
@@ -392,6 +398,8 @@ def generate_hypervisor(spec_path: str, outdir: Path, check: bool = True,
         built["BOOTX64.EFI"].append(render(f"hv/{name}.j2", outdir / "hv" / name, sources, **context))
     for name in HVCHECK_TEMPLATES:
         built["hvcheck.efi"].append(render(f"hvcheck/{name}.j2", outdir / "hvcheck" / name, sources, **context))
+    built["BOOTX64.EFI"] += runtime_sources("hv")
+    built["hvcheck.efi"] += runtime_sources("hvcheck")
     return built
 
 

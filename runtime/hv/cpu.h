@@ -1,4 +1,3 @@
-{{ generated_header }}
 /*
  * The processor instructions the hypervisor needs, as inline functions.
  * VMX instructions report failure in RFLAGS (SDM 31.2 "Conventions"):

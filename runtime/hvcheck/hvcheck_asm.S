@@ -1,4 +1,3 @@
-{{ generated_header }}
 # hvcheck's assembly: the VMCALL wrapper and a VMXON that survives its #UD.
 
     .text

@@ -1,4 +1,3 @@
-{{ generated_header }}
 /*
  * Memory. Everything the hypervisor keeps after efi_main returns is
  * allocated as EfiRuntimeServicesData, so that neither the firmware nor a

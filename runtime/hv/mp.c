@@ -1,4 +1,3 @@
-{{ generated_header }}
 /*
  * Every logical CPU through EFI_MP_SERVICES_PROTOCOL (UEFI PI spec, Vol. 2,
  * 13.4). gnu-efi does not declare it, so it is declared here. APs may call
