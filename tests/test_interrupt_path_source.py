@@ -1,4 +1,4 @@
-"""The seed, read off the generated sources: no path of the hypervisor built
+"""The seed, read off the hypervisor's sources (generated and runtime/hv): no path of the hypervisor built
 from examples/interrupts.hv VMREADs HOST_IDTR_BASE, and every host IDT gate
 it looks up is found through the global host_idt_base, in one place."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from uefi_hv import DSL_DIR
-from uefi_hv.generate import generate_hypervisor
+from uefi_hv.generate import generate_hypervisor, runtime_sources
 
 SPEC = DSL_DIR / "examples" / "interrupts.hv"
 HOST_IDTR_BASE = 0x6C0E                    # SDM Appendix B.4.4, index 7
@@ -23,10 +23,15 @@ ASM_ENCODING = re.compile(r"\$\s*(0x0*6c0e|27662|HOST_IDTR_BASE)\b", re.I)
 GATE_ADDRESS = re.compile(r"\(\s*([^()+]+?)\s*\+\s*(?:16\s*\*\s*\w+|\w+\s*\*\s*16)\s*\)")
 
 
+def hypervisor_sources(hv_dir: Path) -> list[Path]:
+    """Every source of the hypervisor: generated into `hv_dir`, and runtime/hv."""
+    return sorted(hv_dir.iterdir()) + runtime_sources("hv")
+
+
 def idt_base_violations(hv_dir: Path) -> list[str]:
-    """What in the generated hypervisor breaks the seed, one line each."""
+    """What in the hypervisor's sources breaks the seed, one line each."""
     found = []
-    for path in sorted(hv_dir.iterdir()):
+    for path in hypervisor_sources(hv_dir):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("//")[0] if path.suffix != ".S" else line.split("#")[0]
             where = f"{path.name}:{n}: {line.strip()}"
@@ -54,7 +59,7 @@ def test_no_path_vmreads_host_idtr_base_or_finds_a_gate_elsewhere(default_build)
 
 
 def test_the_gate_is_looked_up_in_one_place_through_the_global(default_build):
-    lookups = [(p.name, line.strip()) for p in sorted(default_build.iterdir())
+    lookups = [(p.name, line.strip()) for p in hypervisor_sources(default_build)
                for line in p.read_text().splitlines() if GATE_ADDRESS.search(line.split("//")[0])]
     assert lookups == [("interrupts.c", "const UINT64 *gate = (const UINT64 *)(hv.host_idt_base + 16 * vector);")]
     text = (default_build / "interrupts.c").read_text()

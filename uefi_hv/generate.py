@@ -365,9 +365,8 @@ def _runtime_rules(spec):
     return check.runtime_rules(spec)
 
 
-HV_TEMPLATES = ("vmx.h", "hv.h", "log.c", "host_env.c", "vmcs_setup.c",
-                "checks.c", "ept.c", "exits.c", "chain.c", "main.c", "vmexit.S",
-                "interrupts.h", "interrupts.c", "interrupts.S")
+HV_TEMPLATES = ("vmx.h", "spec.h", "hv.h", "globals.c", "log.c", "vmcs_setup.c", "checks.c",
+                "exits.c", "interrupts.c")
 HVCHECK_TEMPLATES = ("hvcheck.c", "irqcheck.c")
 
 

@@ -1,8 +1,8 @@
-{{ generated_header }}
 /*
  * The seed's interrupt path (interrupts.c, interrupts.S): external-interrupt
  * exits acknowledged on exit, dispatched through the host IDT found at the
- * global {{ dispatch_idt_global or "host_idt_base" }}, and the interrupts queued for the guest.
+ * spec's global (host_idt_base in the default spec), and the interrupts queued
+ * for the guest.
  */
 #ifndef UEFI_HV_INTERRUPTS_H
 #define UEFI_HV_INTERRUPTS_H
@@ -22,11 +22,11 @@ void hv_irq_window_exit(struct hv_cpu *cpu);
 void hv_irq_before_entry(struct hv_cpu *cpu);
 /* External-interrupt exits of a CPU on a vector (the VMCALL GET_IRQ_COUNT). */
 UINT64 hv_irq_count(const struct hv_cpu *cpu, UINT32 vector);
-{% if actions.dispatch_idt %}
+#if HV_ACTION_DISPATCH_IDT
 /* The VMCALL RAISE_VECTOR: queue `vector` for this CPU's guest as if the
  * controller had delivered it; FALSE (and nothing queued) for a vector below
  * 32, above 255 or owned by the spec. */
 BOOLEAN hv_irq_raise(struct hv_cpu *cpu, UINT32 vector);
-{% endif %}
+#endif
 
 #endif /* UEFI_HV_INTERRUPTS_H */

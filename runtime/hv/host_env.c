@@ -1,4 +1,3 @@
-{{ generated_header }}
 /*
  * The hypervisor's own host environment: what a VM exit switches to.
  * The firmware's GDT, IDT and page tables belong to the guest from the moment
@@ -46,7 +45,7 @@ static EFI_STATUS build_host_idt(void)
     return EFI_SUCCESS;
 }
 
-{% if host_page_tables %}
+#if HV_HOST_PAGE_TABLES
 static EFI_STATUS build_host_page_tables(void)
 {
     UINT32 r[4];
@@ -72,17 +71,17 @@ static EFI_STATUS build_host_page_tables(void)
     hv.host_cr3 = (UINT64)pml4;
     return EFI_SUCCESS;
 }
-{% endif %}
+#endif
 
 EFI_STATUS hv_build_host_environment(void)
 {
     EFI_STATUS status = hv_irq_init();
     if (!EFI_ERROR(status))
         status = build_host_idt();
-{% if host_page_tables %}
+#if HV_HOST_PAGE_TABLES
     if (!EFI_ERROR(status))
         status = build_host_page_tables();
-{% endif %}
+#endif
     return status;
 }
 
@@ -157,17 +156,6 @@ UINT64 host_reg_sgdt_base(struct hv_cpu *cpu)
     lgdt(&firmware);
     write_rflags(flags);
     return seen.base;
-}
-
-/* The spec's globals, evaluated once, on the BSP, before any VMCS is
- * written; every consumer reads the global, never the VMCS (the seed). */
-void hv_capture_globals(void)
-{
-    struct hv_cpu *cpu = hv.cpus[0];
-    (void)cpu;
-{% for g in globals %}
-    hv.{{ g.name }} = {{ g.expr }};
-{% endfor %}
 }
 
 /* A fault in VMX root operation: the host has nothing to return to. */

@@ -1,4 +1,3 @@
-{{ generated_header }}
 /*
  * efi_main: the start-up sequence. Each step says what it does; any failure
  * says why, undoes everything (VMX off on every CPU, memory freed) and lets
@@ -112,7 +111,7 @@ static void report_failures(void)
 static EFI_STATUS hv_main(EFI_HANDLE image)
 {
     hv_use_firmware_console(TRUE);
-    hv_say("uefi-hv %s: VMX hypervisor generated from {{ spec_name }}\n", HV_VERSION);
+    hv_say("uefi-hv %s: VMX hypervisor generated from %s\n", HV_VERSION, HV_SPEC_NAME);
 
     /* 1. VMX at all? (QEMU TCG and AMD CPUs have none.) Nothing changed yet. */
     UINT32 r[4];
@@ -137,7 +136,7 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     hv_set_resident_image(image_copy, image_pages);
     UINT64 tsc_per_second = hv_log_calibrate();
     hv_say("uefi-hv: log from VMX root: %u lines at once, then %u a second (TSC %lu kHz)\n",
-           {{ log_burst }}U, {{ log_rate }}U, tsc_per_second / 1000);
+           (unsigned)HV_LOG_BURST, (unsigned)HV_LOG_RATE, tsc_per_second / 1000);
 
     /* 3. The host environment, the spec's globals, per-CPU memory. */
     hv.vmx_basic = rdmsr(MSR_IA32_VMX_BASIC);
@@ -146,10 +145,10 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     UINTN bsp_number = hv_who_am_i();
     if (EFI_ERROR(hv_build_host_environment()) || EFI_ERROR(hv_build_msr_bitmap()))
         return give_up(image, EFI_OUT_OF_RESOURCES);
-{% if ept %}
+#if HV_EPT
     if (EFI_ERROR(hv_build_ept()))
         return give_up(image, EFI_OUT_OF_RESOURCES);
-{% endif %}
+#endif
     shared_pages = hv_allocated_pages();
     for (UINT32 i = 0; i < hv.cpu_count; i++) {
         hv.cpus[i] = hv_alloc_pages((sizeof(struct hv_cpu) + HV_PAGE_SIZE - 1) / HV_PAGE_SIZE);
@@ -161,9 +160,9 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     bsp = hv.cpus[bsp_number < hv.cpu_count ? bsp_number : 0];
     bsp->is_bsp = TRUE;
     hv_capture_globals();
-{% for g in globals %}
-    hv_say("uefi-hv: global {{ g.name }} = 0x%lx (%s)\n", hv.{{ g.name }}, "{{ g.text }}");
-{% endfor %}
+    for (UINT32 i = 0; i < HV_GLOBAL_COUNT; i++)
+        hv_say("uefi-hv: global %s = 0x%lx (%s)\n", hv_globals[i].name, *hv_globals[i].value,
+               hv_globals[i].source);
 
     /* 4./5. Every CPU: VMX enabled, controls, host state, run-time checks. */
     hv_say("uefi-hv: preparing %u CPU(s)\n", hv.cpu_count);

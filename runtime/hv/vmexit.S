@@ -1,7 +1,7 @@
-{{ generated_header }}
 # The hypervisor's assembly: the VM-exit entry point, the launch routine,
 # the host exception stubs and the fault-tolerant MSR/XCR accessors.
-# VMCS encodings come from the spec's catalogue (vmx.h holds the same).
+
+#include "vmx.h"        /* VMCS encodings, from the spec's catalogue */
 
     .text
 
@@ -74,12 +74,12 @@ hv_vmlaunch:
     push %r13
     push %r14
     push %r15
-    mov ${{ enc.GUEST_RFLAGS }}, %rax
+    mov $GUEST_RFLAGS, %rax
     vmwrite %rdi, %rax
     lea .Lguest_starts_here(%rip), %rdx
-    mov ${{ enc.GUEST_RIP }}, %rax
+    mov $GUEST_RIP, %rax
     vmwrite %rdx, %rax
-    mov ${{ enc.GUEST_RSP }}, %rax
+    mov $GUEST_RSP, %rax
     vmwrite %rsp, %rax
     vmlaunch
     mov $1, %eax

@@ -1,8 +1,10 @@
-{{ generated_header }}
 # The seed's interrupt path, its assembly half (interrupts.c has the C half):
 # the call of a host IDT handler with a hand-built interrupt frame, and the
 # host handlers of vectors 32..255 that queue the interrupt for the guest.
-{% if actions.dispatch_idt %}
+
+#include "spec.h"
+
+#if HV_ACTION_DISPATCH_IDT
 
     .text
 
@@ -75,7 +77,7 @@ hv_irq_stub_common:
     pop %rax
     add $8, %rsp                # vector
     iretq
-{% if owned_vectors %}
+#if HV_OWNED_VECTORS
 
 # The gate of every vector the spec owns (`own`): hv_irq_owned() sends the EOI.
     .globl hv_irq_owned_stub
@@ -106,7 +108,7 @@ hv_irq_owned_stub:
     pop %rcx
     pop %rax
     iretq
-{% endif %}
-{% endif %}
+#endif /* HV_OWNED_VECTORS */
+#endif /* HV_ACTION_DISPATCH_IDT */
 
     .section .note.GNU-stack, "", @progbits

@@ -1,4 +1,3 @@
-{{ generated_header }}
 /*
  * EPT: an identity map of guest-physical to host-physical memory (SDM 29.3),
  * read/write/execute everywhere, with the memory type of each page taken
@@ -153,7 +152,7 @@ static EFI_STATUS map_1g(UINT64 *pdpt_entry, UINT64 start, BOOLEAN gib_pages)
     return EFI_SUCCESS;
 }
 
-{% if actions.init %}
+#if HV_ACTION_INIT
 /* The 4 KiB EPT entry of `gpa`, splitting large pages on the way (the
  * smaller pages keep the large page's memory type). */
 static UINT64 *ept_entry_4k(UINT64 *pml4, UINT64 gpa)
@@ -175,7 +174,7 @@ static UINT64 *ept_entry_4k(UINT64 *pml4, UINT64 gpa)
     }
     return &table[(gpa >> 12) & 511];
 }
-{% endif %}
+#endif
 
 EFI_STATUS hv_build_ept(void)
 {
@@ -212,7 +211,7 @@ EFI_STATUS hv_build_ept(void)
         if (EFI_ERROR(s))
             return s;
     }
-{% if actions.init %}
+#if HV_ACTION_INIT
     /* The local APIC page is mapped read/execute only, so that writes to it
      * (the ICR among them) exit: INIT and SIPI to virtualised CPUs are
      * emulated instead of delivered (exits.c, "INIT and SIPI"). */
@@ -220,7 +219,7 @@ EFI_STATUS hv_build_ept(void)
     if (!pte)
         return EFI_OUT_OF_RESOURCES;
     *pte = (*pte & ~(EPT_RWX | 7ULL << EPT_TYPE_SHIFT)) | 5ULL | (UINT64)MTRR_UC << EPT_TYPE_SHIFT;
-{% endif %}
+#endif
     /* EPTP (SDM 25.6.11): WB paging-structure type when supported
      * (EPT_VPID_CAP[14]), page-walk length 4 (encoded 3). */
     UINT64 walk_type = (hv.ept_vpid_cap >> 14) & 1 ? 6 : 0;

@@ -1,17 +1,13 @@
-{{ generated_header }}
 /*
  * What runs next. `uefi-hv image --chain FILE` puts FILE on the ESP and
  * writes \EFI\UEFI-HV\CHAIN.TXT next to it: line 1 the ESP path of the
  * image, line 2 its load options. Without that file, the spec's `chain`
- * option names the image{% if not chain %} (this spec has none){% endif %}; with neither, efi_main returns
+ * option names the image (HV_SPEC_CHAIN, spec.h); with neither, efi_main returns
  * and the firmware's boot manager goes on with its next boot option.
  */
 #include "hv.h"
 
 #define CHAIN_FILE L"\\EFI\\UEFI-HV\\CHAIN.TXT"
-{% if chain %}
-#define SPEC_CHAIN L"{{ chain }}"
-{% endif %}
 
 static UINTN read_chain_file(EFI_FILE_HANDLE root, char *buf, UINTN size)
 {
@@ -52,10 +48,10 @@ EFI_STATUS hv_start_next_image(EFI_HANDLE image)
     path[0] = options[0] = 0;
     if (n)
         take_line(take_line(text, path, 256), options, 512);
-{% if chain %}
+#ifdef HV_SPEC_CHAIN
     if (!path[0])
-        StrCpy(path, SPEC_CHAIN);
-{% endif %}
+        StrCpy(path, HV_SPEC_CHAIN);
+#endif
     if (!path[0]) {
         hv_say("uefi-hv: nothing to chain to; returning to the firmware's boot manager\n");
         return EFI_NOT_FOUND;
