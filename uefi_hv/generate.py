@@ -365,8 +365,8 @@ def _runtime_rules(spec):
     return check.runtime_rules(spec)
 
 
-HV_TEMPLATES = ("vmx.h", "spec.h", "hv.h", "globals.c", "log.c", "vmcs_setup.c", "checks.c",
-                "exits.c", "interrupts.c")
+HV_TEMPLATES = ("vmx.h", "spec.h", "hv.h", "globals.c", "names.c", "vmcs_setup.c", "checks.c",
+                "exits.c")
 HVCHECK_TEMPLATES = ("hvcheck.c", "irqcheck.c")
 
 

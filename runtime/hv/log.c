@@ -1,4 +1,3 @@
-{{ generated_header }}
 /*
  * Messages. Before launch, on the BSP, the hypervisor talks through the
  * firmware's console (which OVMF mirrors to COM1). In VMX root operation and
@@ -247,42 +246,20 @@ void hv_say(const char *fmt, ...)
         serial_write(buf, FALSE);
 }
 
-/* Names from the spec's catalogue (SDM Appendix C and 31.4), as one string
- * each with offsets into it: no pointer tables, no relocations. */
-static const char exit_reason_text[] =
-{% for r in exit_reasons %}
-    "{{ r.name }}\0"
-{% endfor %}
-    ;
-static const UINT16 exit_reason_at[HV_EXIT_REASON_COUNT] = {
-{% for r in exit_reasons %}
-    [{{ r.number }}] = {{ r.offset }} + 1,
-{% endfor %}
-};
-
+/* Names from the spec's catalogue (names.c), as one string each with
+ * offsets into it: no pointer tables, no relocations. */
 const char *hv_exit_reason_name(UINT32 reason)
 {
     reason &= 0xFFFF;
-    if (reason < HV_EXIT_REASON_COUNT && exit_reason_at[reason])
-        return exit_reason_text + exit_reason_at[reason] - 1;
+    if (reason < HV_EXIT_REASON_COUNT && hv_exit_reason_at[reason])
+        return hv_exit_reason_text + hv_exit_reason_at[reason] - 1;
     return "unknown";
 }
 
-static const char vm_error_text[] =
-{% for e in vm_errors %}
-    "{{ e.name }}\0"
-{% endfor %}
-    ;
-static const UINT16 vm_error_at[HV_VM_ERROR_COUNT] = {
-{% for e in vm_errors %}
-    [{{ e.number }}] = {{ e.offset }} + 1,
-{% endfor %}
-};
-
 const char *hv_vm_error_name(UINT32 number)
 {
-    if (number < HV_VM_ERROR_COUNT && vm_error_at[number])
-        return vm_error_text + vm_error_at[number] - 1;
+    if (number < HV_VM_ERROR_COUNT && hv_vm_error_at[number])
+        return hv_vm_error_text + hv_vm_error_at[number] - 1;
     return "unknown";
 }
 

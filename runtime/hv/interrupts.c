@@ -1,4 +1,3 @@
-{{ generated_header }}
 /*
  * The seed's interrupt path (docs/interrupts.md).
  *
@@ -17,7 +16,7 @@
 #include "hv.h"
 #include "cpu.h"
 #include "interrupts.h"
-{% if actions.dispatch_idt %}
+#if HV_ACTION_DISPATCH_IDT
 
 #define INTR_INFO_VALID         (1U << 31)             /* SDM 24.8.3, 24.9.2, 24.9.3 */
 #define INTR_INFO_VECTOR        0xFFU
@@ -53,22 +52,22 @@ EFI_STATUS hv_irq_init(void)
     return irq_state ? EFI_SUCCESS : EFI_OUT_OF_RESOURCES;
 }
 
-{% if owned_vectors %}
-/* The spec's `own` vectors ({% for v in owned_vectors %}{{ v | hex }}{{ ", " if not loop.last }}{% endfor %}): the hypervisor's. */
-static const UINT64 owned[4] = { {% for m in owned_masks %}{{ m | hex }}ULL{{ ", " if not loop.last }}{% endfor %} };
+#if HV_OWNED_VECTORS
+/* The spec's `own` vectors (spec.h): the hypervisor's. */
+static const UINT64 owned[4] = HV_OWNED_VECTOR_MASKS;
 extern void hv_irq_owned_stub(void);    /* interrupts.S: calls hv_irq_owned() */
 void hv_irq_owned(void);
 
-{% endif %}
+#endif
 UINT64 hv_irq_host_gate(UINT32 vector)
 {
-{% if owned_vectors %}
+#if HV_OWNED_VECTORS
     if ((owned[vector >> 6] >> (vector & 63)) & 1)
         return (UINT64)hv_irq_owned_stub;
-{% endif %}
+#endif
     return (UINT64)&hv_irq_stubs[(vector - 32) * 16];
 }
-{% if owned_vectors %}
+#if HV_OWNED_VECTORS
 
 /* A vector the hypervisor owns ends here: the exit counted it, the guest
  * never sees it, and the in-service bit the acknowledgement set is cleared
@@ -83,10 +82,11 @@ void hv_irq_owned(void)
     else
         *(volatile UINT32 *)((base & 0x000FFFFFFFFFF000ULL) + 0xB0) = 0;
 }
-{% endif %}
+#endif /* HV_OWNED_VECTORS */
 
 /* --- the dispatch: the one place the host IDT is read ---------------------
- * The gate is found through the global {{ dispatch_idt_global }}, captured once with
+ * The gate is found through the spec's global (HV_DISPATCH_IDT_BASE, hv.h:
+ * host_idt_base in the default spec), captured once with
  * SIDT (hv_capture_globals) and also what HOST_IDTR_BASE was written from: the
  * seed (KVM 2342080cd675). An external interrupt is the hottest exit there is,
  * and a VMREAD of HOST_IDTR_BASE to find the same address would be paid on
@@ -112,14 +112,7 @@ void hv_irq_exit(struct hv_cpu *cpu)
     }
     UINT32 vector = info & INTR_INFO_VECTOR;
     irq_state[cpu->index].count[vector]++;
-{% if idt_base_from_vmcs %}
-    /* BENCHMARK VARIANT (uefi-hv generate for benchmarks/bench_interrupts.py):
-     * the IDT base read back from the VMCS on every interrupt, to measure what
-     * the global saves. Never generated for a real build. */
-    const UINT64 *gate = (const UINT64 *)(vmread(HOST_IDTR_BASE) + 16 * vector);
-{% else %}
-    const UINT64 *gate = (const UINT64 *)(hv.{{ dispatch_idt_global }} + 16 * vector);
-{% endif %}
+    const UINT64 *gate = (const UINT64 *)(HV_DISPATCH_IDT_BASE + 16 * vector);
     UINT64 handler = (gate[0] & 0xFFFF) | ((gate[0] >> 48) & 0xFFFF) << 16 | (gate[1] & 0xFFFFFFFFULL) << 32;
     hv_irq_call_handler(handler);
 }
@@ -161,10 +154,10 @@ BOOLEAN hv_irq_raise(struct hv_cpu *cpu, UINT32 vector)
 {
     if (vector < 32 || vector > 255)
         return FALSE;
-{% if owned_vectors %}
+#if HV_OWNED_VECTORS
     if ((owned[vector >> 6] >> (vector & 63)) & 1)
         return FALSE;
-{% endif %}
+#endif
     irq_state[cpu->index].pending[vector >> 6] |= 1ULL << (vector & 63);
     return TRUE;
 }
@@ -237,7 +230,7 @@ void hv_irq_window_exit(struct hv_cpu *cpu)
 {
     (void)cpu;                           /* hv_irq_before_entry, at the exit's tail, injects */
 }
-{% else %}
+#else /* !HV_ACTION_DISPATCH_IDT */
 
 /* External interrupts stay with the firmware in this spec (no
  * `exit external_interrupt -> dispatch_idt`): the host IDT's vectors from 32
@@ -256,4 +249,4 @@ void hv_irq_window_exit(struct hv_cpu *cpu)
     (void)cpu;
     vmwrite(CPU_BASED_VM_EXEC_CONTROL, vmread(CPU_BASED_VM_EXEC_CONTROL) & ~(UINT64)HV_PROC_INTERRUPT_WINDOW_EXITING);
 }
-{% endif %}
+#endif /* HV_ACTION_DISPATCH_IDT */
