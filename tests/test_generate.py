@@ -100,4 +100,4 @@ def test_uefi_hv_generate_cli(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "hv" / "spec.h").is_file()
-    assert (tmp_path / "hvcheck" / "hvcheck.c").is_file()
+    assert (tmp_path / "hvcheck" / "hvcheck.h").is_file()

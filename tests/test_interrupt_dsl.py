@@ -49,9 +49,9 @@ def test_owned_vectors_get_the_hypervisors_gate(tmp_path):
     assert re.search(r"^#define HV_OWNED_VECTORS +1$", spec_h, re.M)
     assert re.search(r"^#define HV_OWNED_VECTOR_MASKS +\{ 0x0ULL, 0x1ULL, 0x0ULL, 0x100000000000000ULL \}$",
                      spec_h, re.M)
-    check = (tmp_path / "out" / "hvcheck" / "irqcheck.c").read_text()
-    assert re.search(r"#define OWNED_VECTOR 0xF8\b", check)
-    assert re.search(r"#define IPI_VECTOR 0xF0\b", check)
+    check = (tmp_path / "out" / "hvcheck" / "hvcheck.h").read_text()
+    assert re.search(r"#define OWNED_VECTOR +0xF8\b", check)
+    assert re.search(r"#define IPI_VECTOR +0xF0\b", check)
 
 
 def test_the_shipped_example_owns_nothing(tmp_path):

@@ -367,7 +367,7 @@ def _runtime_rules(spec):
 
 HV_TEMPLATES = ("vmx.h", "spec.h", "hv.h", "globals.c", "names.c", "vmcs_setup.c", "checks.c",
                 "exits.c")
-HVCHECK_TEMPLATES = ("hvcheck.c", "irqcheck.c")
+HVCHECK_TEMPLATES = ("hvcheck.h", "hvcheck_names.c")
 
 
 def runtime_sources(program: str) -> list[Path]:

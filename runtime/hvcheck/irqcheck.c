@@ -1,4 +1,3 @@
-{{ generated_header }}
 /*
  * hvcheck's interrupt checks (docs/interrupts.md), for specs with the seed's
  * interrupt path (`exit external_interrupt -> dispatch_idt`): the firmware's
@@ -8,29 +7,14 @@
  * when interrupts are off, and the cost of an interrupt round trip next to a
  * CPUID exit, in TSC ticks.
  */
-#include <efi.h>
-#include <efilib.h>
+#include "hvcheck.h"
 
-void hvcheck_vmcall(UINT64 function, UINT64 rbx, UINT64 rcx, UINT64 out[4]);
-void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total);
-void hvcheck_irq_summary(UINTN count);
+#if HV_ACTION_DISPATCH_IDT
 
-#define VMCALL_RAISE_VECTOR ({{ vmcall.base | hex }}ULL + {% for fn in vmcall.functions if fn.name == "RAISE_VECTOR" %}{{ fn.number }}{% endfor %})
-#define RAISE_VECTOR {{ guest_raise_vector | hex }}              /* the one hvcheck raises: unused by OVMF */
-{% if actions.dispatch_idt %}
-
-#define VMCALL_GET_IRQ_COUNT ({{ vmcall.base | hex }}ULL + {% for fn in vmcall.functions if fn.name == "GET_IRQ_COUNT" %}{{ fn.number }}{% endfor %})
 #define MAX_CPUS 64
-#define IPI_VECTOR {{ guest_probe_vector | hex }}                 /* unused by OVMF, not the hypervisor's */
-{% if owned_vectors %}
-#define OWNED_VECTOR {{ owned_vectors[-1] | hex }}               /* the spec's `own`: never the guest's */
 #define OWNED_COUNT 8
-{% endif %}
 #define IPI_COUNT 32
 #define CPUID_COUNT 32
-#define VMCALL_GET_EXIT_COUNT ({{ vmcall.base | hex }}ULL + {% for fn in vmcall.functions if fn.name == "GET_EXIT_COUNT" %}{{ fn.number }}{% endfor %})
-#define VMCALL_BAD_ARGUMENT 0xFFFFFFFFFFFFFFFEULL
-#define EXIT_INTERRUPT_WINDOW {{ reason_number.interrupt_window }}
 #define APIC_EOI 0xB0
 #define APIC_ICR_LOW 0x300
 
@@ -123,7 +107,7 @@ static void self_ipis(struct ipi_result *r)
     *gate = ours;
     r->ipi_min = r->cpuid_min = ~0ULL;
     __asm__ volatile("pushfq; popq %0; sti" : "=r"(flags) :: "memory");
-{% if owned_vectors %}
+#if HV_OWNED_VECTORS
     /* A vector the hypervisor owns: counted, never delivered here (the
      * handler is in this IDT too, to see it if it were). Its EOI is the
      * hypervisor's: without it the guest's IPIs below, of the same or a lower
@@ -141,7 +125,7 @@ static void self_ipis(struct ipi_result *r)
     r->owned_seen = hvcheck_ipi_seen;
     hvcheck_ipi_seen = 0;
     *owned_gate = owned_saved;
-{% endif %}
+#endif
     UINT64 before = irq_count(IPI_VECTOR, ~0ULL);
     for (UINT32 i = 0; i < IPI_COUNT; i++) {
         UINT64 seen = hvcheck_ipi_seen, t0 = rdtsc(), spins = 0;
@@ -252,7 +236,11 @@ static void raised_vector(struct ipi_result *r)
 
     /* Exceptions, vectors that do not exist and the spec's own: refused, and
      * nothing delivered. */
-    static const UINT64 refused[] = { 0, 31, 256, 0x100000000ULL + RAISE_VECTOR{% if owned_vectors %}, OWNED_VECTOR{% endif %} };
+    static const UINT64 refused[] = { 0, 31, 256, 0x100000000ULL + RAISE_VECTOR,
+#if HV_OWNED_VECTORS
+                                      OWNED_VECTOR,
+#endif
+    };
     r->refused = TRUE;
     for (UINT32 i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         hvcheck_vmcall(VMCALL_RAISE_VECTOR, refused[i], 0, out);
@@ -380,16 +368,17 @@ void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
                     && r->direct_exits == 0, passed, total);
         Print(L" (status 0x%lx; handled %ld when it returned, %ld in all; interrupt-window exits %ld)\n",
               r->direct_status, r->direct_on_return, r->direct_seen, r->direct_exits);
-        line(i, "RAISE_VECTOR refuses exceptions, vectors past 255{% if owned_vectors %} and the hypervisor's own{% endif %} (bad argument)",
+        line(i, HV_OWNED_VECTORS ? "RAISE_VECTOR refuses exceptions, vectors past 255 and the hypervisor's own (bad argument)"
+                                 : "RAISE_VECTOR refuses exceptions, vectors past 255 (bad argument)",
              r->ran && r->refused, passed, total);
         Print(L"\n");
-{% if owned_vectors %}
+#if HV_OWNED_VECTORS
         line(i, "self-IPIs on the hypervisor's vector stay in the hypervisor (exits counted, none handled)",
              r->ran && r->owned_sent == OWNED_COUNT && r->owned_exits == OWNED_COUNT && r->owned_seen == 0,
              passed, total);
         Print(L" (sent %ld, handled %ld, exits on 0x%x %ld)\n", r->owned_sent, r->owned_seen, OWNED_VECTOR,
               r->owned_exits);
-{% endif %}
+#endif
     }
     for (UINTN i = 0; i < count && i < MAX_CPUS; i++) {
         struct ipi_result *r = &ipi_results[i];
@@ -417,9 +406,7 @@ void hvcheck_irq_summary(UINTN count)
         Print(shown ? L"\n" : L" none\n");
     }
 }
-{% else %}
-
-#define VMCALL_UNKNOWN 0xFFFFFFFFFFFFFFFFULL
+#else /* !HV_ACTION_DISPATCH_IDT */
 
 /* This spec leaves external interrupts with the firmware: no queue, so the
  * hypervisor has no way to raise a vector either (docs/vmcall.md). */
@@ -436,4 +423,4 @@ void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
 }
 
 void hvcheck_irq_summary(UINTN count) { (void)count; }
-{% endif %}
+#endif /* HV_ACTION_DISPATCH_IDT */

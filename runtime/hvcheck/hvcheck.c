@@ -1,44 +1,14 @@
-{{ generated_header }}
 /*
  * hvcheck.efi: the hypervisor's self-test, run as its guest (chained by
- * BOOTX64.EFI). Generated from the same spec, so it knows the signature,
- * the VMCALL numbers and the exit reasons. On every CPU (APs through MP
+ * BOOTX64.EFI). hvcheck.h, generated from the same spec, gives it the
+ * signature, the VMCALL numbers and the exit reasons. On every CPU (APs through MP
  * services) it checks what the guest must see; on the BSP also that UEFI
  * still works. One line per check, then HVCHECK: PASS or FAIL, power off.
  */
-#include <efi.h>
-#include <efilib.h>
+#include "hvcheck.h"
 
-#define SIGNATURE_EBX {{ signature_regs[0] | hex(8) }}U
-#define SIGNATURE_ECX {{ signature_regs[1] | hex(8) }}U
-#define SIGNATURE_EDX {{ signature_regs[2] | hex(8) }}U
-#define VMCALL_BASE {{ vmcall.base | hex }}ULL
-{% for fn in vmcall.functions %}
-#define VMCALL_{{ fn.name }} (VMCALL_BASE + {{ fn.number }})
-{% endfor %}
-#define VMCALL_PONG {{ vmcall.pong | hex }}ULL
-#define EXIT_CPUID {{ reason_number.cpuid }}
-#define EXIT_VMCALL {{ reason_number.vmcall }}
-#define EXIT_VMXON {{ reason_number.vmxon }}
-#define EXIT_RDMSR {{ reason_number.rdmsr }}
-#define EXIT_WRMSR {{ reason_number.wrmsr }}
-#define EXIT_XSETBV {{ reason_number.xsetbv }}
 #define MAX_CPUS 64
 #define MAX_CHECKS 20
-
-void hvcheck_vmcall(UINT64 function, UINT64 rbx, UINT64 rcx, UINT64 out[4]);
-UINT64 hvcheck_try_vmxon(void);
-UINT64 hvcheck_try_wrmsr(UINT32 msr, UINT64 value);
-extern void hvcheck_ud_handler(void);
-extern void hvcheck_gp_handler(void);
-void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total);   /* irqcheck.c */
-void hvcheck_irq_summary(UINTN count);
-
-static const struct { UINT32 number; const char *name; } exit_reasons[] = {
-{% for r in exit_reasons %}
-    { {{ r.number }}, "{{ r.name }}" },
-{% endfor %}
-};
 
 struct check { const char *name; BOOLEAN ok; char detail[96]; };
 struct cpu_result { UINT32 count; struct check checks[MAX_CHECKS]; };
@@ -135,7 +105,7 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     record(r, "hypervisor-present bit CPUID.1:ECX[31]", (c[2] >> 31) & 1, "ECX = 0x%x", c[2], 0);
     record(r, "VMX hidden CPUID.1:ECX[5]", !((c[2] >> 5) & 1), "ECX = 0x%x", c[2], 0);
     cpuid(0x40000000U, c);
-    record(r, "signature \"{{ identity.signature }}\" at CPUID 0x40000000",
+    record(r, "signature \"" HV_SIGNATURE "\" at CPUID 0x40000000",
            c[1] == SIGNATURE_EBX && c[2] == SIGNATURE_ECX && c[3] == SIGNATURE_EDX && c[0] >= 0x40000000U,
            "EAX = 0x%x, EBX = 0x%x", c[0], c[1]);
 
@@ -177,7 +147,7 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     /* Writing a VMX capability MSR faults, as on a CPU without VMX. */
     before = exit_count(EXIT_WRMSR);
     saved = set_gate(13, hvcheck_gp_handler);
-    UINT64 gp = hvcheck_try_wrmsr({{ msr.IA32_VMX_BASIC | hex }}, 0);   /* IA32_VMX_BASIC */
+    UINT64 gp = hvcheck_try_wrmsr(MSR_IA32_VMX_BASIC, 0);
     restore_gate(13, saved);
     after = exit_count(EXIT_WRMSR);
     record(r, "WRMSR IA32_VMX_BASIC raises #GP", gp == 1 && after - before == 1,
@@ -326,10 +296,11 @@ static void power_off(void)
 EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
 {
     InitializeLib(image, system_table);
-    Print(L"hvcheck: self-test of the {{ identity.name }} hypervisor {{ identity.version }}\n");
+    Print(L"hvcheck: self-test of the %a hypervisor %a\n", HV_NAME, HV_VERSION);
     if (!hypervisor_present()) {
         /* Still show that the firmware works (after a refused start-up). */
-        Print(L"hvcheck: no uefi-hv hypervisor present (no signature \"{{ identity.signature }}\" at CPUID 0x40000000)\n");
+        Print(L"hvcheck: no uefi-hv hypervisor present (no signature \"%a\" at CPUID 0x40000000)\n",
+              HV_SIGNATURE);
         UINT32 passed = 0, total = 0;
         check_uefi(&results[0], image);
         print_result(0, &results[0], &passed, &total);
@@ -373,10 +344,10 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
           virtualised, count, passed, total);
     for (UINTN i = 0; i < count; i++) {
         Print(L"hvcheck: cpu %d exits by reason:", i);
-        for (UINTN k = 0; k < sizeof exit_reasons / sizeof exit_reasons[0]; k++) {
-            hvcheck_vmcall(VMCALL_GET_EXIT_COUNT, exit_reasons[k].number, i, out);
+        for (UINTN k = 0; k < HVCHECK_EXIT_REASON_COUNT; k++) {
+            hvcheck_vmcall(VMCALL_GET_EXIT_COUNT, hvcheck_exit_reasons[k].number, i, out);
             if (out[0] == 0 && out[1])
-                Print(L" %a=%ld", exit_reasons[k].name, out[1]);
+                Print(L" %a=%ld", hvcheck_exit_reasons[k].name, out[1]);
         }
         hvcheck_vmcall(VMCALL_GET_EXIT_TOTAL, i, 0, out);
         Print(L" (total %ld)\n", out[1]);
