@@ -365,8 +365,8 @@ def _runtime_rules(spec):
     return check.runtime_rules(spec)
 
 
-HV_TEMPLATES = ("vmx.h", "spec.h", "hv.h", "globals.c", "names.c", "vmcs_setup.c", "checks.c",
-                "exits.c")
+HV_TEMPLATES = ("vmx.h", "spec.h", "hv.h", "globals.c", "names.c", "dispatch.c", "vmcs_setup.c",
+                "checks.c")
 HVCHECK_TEMPLATES = ("hvcheck.h", "hvcheck_names.c")
 
 

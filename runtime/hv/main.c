@@ -160,9 +160,8 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     bsp = hv.cpus[bsp_number < hv.cpu_count ? bsp_number : 0];
     bsp->is_bsp = TRUE;
     hv_capture_globals();
-    for (UINT32 i = 0; i < HV_GLOBAL_COUNT; i++)
-        hv_say("uefi-hv: global %s = 0x%lx (%s)\n", hv_globals[i].name, *hv_globals[i].value,
-               hv_globals[i].source);
+    for (const struct hv_global *g = hv_globals; g->name; g++)
+        hv_say("uefi-hv: global %s = 0x%lx (%s)\n", g->name, *g->value, g->source);
 
     /* 4./5. Every CPU: VMX enabled, controls, host state, run-time checks. */
     hv_say("uefi-hv: preparing %u CPU(s)\n", hv.cpu_count);

@@ -1,20 +1,14 @@
-{{ generated_header }}
 /*
- * VM exits: one dispatch table generated from the spec's `exit` statements,
- * a counter per reason per CPU, and the actions the spec can name. Runs in
- * VMX root operation: no UEFI service may be called from here.
+ * VM exits: the actions the spec can name (hv_action_*, each built when the
+ * spec uses it: HV_ACTION_* in spec.h), the dispatch through the table
+ * generated from the spec's `exit` statements (dispatch.c), and a counter per
+ * reason per CPU. Runs in VMX root operation: no UEFI service may be called
+ * from here.
  */
 #include "hv.h"
 #include "cpu.h"
+#include "exits.h"
 #include "interrupts.h"
-
-enum hv_exit_result {
-    HV_RESUME_NEXT,      /* the instruction is done: advance GUEST_RIP */
-    HV_RESUME_SAME,      /* re-enter at the same RIP (an event was injected, or state reset) */
-    HV_STOP              /* log already written: power the machine off */
-};
-
-typedef enum hv_exit_result (*hv_exit_action)(struct hv_cpu *cpu, struct hv_guest_regs *regs);
 
 #define X86_CR0_PE (1ULL << 0)
 #define X86_CR0_PG (1ULL << 31)
@@ -57,15 +51,15 @@ static void log_guest_state(struct hv_cpu *cpu)
 
 /* --- actions ------------------------------------------------------------ */
 
-{% if actions.cpuid %}
+#if HV_ACTION_CPUID
 /* CPUID (SDM 26.1.2: exits unconditionally). Leaf 1 says a hypervisor is
  * present (ECX[31]) and hides what the spec hides; 0x40000000 is ours. */
-static enum hv_exit_result action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)cpu;
     UINT32 leaf = (UINT32)regs->rax, subleaf = (UINT32)regs->rcx, r[4] = { 0, 0, 0, 0 };
     if ((leaf & 0xFFFFFF00U) == 0x40000000U) {
-{% if cpuid.signature %}
+#if HV_CPUID_SIGNATURE
         if (leaf == 0x40000000U) {
             r[0] = HV_CPUID_MAX_LEAF;
             r[1] = HV_SIGNATURE_EBX;
@@ -74,17 +68,16 @@ static enum hv_exit_result action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs
         } else if (leaf == 0x40000001U) {
             r[0] = HV_VERSION_NUMBER;
         }
-{% else %}
+#else
         cpuid(leaf, subleaf, r);
-{% endif %}
+#endif
     } else {
         cpuid(leaf, subleaf, r);
         if (leaf == 1)
             r[2] |= 1U << 31;                /* hypervisor present */
-{% for h in cpuid.hide %}
-        if (leaf == {{ h.leaf | hex }})
-            r[{{ h.reg_index }}] &= ~(1U << {{ h.bit }});   /* hide {{ h.name }}: CPUID.{{ h.leaf | hex }}:{{ h.reg | upper }}[{{ h.bit }}] */
-{% endfor %}
+        for (const struct hv_cpuid_bit *hide = hv_cpuid_hidden; hide->name; hide++)
+            if (leaf == hide->leaf)
+                r[hide->reg] &= ~(1U << hide->bit);
     }
     regs->rax = r[0];
     regs->rbx = r[1];
@@ -92,36 +85,23 @@ static enum hv_exit_result action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs
     regs->rdx = r[3];
     return HV_RESUME_NEXT;
 }
-{% endif %}
+#endif
 
-{% if actions.msr %}
+#if HV_ACTION_MSR
 /* RDMSR/WRMSR: the spec's msr_bitmap intercepts; anything else that exits
  * (MSRs outside the bitmap's ranges) is executed for the guest, and a #GP
  * it raises in the host is reflected as #GP(0). */
-enum hv_msr_action { MSR_FEATURE_CONTROL_LOCKED, MSR_INJECT_GP, MSR_PASSTHROUGH_LOG };
-
-static const struct {
-    UINT32 first, last;
-    BOOLEAN write;
-    enum hv_msr_action action;
-} msr_intercepts[] = {
-{% for m in msr_intercepts %}
-    { {{ m.first | hex }}, {{ m.last | hex }}, {{ "TRUE" if m.write else "FALSE" }}, {{ m.enum }} },
-{% endfor %}
-    { 0, 0, FALSE, MSR_PASSTHROUGH_LOG }      /* end */
-};
-#define MSR_INTERCEPT_COUNT {{ msr_intercepts | length }}
 
 static enum hv_exit_result msr_access(struct hv_cpu *cpu, struct hv_guest_regs *regs, BOOLEAN write)
 {
     UINT32 msr = (UINT32)regs->rcx;
     UINT64 value = (regs->rdx & 0xFFFFFFFFULL) << 32 | (regs->rax & 0xFFFFFFFFULL);
     int rule = -1;
-    for (int i = 0; i < MSR_INTERCEPT_COUNT; i++)
-        if (msr_intercepts[i].write == write && msr >= msr_intercepts[i].first && msr <= msr_intercepts[i].last)
+    for (int i = 0; i < HV_MSR_INTERCEPT_COUNT; i++)
+        if (hv_msr_intercepts[i].write == write && msr >= hv_msr_intercepts[i].first && msr <= hv_msr_intercepts[i].last)
             rule = i;
     if (rule >= 0) {
-        switch (msr_intercepts[rule].action) {
+        switch (hv_msr_intercepts[rule].action) {
         case MSR_FEATURE_CONTROL_LOCKED:
             /* Locked, VMX off in and outside SMX: as firmware that disabled
              * VT-x leaves it; writing a locked MSR faults (SDM 23.7). */
@@ -159,7 +139,7 @@ static enum hv_exit_result msr_access(struct hv_cpu *cpu, struct hv_guest_regs *
     return HV_RESUME_NEXT;
 }
 
-static enum hv_exit_result action_msr(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_msr(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     return msr_access(cpu, regs, (vmread(VM_EXIT_REASON) & 0xFFFF) == EXIT_REASON_WRMSR);
 }
@@ -179,26 +159,26 @@ static void msr_bitmap_set(UINT32 msr, BOOLEAN write)
     UINT32 n = msr & 0x1FFF;
     hv.msr_bitmap[offset + n / 8] |= (UINT8)(1U << (n % 8));
 }
-{% endif %}
+#endif
 
 EFI_STATUS hv_build_msr_bitmap(void)
 {
     hv.msr_bitmap = hv_alloc_pages(1);      /* all clear: no MSR exits */
     if (!hv.msr_bitmap)
         return EFI_OUT_OF_RESOURCES;
-{% if actions.msr %}
-    for (int i = 0; i < MSR_INTERCEPT_COUNT; i++)
-        for (UINT64 msr = msr_intercepts[i].first; msr <= msr_intercepts[i].last; msr++)
-            msr_bitmap_set((UINT32)msr, msr_intercepts[i].write);
-{% endif %}
+#if HV_ACTION_MSR
+    for (int i = 0; i < HV_MSR_INTERCEPT_COUNT; i++)
+        for (UINT64 msr = hv_msr_intercepts[i].first; msr <= hv_msr_intercepts[i].last; msr++)
+            msr_bitmap_set((UINT32)msr, hv_msr_intercepts[i].write);
+#endif
     return EFI_SUCCESS;
 }
 
-{% if actions.vmcall %}
+#if HV_ACTION_VMCALL
 /* The VMCALL interface, docs/vmcall.md. Only CPL 0 may call it; the CPL is
  * the DPL of SS (SDM 5.5). A VMCALL that is not ours raises #UD, as it does
  * on a machine without a hypervisor. */
-static enum hv_exit_result action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     if ((vmread(GUEST_SS_AR_BYTES) >> 5) & 3) {
         hv_inject_exception(VECTOR_UD, FALSE, 0);
@@ -266,7 +246,7 @@ static enum hv_exit_result action_vmcall(struct hv_cpu *cpu, struct hv_guest_reg
         regs->rdx = count;
         break;
     }
-{% if actions.dispatch_idt %}
+#if HV_ACTION_DISPATCH_IDT
     case HV_VMCALL_RAISE_VECTOR:
         /* Queued like an acknowledged interrupt; the tail of this exit
          * injects it or opens the interrupt window (interrupts.c). Without
@@ -274,7 +254,7 @@ static enum hv_exit_result action_vmcall(struct hv_cpu *cpu, struct hv_guest_reg
         if (regs->rbx > 255 || !hv_irq_raise(cpu, (UINT32)regs->rbx))
             status = HV_VMCALL_BAD_ARGUMENT;
         break;
-{% endif %}
+#endif
     case HV_VMCALL_DEVIRTUALIZE:
         regs->rax = HV_VMCALL_OK;
         hv_log("uefi-hv: cpu %u: devirtualised at the guest's request\n", cpu->index);
@@ -286,12 +266,12 @@ static enum hv_exit_result action_vmcall(struct hv_cpu *cpu, struct hv_guest_reg
     regs->rax = status;
     return HV_RESUME_NEXT;
 }
-{% endif %}
+#endif
 
-{% if actions.xsetbv %}
+#if HV_ACTION_XSETBV
 /* XSETBV (SDM 26.1.2: exits unconditionally): executed for the guest; an
  * invalid XCR0 value raises #GP in the host, which becomes the guest's. */
-static enum hv_exit_result action_xsetbv(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_xsetbv(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)cpu;
     UINT64 value = (regs->rdx & 0xFFFFFFFFULL) << 32 | (regs->rax & 0xFFFFFFFFULL);
@@ -307,42 +287,42 @@ static enum hv_exit_result action_xsetbv(struct hv_cpu *cpu, struct hv_guest_reg
     }
     return HV_RESUME_NEXT;
 }
-{% endif %}
+#endif
 
-{% if actions.invd %}
+#if HV_ACTION_INVD
 /* INVD would drop the host's dirty cache lines too: write them back instead. */
-static enum hv_exit_result action_invd(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_invd(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)cpu;
     (void)regs;
     wbinvd();
     return HV_RESUME_NEXT;
 }
-{% endif %}
+#endif
 
-{% if actions.inject_ud %}
+#if HV_ACTION_INJECT_UD
 /* VMX instructions in the guest: the guest sees no VMX, so #UD (SDM 31.3). */
-static enum hv_exit_result action_inject_ud(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_inject_ud(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)cpu;
     (void)regs;
     hv_inject_exception(VECTOR_UD, FALSE, 0);
     return HV_RESUME_SAME;
 }
-{% endif %}
+#endif
 
-{% if actions.triple_fault %}
-static enum hv_exit_result action_triple_fault(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+#if HV_ACTION_TRIPLE_FAULT
+enum hv_exit_result hv_action_triple_fault(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     hv_log_fatal("uefi-hv: cpu %u: the guest triple-faulted (shutdown), RAX 0x%lx RBX 0x%lx RCX 0x%lx RDX 0x%lx\n",
                  cpu->index, regs->rax, regs->rbx, regs->rcx, regs->rdx);
     log_guest_state(cpu);
     return HV_STOP;
 }
-{% endif %}
+#endif
 
-{% if actions.log_shutdown %}
-static enum hv_exit_result action_log_shutdown(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+#if HV_ACTION_LOG_SHUTDOWN
+enum hv_exit_result hv_action_log_shutdown(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)regs;
     UINT32 reason = (UINT32)vmread(VM_EXIT_REASON) & 0xFFFF;
@@ -351,9 +331,9 @@ static enum hv_exit_result action_log_shutdown(struct hv_cpu *cpu, struct hv_gue
     log_guest_state(cpu);
     return HV_STOP;
 }
-{% endif %}
+#endif
 
-{% if actions.init or actions.sipi %}
+#if HV_ACTION_INIT || HV_ACTION_SIPI
 /* A processor after INIT (SDM 10.4.7.3 / 9.1.1 Table 9-1), as the guest
  * sees it: real mode at F000:FFF0. With unrestricted guest, PE and PG are
  * exempt from the CR0 fixed bits (SDM 26.3.1.1); the rest still apply. */
@@ -402,25 +382,25 @@ static void reset_guest_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *
     hv_zero(regs, sizeof *regs);
     regs->rdx = r[0];                                 /* EDX = processor signature */
 }
-{% endif %}
+#endif
 
-{% if actions.init %}
+#if HV_ACTION_INIT
 /* INIT in VMX non-root operation exits (SDM 26.2) instead of resetting the
  * CPU: emulate it, then wait for the SIPI (activity state 3, SDM 25.4.2).
  * OVMF's MP services wake APs with INIT-SIPI-SIPI even after they became
  * guests, so this is needed from the first MP call after launch. */
-static enum hv_exit_result action_init(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_init(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     reset_guest_to_init_state(cpu, regs);
     vmwrite(GUEST_ACTIVITY_STATE, 3);
     return HV_RESUME_SAME;
 }
-{% endif %}
+#endif
 
-{% if actions.sipi %}
+#if HV_ACTION_SIPI
 /* SIPI in wait-for-SIPI: start in real mode at vector << 12, CS = vector << 8
  * (SDM 10.4.4.1, 27.2.1: the vector is in the exit qualification). */
-static enum hv_exit_result action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)regs;
     (void)cpu;
@@ -435,10 +415,10 @@ static enum hv_exit_result action_sipi(struct hv_cpu *cpu, struct hv_guest_regs 
     vmwrite(GUEST_PENDING_DBG_EXCEPTIONS, 0);
     return HV_RESUME_SAME;
 }
-{% endif %}
+#endif
 
 
-{% if actions.init %}
+#if HV_ACTION_INIT
 /* --- INIT and SIPI, emulated ------------------------------------------------
  * OVMF's MP services wake APs with INIT-SIPI-SIPI for every call, also after
  * they became guests. A real INIT to a guest only causes an INIT VM exit
@@ -627,7 +607,7 @@ static enum hv_exit_result start_at_sipi(struct hv_cpu *cpu, struct hv_guest_reg
  * for the OS's INIT-SIPI-SIPI): a recorded SIPI starts the CPU; otherwise
  * MWAIT returns at once, which it may always do (SDM Vol. 2B, MWAIT), and the
  * loop comes back here. */
-static enum hv_exit_result action_mwait_idle(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_mwait_idle(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     UINT32 sipi = __atomic_load_n(&cpu->sipi_vector, __ATOMIC_SEQ_CST);
     if (sipi & 0x100)
@@ -640,7 +620,7 @@ static enum hv_exit_result action_mwait_idle(struct hv_cpu *cpu, struct hv_guest
  * halts (activity state HLT). With interrupts off ("cli; hlt", the MP
  * services' idle loop) only INIT-SIPI wakes it: wait here for the emulated
  * one, then start at the SIPI vector as a CPU does (SDM 10.4.4.1). */
-static enum hv_exit_result action_wait_for_sipi(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_wait_for_sipi(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     if (vmread(GUEST_RFLAGS) & (1ULL << 9)) {
         advance_rip();
@@ -652,14 +632,14 @@ static enum hv_exit_result action_wait_for_sipi(struct hv_cpu *cpu, struct hv_gu
         cpu_pause();
     return start_at_sipi(cpu, regs, sipi);
 }
-{% endif %}
+#endif
 
-{% if actions.cr_access %}
+#if HV_ACTION_CR_ACCESS
 /* MOV to CR4 exits when it would change CR4.VMXE, which the guest does not
  * own (CR4_GUEST_HOST_MASK, SDM 25.6.6): the guest has no VMX, so setting
  * VMXE faults as on such a CPU; other changes are made with the VMX fixed
  * bits kept (SDM 27.1.3, exit qualification Table 28-3). */
-static enum hv_exit_result action_cr_access(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_cr_access(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     UINT64 q = vmread(EXIT_QUALIFICATION);
     UINT32 cr = q & 15, type = (q >> 4) & 3, reg = (q >> 8) & 15;
@@ -677,35 +657,29 @@ static enum hv_exit_result action_cr_access(struct hv_cpu *cpu, struct hv_guest_
     log_guest_state(cpu);
     return HV_STOP;
 }
-{% endif %}
+#endif
 
-{% if actions.dispatch_idt %}
+#if HV_ACTION_DISPATCH_IDT
 /* An external interrupt, acknowledged on exit: interrupts.c, the seed's path. */
-static enum hv_exit_result action_dispatch_idt(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_dispatch_idt(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)regs;
     hv_irq_exit(cpu);
     return HV_RESUME_SAME;
 }
-{% endif %}
+#endif
 
-{% if actions.inject_pending %}
+#if HV_ACTION_INJECT_PENDING
 /* The interrupt window opened: hv_irq_before_entry() injects what waits. */
-static enum hv_exit_result action_inject_pending(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+enum hv_exit_result hv_action_inject_pending(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)regs;
     hv_irq_window_exit(cpu);
     return HV_RESUME_SAME;
 }
-{% endif %}
+#endif
 
-/* --- the dispatch table (from the spec) ------------------------------------ */
-
-static const hv_exit_action exit_actions[HV_EXIT_REASON_COUNT] = {
-{% for e in exits %}
-    [EXIT_REASON_{{ e.reason | upper }}] = action_{{ e.action }},
-{% endfor %}
-};
+/* --- the dispatch (the table is dispatch.c, from the spec) ------------------ */
 
 void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
 {
@@ -722,12 +696,12 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
     hv_exit_action action = NULL;
     if (reason < HV_EXIT_REASON_COUNT) {
         cpu->exit_count[reason]++;
-        action = exit_actions[reason];
+        action = hv_exit_actions[reason];
     }
-{% if actions.init %}
+#if HV_ACTION_INIT
     if (reason == EXIT_REASON_EPT_VIOLATION && emulate_apic_write(cpu, regs))
         return;
-{% endif %}
+#endif
     if (!action) {
         hv_log_fatal("uefi-hv: cpu %u: unhandled VM exit %u (%s), qualification 0x%lx: stopping the machine\n",
                      cpu->index, reason, hv_exit_reason_name(reason), vmread(EXIT_QUALIFICATION));
@@ -743,9 +717,9 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
     case HV_STOP:
         hv_power_off();
     }
-{% if actions.dispatch_idt %}
+#if HV_ACTION_DISPATCH_IDT
     hv_irq_before_entry(cpu);
-{% endif %}
+#endif
 }
 
 void hv_vmresume_failed(struct hv_cpu *cpu)

@@ -1,0 +1,38 @@
+/*
+ * What the exit actions (exits.c) and the tables generated from the spec's
+ * `exit` statements and msr_bitmap (dispatch.c) share.
+ */
+#ifndef UEFI_HV_EXITS_H
+#define UEFI_HV_EXITS_H
+
+#include "hv.h"
+
+enum hv_exit_result {
+    HV_RESUME_NEXT,      /* the instruction is done: advance GUEST_RIP */
+    HV_RESUME_SAME,      /* re-enter at the same RIP (an event was injected, or state reset) */
+    HV_STOP              /* log already written: power the machine off */
+};
+
+typedef enum hv_exit_result (*hv_exit_action)(struct hv_cpu *cpu, struct hv_guest_regs *regs);
+
+/* The dispatch table: the action of each exit reason the spec handles. */
+extern const hv_exit_action hv_exit_actions[HV_EXIT_REASON_COUNT];
+
+/* An msr_bitmap intercept: RDMSR or WRMSR of first..last exits and gets `action`. */
+enum hv_msr_action { MSR_FEATURE_CONTROL_LOCKED, MSR_INJECT_GP, MSR_PASSTHROUGH_LOG };
+struct hv_msr_intercept {
+    UINT32 first, last;
+    BOOLEAN write;
+    enum hv_msr_action action;
+};
+extern const struct hv_msr_intercept hv_msr_intercepts[HV_MSR_INTERCEPT_COUNT + 1];
+
+/* A CPUID feature bit the spec hides (`exit cpuid { hide ... }`): register
+ * 0..3 is EAX, EBX, ECX, EDX. The table ends with a NULL name. */
+struct hv_cpuid_bit {
+    const char *name;
+    UINT32 leaf, reg, bit;
+};
+extern const struct hv_cpuid_bit hv_cpuid_hidden[];
+
+#endif /* UEFI_HV_EXITS_H */
