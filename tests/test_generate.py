@@ -71,9 +71,9 @@ def test_every_run_time_rule_becomes_a_named_check(tmp_path):
     from uefi_hv.parse import load_spec
 
     generate_hypervisor(DEFAULT, tmp_path, check=True)
-    checks_c = (tmp_path / "hv" / "checks.c").read_text()
-    for rule in runtime_rules(load_spec(DEFAULT)):
-        assert f'"{rule.id}"' in checks_c
+    rules_c = (tmp_path / "hv" / "rules.c").read_text()
+    table = re.findall(r'\{ HV_RULE_(\w+), "([^"]+)", "([^"]+)",', rules_c)
+    assert table == [(r.kind.upper(), r.id, r.section) for r in runtime_rules(load_spec(DEFAULT))]
 
 
 def test_generated_c_compiles_with_werror(tmp_path):

@@ -338,6 +338,7 @@ def hypervisor_context(spec, idt_base_from_vmcs: bool = False) -> dict:
         "guest_raise_vector": guest_vectors[1],
         "msr_intercepts": msr_intercepts,
         "rules": rules,
+        "rule_kinds": list(model.RUNTIME_RULE_KINDS),
         "signature_regs": signature_regs,
         "version_number": major << 16 | minor << 8 | patch,
         "vmcall": {"base": VMCALL_BASE, "pong": VMCALL_PONG,
@@ -365,8 +366,8 @@ def _runtime_rules(spec):
     return check.runtime_rules(spec)
 
 
-HV_TEMPLATES = ("vmx.h", "spec.h", "hv.h", "globals.c", "names.c", "dispatch.c", "vmcs_setup.c",
-                "checks.c")
+HV_TEMPLATES = ("vmx.h", "spec.h", "hv.h", "globals.c", "names.c", "dispatch.c", "rules.c",
+                "vmcs_setup.c")
 HVCHECK_TEMPLATES = ("hvcheck.h", "hvcheck_names.c")
 
 
