@@ -53,7 +53,7 @@ def test_no_generated_source_vmreads_the_host_idt_base(tmp_path):
     text = "\n".join(p.read_text() for files in built.values() for p in files)
     assert not re.search(r"vmread\s*\(\s*HOST_IDTR_BASE", text, re.I)
     # ... and HOST_IDTR_BASE is written from the global, captured once.
-    setup = (tmp_path / "hv" / "vmcs_setup.c").read_text()
+    setup = (tmp_path / "hv" / "host_state.c").read_text()
     assert re.search(r"SET_HOST\(\d+, HOST_IDTR_BASE, TRUE, ONCE\(\d+, hv\.host_idt_base\)\);", setup)
     assert "hv.host_idt_base = host_reg_sidt_base(cpu);" in (tmp_path / "hv" / "globals.c").read_text()
 

@@ -80,7 +80,7 @@ def test_the_option_requires_both_controls_in_the_generated_vmcs_setup(default_b
     """`option external_interrupts = on`: pin.external_interrupt_exiting (bit
     0) and exit.ack_interrupt_on_exit (bit 15) are wanted and required, so a
     CPU without them is named at run time instead of running without them."""
-    setup = (default_build / "vmcs_setup.c").read_text()
+    setup = (default_build / "host_state.c").read_text()
     groups = {g: (int(w, 16), int(r, 16)) for g, w, r in re.findall(
         r'\[HV_CTL_\w+\] = \{ "(\w+)",.*?\n\s*(0x[0-9A-F]+)U, (0x[0-9A-F]+)U \}', setup)}
     for group, bit in (("pin", 0), ("exit", 15)):

@@ -367,7 +367,7 @@ def _runtime_rules(spec):
 
 
 HV_TEMPLATES = ("vmx.h", "spec.h", "hv.h", "globals.c", "names.c", "dispatch.c", "rules.c",
-                "vmcs_setup.c")
+                "host_state.c")
 HVCHECK_TEMPLATES = ("hvcheck.h", "hvcheck_names.c")
 
 

@@ -1,4 +1,3 @@
-{{ generated_header }}
 /*
  * Per-CPU VMX set-up, in two phases so that nothing is launched anywhere
  * until every CPU has passed every check:
@@ -10,43 +9,16 @@
  */
 #include "hv.h"
 #include "cpu.h"
+#include "vmcs_setup.h"
 
-/* Host-state values that are the same on every CPU ("once" in the spec),
- * evaluated on the BSP, like KVM's vmx_set_constant_host_state(). */
-static UINT64 constant_host_state[HV_HOST_FIELD_COUNT];
-static BOOLEAN constant_host_state_ready;
-
-/* What the spec wants of each control group: required | preferred, and
- * the required subset (a required bit the CPU lacks is a named error). */
-struct hv_control_spec {
-    const char *group;
-    const char *field_name;
-    UINT32 field;
-    UINT32 msr, true_msr;
-    UINT32 wanted, required;
-};
-
-static const struct hv_control_spec control_spec[HV_CTL_GROUPS] = {
-{% for g in control_groups %}
-    [HV_CTL_{{ g.name | upper }}] = { "{{ g.name }}", "{{ g.field }}", {{ g.field }}, {{ g.msr | hex }}, {{ (g.true_msr or 0) | hex }},
-        {{ g.wanted | hex(8) }}U, {{ g.required | hex(8) }}U },
-{% endfor %}
-};
-
-/* Names of the control bits, for the message about a missing one. */
-static const struct { UINT32 group; UINT32 bit; const char *name; } control_names[] = {
-{% for c in controls %}
-{% if c.named %}
-    { HV_CTL_{{ c.group | upper }}, {{ c.bit }}, "{{ c.qualname }}" },
-{% endif %}
-{% endfor %}
-};
+UINT64 hv_constant_host_state[HV_HOST_FIELD_COUNT];
+BOOLEAN hv_constant_host_state_ready;
 
 static const char *control_name(UINT32 group, UINT32 bit)
 {
-    for (UINTN i = 0; i < sizeof control_names / sizeof control_names[0]; i++)
-        if (control_names[i].group == group && control_names[i].bit == bit)
-            return control_names[i].name;
+    for (const struct hv_control_name *c = hv_control_names; c->name; c++)
+        if (c->group == group && c->bit == bit)
+            return c->name;
     return "(unnamed)";
 }
 
@@ -94,7 +66,7 @@ static BOOLEAN adjust_controls(struct hv_cpu *cpu)
 {
     BOOLEAN true_msrs = (hv.vmx_basic & VMX_BASIC_TRUE_CONTROLS) != 0;
     for (UINT32 g = 0; g < HV_CTL_GROUPS; g++) {
-        const struct hv_control_spec *c = &control_spec[g];
+        const struct hv_control_spec *c = &hv_control_spec[g];
         UINT64 cap = rdmsr(true_msrs && c->true_msr ? c->true_msr : c->msr);
         UINT32 allowed0 = (UINT32)cap, allowed1 = (UINT32)(cap >> 32);
         UINT32 wanted = c->wanted;
@@ -121,35 +93,13 @@ static BOOLEAN adjust_controls(struct hv_cpu *cpu)
     return TRUE;
 }
 
-static void set_host(struct hv_cpu *cpu, UINTN slot, UINT32 encoding, const char *name,
-                     BOOLEAN present, UINT64 value)
+void hv_set_host(struct hv_cpu *cpu, UINTN slot, UINT32 encoding, const char *name,
+                 BOOLEAN present, UINT64 value)
 {
     cpu->host[slot].encoding = encoding;
     cpu->host[slot].name = name;
     cpu->host[slot].present = present;
     cpu->host[slot].value = value;
-}
-
-/* SET_HOST(slot, FIELD, present, value): `present` is FALSE when the field's
- * exit control is off (the field is then not written). ONCE(slot, value):
- * evaluated on the first CPU (the BSP) only, then reused. */
-#define SET_HOST(slot, FIELD, present, value) set_host(cpu, slot, FIELD, #FIELD, present, value)
-#define ONCE(slot, value) \
-    (constant_host_state_ready ? constant_host_state[slot] : (constant_host_state[slot] = (value)))
-
-/* The spec's host state, grouped as the SDM's tables (Appendix B). */
-static void compute_host_state(struct hv_cpu *cpu)
-{
-{% for group in host_groups %}
-    /* {{ group.title }} */
-{% for h in group.fields %}
-{% set present = "(cpu->controls[HV_CTL_" ~ (h.when_group | upper) ~ "] & " ~ h.when_macro ~ ") != 0" if h.when_mask else ("FALSE" if h.when else "TRUE") %}
-{% set value = h.expr if h.per_cpu else "ONCE(" ~ h.slot ~ ", " ~ h.expr ~ ")" %}
-    SET_HOST({{ h.slot }}, {{ h.name }}, {{ present }}, {{ value }});{% if h.comment or h.when or h.per_cpu %}   /* {{ [("per CPU" if h.per_cpu else ""), h.comment, ("only with " ~ h.when if h.when else "")] | select | join("; ") }} */{% endif %}
-
-{% endfor %}
-{% endfor %}
-    constant_host_state_ready = TRUE;
 }
 
 BOOLEAN hv_prepare_cpu(struct hv_cpu *cpu)
@@ -159,7 +109,8 @@ BOOLEAN hv_prepare_cpu(struct hv_cpu *cpu)
     UINT32 r[4];
     cpuid(1, 0, r);
     cpu->apic_id = r[1] >> 24;
-    compute_host_state(cpu);
+    hv_spec_host_state(cpu);               /* host_state.c, from the spec */
+    hv_constant_host_state_ready = TRUE;
     if (!hv_run_time_checks(cpu)) {
         cpu->status = HV_CPU_FAILED;
         return FALSE;
@@ -279,16 +230,16 @@ static UINT8 write_controls(struct hv_cpu *cpu)
         cpu->controls[HV_CTL_ENTRY] |= HV_ENTRY_IA32E_MODE_GUEST;
     else
         cpu->controls[HV_CTL_ENTRY] &= ~HV_ENTRY_IA32E_MODE_GUEST;
-{% if actions.init %}
+#if HV_ACTION_INIT
     /* An AP idles in "cli; hlt" between MP calls, and in a MONITOR/MWAIT
      * loop after ExitBootServices: both exit, so that the CPU can take the
      * emulated INIT-SIPI (exits.c). */
     if (!cpu->is_bsp)
         cpu->controls[HV_CTL_PROC] |= HV_PROC_HLT_EXITING | HV_PROC_MWAIT_EXITING;
-{% endif %}
+#endif
     for (UINT32 g = 0; g < HV_CTL_GROUPS; g++)
         if (g != HV_CTL_PROC2 || (cpu->controls[HV_CTL_PROC] & HV_PROC_ACTIVATE_SECONDARY))
-            W(control_spec[g].field, cpu->controls[g]);
+            W(hv_control_spec[g].field, cpu->controls[g]);
     W(EXCEPTION_BITMAP, 0);
     W(PAGE_FAULT_ERROR_CODE_MASK, 0);
     W(PAGE_FAULT_ERROR_CODE_MATCH, 0);

@@ -1,0 +1,47 @@
+/*
+ * What vmcs_setup.c and the tables generated from the spec's controls and
+ * host_state (host_state.c) share.
+ */
+#ifndef UEFI_HV_VMCS_SETUP_H
+#define UEFI_HV_VMCS_SETUP_H
+
+#include "hv.h"
+
+/* What the spec wants of each control group: required | preferred, and the
+ * required subset (a required bit the CPU lacks is a named error). */
+struct hv_control_spec {
+    const char *group;
+    const char *field_name;
+    UINT32 field;
+    UINT32 msr, true_msr;
+    UINT32 wanted, required;
+};
+extern const struct hv_control_spec hv_control_spec[HV_CTL_GROUPS];
+
+/* The names of the control bits, for the message about a missing one; the
+ * table ends with a NULL name. */
+struct hv_control_name {
+    UINT32 group, bit;
+    const char *name;
+};
+extern const struct hv_control_name hv_control_names[];
+
+/* The spec's host state (host_state.c): one SET_HOST per field. */
+void hv_spec_host_state(struct hv_cpu *cpu);
+void hv_set_host(struct hv_cpu *cpu, UINTN slot, UINT32 encoding, const char *name,
+                 BOOLEAN present, UINT64 value);
+
+/* Host-state values that are the same on every CPU ("once" in the spec),
+ * evaluated on the BSP, like KVM's vmx_set_constant_host_state(). */
+extern UINT64 hv_constant_host_state[HV_HOST_FIELD_COUNT];
+extern BOOLEAN hv_constant_host_state_ready;
+
+/* SET_HOST(slot, FIELD, present, value): `present` is FALSE when the field's
+ * exit control is off (the field is then not written). ONCE(slot, value):
+ * evaluated on the first CPU (the BSP) only, then reused. */
+#define SET_HOST(slot, FIELD, present, value) hv_set_host(cpu, slot, FIELD, #FIELD, present, value)
+#define ONCE(slot, value)                                                           \
+    (hv_constant_host_state_ready ? hv_constant_host_state[slot]                    \
+                                  : (hv_constant_host_state[slot] = (value)))
+
+#endif /* UEFI_HV_VMCS_SETUP_H */
