@@ -154,6 +154,16 @@ def test_runtime_rules_are_the_kinds_the_generator_implements():
                       "HOST_IA32_SYSENTER_ESP", "HOST_IA32_SYSENTER_EIP", "HOST_RIP"}
 
 
+def test_the_docs_action_table_is_the_action_registry():
+    from uefi_hv.check import ACTIONS_DOC_BEGIN, ACTIONS_DOC_END, actions_markdown
+
+    doc = (ROOT / "docs" / "dsl.md").read_text()
+    table = doc.split(ACTIONS_DOC_BEGIN, 1)[1].split(ACTIONS_DOC_END, 1)[0]
+    assert table.strip() == actions_markdown().strip(), \
+        "docs/dsl.md is stale: run python -m uefi_hv.check --update-docs docs/dsl.md"
+    assert "| `dispatch_idt` | external_interrupt | `idt_base = GLOBAL`; `own = V, ... (32..255)` |" in table
+
+
 def test_the_docs_table_is_the_check_registry():
     doc = (ROOT / "docs" / "dsl.md").read_text()
     table = doc.split(DOC_BEGIN, 1)[1].split(DOC_END, 1)[0]

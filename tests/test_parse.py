@@ -232,3 +232,11 @@ def test_the_grammar_cache_is_optional_and_survives_damage(tmp_path):
     cached.write_bytes(b"not a pickle\n")
     damaged = _check_in_a_fresh_process(tmp_path)
     assert damaged.returncode == 0 and "Traceback" not in damaged.stderr, damaged.stderr
+
+
+@pytest.mark.parametrize("typo", ["host_idtr_base", "HOST_idtr_bsae", "HOST_IDTR_BSAE"])
+def test_did_you_mean_ignores_case(typo):
+    from uefi_hv.parse import did_you_mean
+
+    hint = did_you_mean(typo, ["HOST_IDTR_BASE", "HOST_CR3", "GUEST_RIP"])
+    assert hint.startswith("; did you mean 'HOST_IDTR_BASE'"), hint

@@ -284,27 +284,26 @@ class ActionInfo:
 
 EXIT_ACTIONS = {a.name: a for a in (
     ActionInfo("cpuid", ("cpuid",), {"hide": "names", "signature": "flag"},
-               "execute CPUID for the guest; `hide` clears feature bits (vmx: CPUID.1:ECX[5]), "
+               "executes CPUID for the guest; `hide` clears feature bits (vmx: CPUID.1:ECX[5]); "
                "`signature` answers leaf 0x40000000 with the hypervisor's signature"),
     ActionInfo("msr", ("rdmsr", "wrmsr"), {},
-               "RDMSR/WRMSR through the msr_bitmap intercepts; other MSRs pass through"),
-    ActionInfo("vmcall", ("vmcall",), {}, "the hypervisor's VMCALL interface"),
-    ActionInfo("xsetbv", ("xsetbv",), {}, "emulate XSETBV (validated, then executed)"),
-    ActionInfo("invd", ("invd",), {}, "emulate INVD as WBINVD"),
-    ActionInfo("cr_access", ("cr_access",), {}, "emulate MOV to/from CR0/CR3/CR4/CR8"),
-    ActionInfo("inject_ud", (), {}, "inject #UD into the guest (e.g. VMX instructions)"),
-    ActionInfo("triple_fault", ("triple_fault",), {},
-               "log the guest state and shut down"),
-    ActionInfo("log_shutdown", (), {}, "log the exit and shut down"),
-    ActionInfo("init", ("init_signal",), {}, "put the vCPU in wait-for-SIPI"),
-    ActionInfo("sipi", ("sipi",), {}, "start the vCPU at the SIPI vector"),
+               "applies the `msr_bitmap` intercepts; other MSRs that exit are executed for the guest"),
+    ActionInfo("vmcall", ("vmcall",), {}, "the hypervisor's VMCALL interface (docs/vmcall.md)"),
+    ActionInfo("xsetbv", ("xsetbv",), {}, "validates and executes XSETBV"),
+    ActionInfo("invd", ("invd",), {}, "emulates INVD as WBINVD"),
+    ActionInfo("cr_access", ("cr_access",), {}, "emulates MOV to/from CR0/CR3/CR4/CR8"),
+    ActionInfo("inject_ud", (), {}, "injects #UD (e.g. the VMX instructions)"),
+    ActionInfo("triple_fault", ("triple_fault",), {}, "logs the guest state and shuts down"),
+    ActionInfo("log_shutdown", (), {}, "logs the exit and shuts down"),
+    ActionInfo("init", ("init_signal",), {}, "puts the vCPU in wait-for-SIPI"),
+    ActionInfo("sipi", ("sipi",), {}, "starts the vCPU at the SIPI vector"),
     ActionInfo("dispatch_idt", ("external_interrupt",), {"idt_base": "global", "own": "vectors"},
-               "call the host handler of an acknowledged interrupt through the IDT gate at "
-               "idt_base + 16 * vector (the seed: idt_base is a global, never a VMREAD); "
-               "the guest's, queued for it, unless `own` lists the vector (32..255): then the "
-               "hypervisor's, counted and EOIed, never seen by the guest"),
+               "calls the host handler of the acknowledged interrupt through the gate at "
+               "`idt_base + 16 * vector` (the seed: `idt_base` is a global, never a VMREAD): by "
+               "default one that queues it for the guest; for the vectors in `own` (32..255), "
+               "the hypervisor's (counted, EOIed, never seen by the guest). See docs/interrupts.md"),
     ActionInfo("inject_pending", ("interrupt_window",), {},
-               "inject the pending external interrupt when the guest can take it"),
+               "injects the pending interrupt when the guest can take it"),
 )}
 
 #: Actions of msr_bitmap intercepts (MsrIntercept.action).

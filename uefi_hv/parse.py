@@ -78,11 +78,15 @@ class SpecError(UserError):
 
 
 def did_you_mean(name: str, candidates) -> str:
-    """' (did you mean X?)' from the closest names, or ''."""
-    close = difflib.get_close_matches(str(name), list(candidates), n=3, cutoff=0.6)
+    """' (did you mean X?)' from the closest names, or ''. Case does not
+    count: `host_idtr_base` and `HOST_idtr_bsae` find HOST_IDTR_BASE."""
+    by_folded: dict[str, list[str]] = {}
+    for c in candidates:
+        by_folded.setdefault(str(c).casefold(), []).append(str(c))
+    close = difflib.get_close_matches(str(name).casefold(), list(by_folded), n=3, cutoff=0.6)
     if not close:
         return ""
-    return "; did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+    return "; did you mean " + " or ".join(f"'{c}'" for f in close for c in by_folded[f]) + "?"
 
 
 # --- the parser ------------------------------------------------------------------
