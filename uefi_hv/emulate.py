@@ -576,6 +576,14 @@ BOCHS_KNOWN_PANICS = {
         "paging (SDM Vol. 3C 27.3.2.1 lets VM entry change CR4.LA57)",
 }
 
+#: MSRs the firmware of an Intel PC sets and Bochs does not model
+#: (IA32_MISC_ENABLE's fast-string bit): given to the project's Bochs for Intel
+#: models. The AMD models of `bochs --help cpu` have no such MSR.
+BOCHS_MSRS = OVMF_DIR / "bochs-msrs.def"
+BOCHS_AMD_MODELS = frozenset({"amd_k6_2_chomper", "athlon_xp", "athlon64_clawhammer",
+                              "athlon64_venice", "turion64_tyler", "phenom_8650_toliman",
+                              "zambezi", "trinity_apu", "ryzen"})
+
 _BOCHS_LOG_LINE = re.compile(r"^\d+([a-z])\[[^\]]*\]\s*(.*)$")
 _TRIPLE_FAULT = re.compile(r"3rd \(\d+\) exception with no resolution|triple fault", re.I)
 _BOCHS_VERSION = re.compile(r"Bochs x86 Emulator (\S+)")
@@ -730,7 +738,15 @@ class BochsMachine(Machine):
                       bochs=self.bochs, rom=self.rom, vgarom=self.vgarom,
                       rom_address=f"{bochs_rom_address(self.rom):#x}",
                       memory_mib=self.memory_mib, cpus=self.cpus, cpu_model=self.cpu_model,
-                      image=self.disk, serial=self.serial_path, log=self.log_path)
+                      msrs=self.msrs, image=self.disk, serial=self.serial_path, log=self.log_path)
+
+    @property
+    def msrs(self) -> Optional[Path]:
+        """The MSR file for this run (BOCHS_MSRS), or None: the project's build
+        takes it (configurable MSRs are compiled in), for Intel models."""
+        if self.bochs.project_build and self.cpu_model not in BOCHS_AMD_MODELS:
+            return BOCHS_MSRS
+        return None
 
     def start(self) -> "BochsMachine":
         try:

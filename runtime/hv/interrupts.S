@@ -3,6 +3,7 @@
 # host handlers of vectors 32..255 that queue the interrupt for the guest.
 
 #include "spec.h"
+#include "asm.h"
 
 #if HV_ACTION_DISPATCH_IDT
 
@@ -49,32 +50,11 @@ hv_irq_stubs:
 # An interrupt handler: every register it touches is saved (the caller-saved
 # ones; the C code saves the rest), then hv_irq_arrived(vector, frame).
 hv_irq_stub_common:
-    push %rax
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %rbp
+    PUSH_SCRATCH_REGS
     mov 80(%rsp), %rdi          # vector
     lea 88(%rsp), %rsi          # the interrupt frame: RIP, CS, RFLAGS, RSP, SS
-    mov %rsp, %rbp
-    and $-16, %rsp              # the System V ABI wants it at the call
-    call hv_irq_arrived
-    mov %rbp, %rsp
-    pop %rbp
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rax
+    CALL_ALIGNED hv_irq_arrived
+    POP_SCRATCH_REGS
     add $8, %rsp                # vector
     iretq
 #if HV_OWNED_VECTORS
@@ -83,30 +63,9 @@ hv_irq_stub_common:
     .globl hv_irq_owned_stub
     .balign 16
 hv_irq_owned_stub:
-    push %rax
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %rbp
-    mov %rsp, %rbp
-    and $-16, %rsp
-    call hv_irq_owned
-    mov %rbp, %rsp
-    pop %rbp
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rax
+    PUSH_SCRATCH_REGS
+    CALL_ALIGNED hv_irq_owned
+    POP_SCRATCH_REGS
     iretq
 #endif /* HV_OWNED_VECTORS */
 #endif /* HV_ACTION_DISPATCH_IDT */

@@ -208,42 +208,47 @@ int hv_snprintf(char *buf, UINTN size, const char *fmt, ...)
     return n;
 }
 
+/* Where a line goes: COM1 under the rate limit, COM1 always (what is logged
+ * right before the machine stops: an unhandled exit, a triple fault, a host
+ * exception, the one thing worth reading after a flood), or the firmware
+ * console while it is ours to use (efi_main on the BSP). */
+enum log_sink { LOG_LIMITED, LOG_FATAL, LOG_SAY };
+
+static void vlog(enum log_sink sink, const char *fmt, va_list ap)
+{
+    char buf[512];
+    format(buf, sizeof buf, fmt, ap);
+    if (sink == LOG_SAY && use_firmware_console)
+        console_write(buf);
+    else
+        serial_write(buf, sink == LOG_LIMITED);
+}
+
 /* From VMX root operation or an AP: COM1 only, rate-limited. */
 void hv_log(const char *fmt, ...)
 {
-    char buf[512];
     va_list ap;
     va_start(ap, fmt);
-    format(buf, sizeof buf, fmt, ap);
+    vlog(LOG_LIMITED, fmt, ap);
     va_end(ap);
-    serial_write(buf, TRUE);
 }
 
-/* The same, never dropped: what is logged right before the machine stops
- * (an unhandled exit, a triple fault, a host exception) is the one thing
- * worth reading after a flood. */
+/* The same, never dropped. */
 void hv_log_fatal(const char *fmt, ...)
 {
-    char buf[512];
     va_list ap;
     va_start(ap, fmt);
-    format(buf, sizeof buf, fmt, ap);
+    vlog(LOG_FATAL, fmt, ap);
     va_end(ap);
-    serial_write(buf, FALSE);
 }
 
-/* From efi_main on the BSP: the firmware console while it is ours to use. */
+/* From efi_main on the BSP: the firmware console, else COM1. */
 void hv_say(const char *fmt, ...)
 {
-    char buf[512];
     va_list ap;
     va_start(ap, fmt);
-    format(buf, sizeof buf, fmt, ap);
+    vlog(LOG_SAY, fmt, ap);
     va_end(ap);
-    if (use_firmware_console)
-        console_write(buf);
-    else
-        serial_write(buf, FALSE);
 }
 
 /* Names from the spec's catalogue (names.c), as one string each with

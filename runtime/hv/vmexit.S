@@ -2,6 +2,7 @@
 # the host exception stubs and the fault-tolerant MSR/XCR accessors.
 
 #include "vmx.h"        /* VMCS encodings, from the spec's catalogue */
+#include "asm.h"
 
     .text
 
@@ -13,22 +14,7 @@
 # ---------------------------------------------------------------------------
     .globl hv_vmexit_entry
 hv_vmexit_entry:
-    push %r15
-    push %r14
-    push %r13
-    push %r12
-    push %r11
-    push %r10
-    push %r9
-    push %r8
-    push %rdi
-    push %rsi
-    push %rbp
-    push $0                     # rsp: the guest's is GUEST_RSP
-    push %rbx
-    push %rdx
-    push %rcx
-    push %rax
+    PUSH_GUEST_REGS
     mov %rsp, %rdi              # struct hv_guest_regs *
     mov 128(%rsp), %rsi         # struct hv_cpu *
     sub $512, %rsp
@@ -36,22 +22,7 @@ hv_vmexit_entry:
     call hv_vmexit_handler
     fxrstor64 (%rsp)
     add $512, %rsp
-    pop %rax
-    pop %rcx
-    pop %rdx
-    pop %rbx
-    add $8, %rsp
-    pop %rbp
-    pop %rsi
-    pop %rdi
-    pop %r8
-    pop %r9
-    pop %r10
-    pop %r11
-    pop %r12
-    pop %r13
-    pop %r14
-    pop %r15
+    POP_GUEST_REGS
     vmresume
     # VMRESUME failed (SDM 31.3: VMfailInvalid/VMfailValid): report it.
     mov (%rsp), %rdi

@@ -6,6 +6,7 @@
  * still works. One line per check, then HVCHECK: PASS or FAIL, power off.
  */
 #include "hvcheck.h"
+#include "mp_services.h"
 
 #define MAX_CPUS 64
 #define MAX_CHECKS 20
@@ -69,12 +70,9 @@ static BOOLEAN hypervisor_present(void)
     return r[1] == SIGNATURE_EBX && r[2] == SIGNATURE_ECX && r[3] == SIGNATURE_EDX;
 }
 
-struct idt_gate { UINT16 off0, sel; UINT8 ist, type; UINT16 off1; UINT32 off2, zero; } __attribute__((packed));
 struct dtr { UINT16 limit; UINT64 base; } __attribute__((packed));
 
-/* Points IDT vector `vector` of this CPU's IDT at `handler` (interrupts are
- * off during the checks); returns the gate it replaced. */
-static struct idt_gate set_gate(UINT32 vector, void (*handler)(void))
+struct idt_gate hvcheck_set_gate(UINT32 vector, void (*handler)(void))
 {
     struct dtr idtr;
     UINT16 cs;
@@ -87,7 +85,7 @@ static struct idt_gate set_gate(UINT32 vector, void (*handler)(void))
     return saved;
 }
 
-static void restore_gate(UINT32 vector, struct idt_gate saved)
+void hvcheck_restore_gate(UINT32 vector, struct idt_gate saved)
 {
     struct dtr idtr;
     __asm__ volatile("sidt %0" : "=m"(idtr));
@@ -137,18 +135,18 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
 
     /* VMXON in the guest: a VM exit, answered with #UD. */
     before = exit_count(EXIT_VMXON);
-    struct idt_gate saved = set_gate(6, hvcheck_ud_handler);
+    struct idt_gate saved = hvcheck_set_gate(6, hvcheck_ud_handler);
     UINT64 ud = hvcheck_try_vmxon();
-    restore_gate(6, saved);
+    hvcheck_restore_gate(6, saved);
     after = exit_count(EXIT_VMXON);
     record(r, "VMXON in the guest raises #UD", ud == 1 && after - before == 1,
            "#UD %u, VMXON exits %u", ud, after - before);
 
     /* Writing a VMX capability MSR faults, as on a CPU without VMX. */
     before = exit_count(EXIT_WRMSR);
-    saved = set_gate(13, hvcheck_gp_handler);
+    saved = hvcheck_set_gate(13, hvcheck_gp_handler);
     UINT64 gp = hvcheck_try_wrmsr(MSR_IA32_VMX_BASIC, 0);
-    restore_gate(13, saved);
+    hvcheck_restore_gate(13, saved);
     after = exit_count(EXIT_WRMSR);
     record(r, "WRMSR IA32_VMX_BASIC raises #GP", gp == 1 && after - before == 1,
            "#GP %u, WRMSR exits %u", gp, after - before);
@@ -174,19 +172,8 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     __asm__ volatile("pushq %0; popfq" :: "r"(flags) : "memory", "cc");
 }
 
-/* --- MP services (UEFI PI spec Vol. 2, 13.4), as the hypervisor declares it */
-typedef VOID (EFIAPI *AP_PROCEDURE)(VOID *);
-typedef struct MP MP;
-struct MP {
-    EFI_STATUS (EFIAPI *GetNumberOfProcessors)(MP *, UINTN *, UINTN *);
-    EFI_STATUS (EFIAPI *GetProcessorInfo)(MP *, UINTN, VOID *);
-    EFI_STATUS (EFIAPI *StartupAllAPs)(MP *, AP_PROCEDURE, BOOLEAN, EFI_EVENT, UINTN, VOID *, UINTN **);
-    EFI_STATUS (EFIAPI *StartupThisAP)(MP *, AP_PROCEDURE, UINTN, EFI_EVENT, UINTN, VOID *, BOOLEAN *);
-    EFI_STATUS (EFIAPI *SwitchBSP)(MP *, UINTN, BOOLEAN);
-    EFI_STATUS (EFIAPI *EnableDisableAP)(MP *, UINTN, BOOLEAN, UINT32 *);
-    EFI_STATUS (EFIAPI *WhoAmI)(MP *, UINTN *);
-};
-static EFI_GUID mp_guid = { 0x3fdda605, 0xa76e, 0x4f46, { 0xad, 0x29, 0x12, 0xf4, 0x53, 0x1b, 0x3d, 0x08 } };
+/* --- MP services (mp_services.h) */
+static EFI_GUID mp_guid = MP_SERVICES_GUID;
 static MP *mp;
 
 /* Last: DEVIRTUALIZE, then the hypervisor must be gone from this CPU. */

@@ -8,6 +8,7 @@
  * CPUID exit, in TSC ticks.
  */
 #include "hvcheck.h"
+#include "mp_services.h"
 
 #if HV_ACTION_DISPATCH_IDT
 
@@ -55,8 +56,6 @@ __asm__(
     "    lock incq hvcheck_raised_seen(%rip)\n"
     "    iretq\n");
 
-struct idt_gate { UINT16 off0, sel; UINT8 ist, type; UINT16 off1; UINT32 off2, zero; } __attribute__((packed));
-struct dtr { UINT16 limit; UINT64 base; } __attribute__((packed));
 
 /* One CPU's self-IPI figures (APs cannot Print: the BSP prints them). */
 struct ipi_result {
@@ -97,14 +96,7 @@ static void self_ipis(struct ipi_result *r)
     volatile UINT32 *apic = (volatile UINT32 *)(((UINT64)hi << 32 | lo) & 0x000FFFFFFFFFF000ULL);
     hvcheck_apic_eoi = (UINT64)&apic[APIC_EOI / 4];
     /* This CPU's IDT (OVMF's APs may have their own) gets the handler. */
-    struct dtr idtr;
-    UINT16 cs;
-    __asm__ volatile("sidt %0" : "=m"(idtr));
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    struct idt_gate *gate = (struct idt_gate *)(idtr.base + IPI_VECTOR * 16), saved = *gate;
-    UINT64 h = (UINT64)hvcheck_ipi_handler;
-    struct idt_gate ours = { (UINT16)h, cs, 0, 0x8E, (UINT16)(h >> 16), (UINT32)(h >> 32), 0 };
-    *gate = ours;
+    struct idt_gate saved = hvcheck_set_gate(IPI_VECTOR, hvcheck_ipi_handler);
     r->ipi_min = r->cpuid_min = ~0ULL;
     __asm__ volatile("pushfq; popq %0; sti" : "=r"(flags) :: "memory");
 #if HV_OWNED_VECTORS
@@ -112,8 +104,7 @@ static void self_ipis(struct ipi_result *r)
      * handler is in this IDT too, to see it if it were). Its EOI is the
      * hypervisor's: without it the guest's IPIs below, of the same or a lower
      * priority class, would never come. */
-    struct idt_gate *owned_gate = (struct idt_gate *)(idtr.base + OWNED_VECTOR * 16), owned_saved = *owned_gate;
-    *owned_gate = ours;
+    struct idt_gate owned_saved = hvcheck_set_gate(OWNED_VECTOR, hvcheck_ipi_handler);
     UINT64 owned_before = irq_count(OWNED_VECTOR, ~0ULL);
     for (UINT32 i = 0; i < OWNED_COUNT; i++) {
         apic[APIC_ICR_LOW / 4] = OWNED_VECTOR | 1U << 14 | 1U << 18;     /* assert, self */
@@ -124,7 +115,7 @@ static void self_ipis(struct ipi_result *r)
     r->owned_exits = irq_count(OWNED_VECTOR, ~0ULL) - owned_before;
     r->owned_seen = hvcheck_ipi_seen;
     hvcheck_ipi_seen = 0;
-    *owned_gate = owned_saved;
+    hvcheck_restore_gate(OWNED_VECTOR, owned_saved);
 #endif
     UINT64 before = irq_count(IPI_VECTOR, ~0ULL);
     for (UINT32 i = 0; i < IPI_COUNT; i++) {
@@ -174,7 +165,7 @@ static void self_ipis(struct ipi_result *r)
     r->window_exits = out[1] - window_before;
 
     __asm__ volatile("pushq %0; popfq" :: "r"(flags) : "memory", "cc");
-    *gate = saved;
+    hvcheck_restore_gate(IPI_VECTOR, saved);
     r->ran = TRUE;
 }
 
@@ -197,15 +188,8 @@ static UINT64 window_exits(void)
  * handler has run when the VMCALL returns, with no interrupt window. */
 static void raised_vector(struct ipi_result *r)
 {
-    struct dtr idtr;
-    UINT16 cs;
     UINT64 flags, out[4], before;
-    __asm__ volatile("sidt %0" : "=m"(idtr));
-    __asm__ volatile("mov %%cs, %0" : "=r"(cs));
-    struct idt_gate *gate = (struct idt_gate *)(idtr.base + RAISE_VECTOR * 16), saved = *gate;
-    UINT64 h = (UINT64)hvcheck_raised_handler;
-    struct idt_gate ours = { (UINT16)h, cs, 0, 0x8E, (UINT16)(h >> 16), (UINT32)(h >> 32), 0 };
-    *gate = ours;
+    struct idt_gate saved = hvcheck_set_gate(RAISE_VECTOR, hvcheck_raised_handler);
     __asm__ volatile("pushfq; popq %0; cli" : "=r"(flags) :: "memory");
 
     hvcheck_raised_seen = 0;
@@ -249,7 +233,7 @@ static void raised_vector(struct ipi_result *r)
     r->refused &= hvcheck_raised_seen == r->direct_seen;
 
     __asm__ volatile("pushq %0; popfq" :: "r"(flags) : "memory", "cc");
-    *gate = saved;
+    hvcheck_restore_gate(RAISE_VECTOR, saved);
 }
 
 static VOID EFIAPI ap_self_ipis(VOID *arg)
@@ -278,15 +262,7 @@ static void vector_line(UINTN cpu, const char *before, UINT32 vector, const char
     *total += 1;
 }
 
-typedef VOID (EFIAPI *AP_PROCEDURE)(VOID *);
-typedef struct MP MP;
-struct MP {
-    EFI_STATUS (EFIAPI *GetNumberOfProcessors)(MP *, UINTN *, UINTN *);
-    EFI_STATUS (EFIAPI *GetProcessorInfo)(MP *, UINTN, VOID *);
-    EFI_STATUS (EFIAPI *StartupAllAPs)(MP *, AP_PROCEDURE, BOOLEAN, EFI_EVENT, UINTN, VOID *, UINTN **);
-    EFI_STATUS (EFIAPI *StartupThisAP)(MP *, AP_PROCEDURE, UINTN, EFI_EVENT, UINTN, VOID *, BOOLEAN *);
-};
-static EFI_GUID mp_guid = { 0x3fdda605, 0xa76e, 0x4f46, { 0xad, 0x29, 0x12, 0xf4, 0x53, 0x1b, 0x3d, 0x08 } };
+static EFI_GUID mp_guid = MP_SERVICES_GUID;
 
 void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
 {
