@@ -58,7 +58,8 @@ def generate_banner(outdir: Path) -> list[Path]:
                    name="uefi-hv", version=__version__)]
 
 
-# --- the hypervisor (templates/hv/) and its self-test (templates/hvcheck/) ----
+# --- the hypervisor and its self-test: runtime/hv and runtime/hvcheck, with ---
+# --- the spec's headers and tables from templates/hv and templates/hvcheck ---
 
 #: The VMCALL interface (docs/vmcall.md): RAX = VMCALL_BASE + function.
 #: "UHV" in the bytes above the function number.

@@ -31,7 +31,7 @@ from uefi_hv.build import build_hypervisor
 
 from oskit.initramfs import DEFAULT_SPEC, OSKIT
 
-#: What the hypervisor prints as it starts the chained image (templates/hv/chain.c.j2).
+#: What the hypervisor prints as it starts the chained image (runtime/hv/chain.c).
 CHAIN_STARTED = "uefi-hv: starting \\EFI\\UEFI-HV\\NEXT.EFI"
 #: What the null hypervisor prints as it does the same (nullchain.c).
 NULLCHAIN_STARTED = "nullchain: no hypervisor; starting \\EFI\\UEFI-HV\\NEXT.EFI"
@@ -95,7 +95,7 @@ def require_chain(serial: str) -> None:
         raise AssertionError(
             "the hypervisor did not start the chained image (no line "
             f"'{CHAIN_STARTED}'): these tests need its chain support "
-            "(CHAIN.TXT, templates/hv/chain.c.j2). Last console lines:\n" + tail)
+            "(CHAIN.TXT, runtime/hv/chain.c). Last console lines:\n" + tail)
 
 
 _INIT_TSC = re.compile(r"^OSCHECK: TSC at /init: (\d+)$", re.M)
