@@ -32,8 +32,10 @@ sys.path.insert(0, str(ROOT))
 from uefi_hv.emulate import boot, find_bochs  # noqa: E402
 from uefi_hv.errors import UserError  # noqa: E402
 
-#: The tests both Bochs versions can run: not the models 2.7 lacks.
-COMMON_TESTS = "not sapphire and not arrow_lake and not the_projects_bochs"
+#: The tests both Bochs versions can run: not the models 2.7 lacks, not Linux
+#: on tigerlake (it needs the MSR file only the project's build takes).
+COMMON_TESTS = ("not sapphire and not arrow_lake and not the_projects_bochs "
+                "and not (linux and tigerlake)")
 
 
 def make_run_image(tmp: Path) -> Path:
@@ -88,13 +90,13 @@ def main() -> int:
         for choice, bochs in versions.items():
             times = boot_times(image, choice, args.repeat, Path(tmp))
             print(f"  Bochs {bochs.version:4} ({choice}): {statistics.median(times):6.1f} s "
-                  f"(runs: {', '.join(f'{t:.1f}' for t in times)})")
+                  f"(runs: {', '.join(f'{t:.1f}' for t in times)})", flush=True)
 
     if args.suite:
         print("\nthe Bochs part of `make test` (pytest -m bochs -n 2, the tests both can run):")
         for choice, bochs in versions.items():
             elapsed, summary = suite_time(choice)
-            print(f"  Bochs {bochs.version:4} ({choice}): {elapsed:6.1f} s  [{summary}]")
+            print(f"  Bochs {bochs.version:4} ({choice}): {elapsed:6.1f} s  [{summary}]", flush=True)
     return 0
 
 

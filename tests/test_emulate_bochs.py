@@ -181,8 +181,10 @@ def test_without_the_projects_build_the_error_says_how_to_get_it(monkeypatch, tm
 
 def test_the_environment_chooses_the_bochs_and_a_bad_one_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("UEFI_HV_BOCHS", str(tmp_path / "no-such-bochs"))
-    with pytest.raises(UsageError, match=r"--bochs .*no-such-bochs: not an executable file"):
+    with pytest.raises(UsageError, match=r"UEFI_HV_BOCHS=.*no-such-bochs: not an executable file"):
         find_bochs()
+    with pytest.raises(UsageError, match=r"--bochs /nonexistent: not an executable file"):
+        find_bochs("/nonexistent")
     monkeypatch.setenv("UEFI_HV_BOCHS", str(PROJECT_BOCHS))
     assert find_bochs().project_build
     fake = tmp_path / "bochs"

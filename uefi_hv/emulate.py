@@ -668,6 +668,7 @@ def _cached_probe(path: Path, mtime: float, project_build: bool) -> Bochs:
 def find_bochs(choice: Optional[str] = None) -> Bochs:
     """The Bochs a run uses: `choice`, else $UEFI_HV_BOCHS, else the project's
     build ("project", "system" or a path; see BOCHS_ENV)."""
+    where = f"--bochs {choice}" if choice else f"{BOCHS_ENV}={os.environ.get(BOCHS_ENV, '')}"
     choice = choice or os.environ.get(BOCHS_ENV) or "project"
     if choice == "project":
         if not os.access(PROJECT_BOCHS, os.X_OK):
@@ -681,7 +682,7 @@ def find_bochs(choice: Optional[str] = None) -> Bochs:
     else:
         path = Path(choice)
         if not (path.is_file() and os.access(path, os.X_OK)):
-            raise UsageError(f"error: --bochs {choice}: not an executable file "
+            raise UsageError(f"error: {where}: not an executable file "
                              f"(use 'project', 'system' or the path of a bochs binary)")
         project_build = path.resolve() == PROJECT_BOCHS.resolve()
     path = path.resolve()

@@ -284,7 +284,8 @@ class ActionInfo:
 
 EXIT_ACTIONS = {a.name: a for a in (
     ActionInfo("cpuid", ("cpuid",), {"hide": "names", "signature": "flag"},
-               "executes CPUID for the guest; `hide` clears feature bits (vmx: CPUID.1:ECX[5]); "
+               "executes CPUID for the guest; `hide` clears feature bits (vmx: CPUID.1:ECX[5], "
+               "smx: CPUID.1:ECX[6]); "
                "`signature` answers leaf 0x40000000 with the hypervisor's signature"),
     ActionInfo("msr", ("rdmsr", "wrmsr"), {},
                "applies the `msr_bitmap` intercepts; other MSRs that exit are executed for the guest"),
@@ -351,7 +352,19 @@ class RuntimeRule:
     kind: str                      # key of RUNTIME_RULE_KINDS
     args: dict = field(default_factory=dict, hash=False)
 
-#: CPUID feature bits a `cpuid` handler can hide (option hide = NAME).
+@dataclass(frozen=True)
+class CpuidBit:
+    """A CPUID feature bit: CPUID.leaf:reg[bit]."""
+
+    leaf: int
+    reg: str                       # eax, ebx, ecx or edx
+    bit: int
+    why: str = ""
+
+
+#: CPUID feature bits a `cpuid` handler can hide (option hide = NAME): the
+#: parser accepts these names, lower() turns them into the bits cleared.
 CPUID_HIDE = {
-    "vmx": "CPUID.1:ECX[5]",        # the guest sees no VMX (so it never tries VMXON)
+    "vmx": CpuidBit(1, "ecx", 5, "the guest sees no VMX (so it never tries VMXON)"),
+    "smx": CpuidBit(1, "ecx", 6, "no SMX: GETSEC would exit, and the hypervisor does not emulate it"),
 }

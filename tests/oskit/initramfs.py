@@ -6,7 +6,7 @@
     oscheck_initramfs(workdir, spec) -> Path                 (both, ready to boot)
 
 The expected signature and the VMCALL numbers come from the spec and from
-uefi_hv.generate, the same place the hypervisor's C gets them: the check
+uefi_hv.lower, the same place the hypervisor's C gets them: the check
 cannot drift from what is built.
 """
 
@@ -29,25 +29,20 @@ LIBC_STATIC = Path("/usr/lib/x86_64-linux-gnu/libc.a")
 
 def vmcall_numbers() -> tuple[int, int]:
     """(RAX of the ping, RBX of its answer), from docs/vmcall.md's source of truth."""
-    from uefi_hv import generate
+    from uefi_hv import lower
 
-    missing = [n for n in ("VMCALL_BASE", "VMCALL_PONG", "VMCALL_FUNCTIONS")
-               if not hasattr(generate, n)]
-    if missing:
-        raise UserError(f"error: uefi_hv.generate has no {', '.join(missing)}: the VMCALL "
-                        "interface (docs/vmcall.md) is not defined yet")
-    return vmcall_rax("PING"), generate.VMCALL_PONG
+    return vmcall_rax("PING"), lower.VMCALL_PONG
 
 
 def vmcall_rax(function: str) -> int:
-    """RAX of the VMCALL `function` (docs/vmcall.md), from uefi_hv.generate."""
-    from uefi_hv import generate
+    """RAX of the VMCALL `function` (docs/vmcall.md), from uefi_hv.lower."""
+    from uefi_hv import lower
 
-    numbers = {name: number for name, number, _ in generate.VMCALL_FUNCTIONS}
+    numbers = {name: number for name, number, _ in lower.VMCALL_FUNCTIONS}
     if function not in numbers:
-        raise UserError(f"error: uefi_hv.generate.VMCALL_FUNCTIONS has no {function} "
+        raise UserError(f"error: uefi_hv.lower.VMCALL_FUNCTIONS has no {function} "
                         f"(it has {', '.join(numbers)})")
-    return generate.VMCALL_BASE + numbers[function]
+    return lower.VMCALL_BASE + numbers[function]
 
 
 def probe_defines(spec: Path = DEFAULT_SPEC) -> list[str]:
