@@ -25,7 +25,8 @@ from typing import Callable, Iterator, Optional
 from uefi_hv import DSL_DIR
 from uefi_hv import model as m
 from uefi_hv.errors import UsageError
-from uefi_hv.parse import Diagnostic, SpecError, _line, did_you_mean, load_spec
+from uefi_hv.diagnostics import Diagnostic, SpecError, did_you_mean, source_line
+from uefi_hv.parse import load_spec
 
 __all__ = ["CHECKS", "CheckInfo", "Diagnostic", "SpecError", "check_spec", "load_and_check",
            "runtime_rules", "checks_markdown", "cmd_check", "cmd_fields", "cmd_explain"]
@@ -632,7 +633,7 @@ def check_spec(spec: m.Spec) -> list[Diagnostic]:
     diags = []
     for info in CHECKS.values():
         for message, loc in info.fn(ctx):
-            line = _line(spec.sources.get(loc.file, ""), loc.line) if loc else None
+            line = source_line(spec.sources.get(loc.file, ""), loc.line) if loc else None
             diags.append(Diagnostic(info.severity, message, loc, info.id, info.section, line))
     diags.sort(key=lambda d: (_order(spec, d.loc), d.check_id or ""))
     return diags

@@ -216,9 +216,6 @@ class Spec:
     file_order: dict[str, tuple] = field(default_factory=dict, repr=False)  # file -> lines of its import chain
     sources: dict[str, str] = field(default_factory=dict, repr=False)   # file -> text (for diagnostics)
 
-    def field_named(self, name: str) -> Field:
-        return self.fields[name]
-
     def msr_number(self, name: Optional[str]) -> Optional[int]:
         """The number of a catalogue MSR (None for None); a catalogue without
         it is the spec's error, named as such."""
