@@ -59,7 +59,8 @@ def main() -> int:
         counter = iter(range(10**6))
         gen_s, _ = timed(lambda: generate_hypervisor(args.spec, tmp / f"gen{next(counter)}", check=True),
                          args.repeat)
-        build_s, efi = timed(lambda: build_hypervisor(args.spec, tmp / f"build{next(counter)}"), max(1, args.repeat // 2))
+        build_s, efi = timed(lambda: build_hypervisor(args.spec, tmp / f"build{next(counter)}"),
+                             max(1, args.repeat // 2))
         hv_size = efi["BOOTX64.EFI"].stat().st_size
         check_size = efi["hvcheck.efi"].stat().st_size
         hv_h = (efi["BOOTX64.EFI"].parent / "src" / "hv" / "hv.h").read_text()
@@ -75,8 +76,9 @@ def main() -> int:
         print(f"generate + build (clean):  {build_s:8.2f} s    (target < 10 s on 2 cores)")
         print(f"BOOTX64.EFI:               {hv_size / 1024:8.1f} KiB  (target < 96 KiB)")
         print(f"hvcheck.efi:               {check_size / 1024:8.1f} KiB")
+        stack_kib = int(re.search(r'HV_HOST_STACK_SIZE (0x[0-9A-Fa-f]+)', hv_h).group(1), 16) // 1024
         print(f"resident per CPU:          {per_cpu // 1024:8d} KiB  (hv_cpu, GDT+TSS, "
-              f"{int(re.search(r'HV_HOST_STACK_SIZE (0x[0-9A-Fa-f]+)', hv_h).group(1), 16) // 1024} KiB stack, VMXON, VMCS)")
+              f"{stack_kib} KiB stack, VMXON, VMCS)")
         print(f"resident code copy:        {hv_size / 1024:8.1f} KiB  (the image, once; shared tables printed at boot)")
         if args.boot:
             from uefi_hv.emulate import boot

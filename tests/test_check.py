@@ -58,7 +58,8 @@ VIOLATIONS = {
     "MSR-HANDLER": variant([("exit rdmsr, wrmsr -> msr", "")]),
     "MSR-OVERLAP": variant(append="msr_bitmap { read IA32_VMX_MISC = inject_gp }"),
     "EXIT-UNHANDLED": variant(append="controls { prefer proc.hlt_exiting }"),
-    "EXTINT-DISPATCH": variant(append="controls { require pin.external_interrupt_exiting, exit.ack_interrupt_on_exit }"),
+    "EXTINT-DISPATCH": variant(
+        append="controls { require pin.external_interrupt_exiting, exit.ack_interrupt_on_exit }"),
     "EXTINT-WINDOW": variant(append="controls { require pin.external_interrupt_exiting, exit.ack_interrupt_on_exit }\n"
                                     "exit external_interrupt -> dispatch_idt { idt_base = host_idt_base }"),
     "SEED-IDT-GLOBAL": variant(append="global firmware_idt = symbol(host_idt)\n"

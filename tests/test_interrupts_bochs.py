@@ -38,7 +38,7 @@ def interrupts_image(tmp_path_factory) -> Path:
 
 def check_line(serial: str, cpu: int, name: str) -> str:
     """hvcheck's line for one check on one CPU; it must say ok."""
-    lines = [l for l in serial.splitlines() if l.startswith(f"hvcheck: cpu {cpu}: {name}")]
+    lines = [line for line in serial.splitlines() if line.startswith(f"hvcheck: cpu {cpu}: {name}")]
     assert lines, f"no line for cpu {cpu}: {name}"
     assert ": ok" in lines[0], lines[0]
     return lines[0]

@@ -9,6 +9,8 @@ environment; the CLI prints `str(error)` (no traceback) and exits with
     3  the environment lacks something (a tool, a package, firmware)
 """
 
+import shutil
+
 
 class UserError(Exception):
     exit_status = 1
@@ -17,8 +19,6 @@ class UserError(Exception):
 class UsageError(UserError):
     exit_status = 2
 
-
-import shutil
 
 
 class MissingEnvironment(UserError):

@@ -479,7 +479,8 @@ class _Loader:
                 first = spec.constants[name].loc
                 self.error(f"constant {name} is defined twice (first at {first})", loc)
             elif name in spec.msrs or name in spec.fields:
-                self.error(f"constant {name} has the name of a catalogue {'MSR' if name in spec.msrs else 'field'}", loc)
+                what = "MSR" if name in spec.msrs else "field"
+                self.error(f"constant {name} has the name of a catalogue {what}", loc)
             else:
                 spec.constants[name] = m.Constant(name, value, loc)
         global_names = {g[0] for g in self.raw_globals}
@@ -497,7 +498,8 @@ class _Loader:
                 self.error(f"unknown host-state field '{name}'{did_you_mean(name, hosts)}", loc)
                 continue
             if fld.type != "host":
-                kind = {"exit-info": "a read-only exit-information", "control": "a control"}.get(fld.type, "a guest-state")
+                kind = {"exit-info": "a read-only exit-information",
+                        "control": "a control"}.get(fld.type, "a guest-state")
                 self.error(f"{name} is {kind} field; host_state assigns host-state fields (HOST_...)", loc)
                 continue
             source = self.source(raw, global_names)
