@@ -9,8 +9,12 @@ import pytest
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import Optional
 
 from uefi_hv import ROOT
 from uefi_hv.emulate import (BOCHS_KNOWN_PANICS, PROJECT_BOCHS, boot, bochs_rom_address,
@@ -242,3 +246,51 @@ def test_a_second_setup_does_not_rebuild_bochs():
                            capture_output=True, text=True, timeout=10)
     assert again.returncode == 0
     assert again.stdout == f"Bochs 3.0: {PROJECT_BOCHS} is there\n"
+
+
+def _stop_bochs_of(run_dir: Path) -> Optional[int]:
+    """SIGSTOP the Bochs this test started for `run_dir` (found by its
+    configuration's path on the command line); its PID, or None."""
+    config = str(run_dir / "bochsrc.bxrc").encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and config in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGSTOP)
+                return int(proc.name)
+        except OSError:
+            continue
+    return None
+
+
+def test_a_stalled_bochs_is_named_and_run_again(banner_image, run_dir, monkeypatch,
+                                                 assert_no_leftovers):
+    """A Bochs that stops using CPU (here: SIGSTOP, once) is named as stalled,
+    its /proc state kept, and the run is made again in a fresh Bochs."""
+    import uefi_hv.emulate as emulate
+
+    monkeypatch.setattr(emulate, "BOCHS_STALL_S", 3.0)
+    stopped = []
+
+    def stop_the_first_bochs():     # once its log shows the firmware running
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            log = run_dir / "bochs.log"
+            if log.exists() and log.stat().st_size > 20000:
+                stopped.append(_stop_bochs_of(run_dir))
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=stop_the_first_bochs)
+    watcher.start()
+    r = boot(banner_image, emulator="bochs", timeout=60, run_dir=run_dir)
+    watcher.join()
+    assert stopped and stopped[0], "the first Bochs was not found to stop"
+    assert r.ok, r
+    assert r.reason == ("clean power-off (run again: the first bochs stalled: its process used no "
+                        "CPU time for 3 s (the emulator stopped, not the guest; /proc state in "
+                        "stall.txt))"), r.reason
+    assert "State:\tT (stopped)" in (run_dir / "stalled-1" / "stall.txt").read_text()
+    assert (run_dir / "stalled-1" / "bochsrc.bxrc").exists() and (run_dir / "serial.txt").exists()
+    assert re.search(BANNER_RE, r.serial)
+    assert len(r.pids) == 2
+    assert_no_leftovers(r)
