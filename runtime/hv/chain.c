@@ -39,7 +39,7 @@ EFI_STATUS hv_start_next_image(EFI_HANDLE image)
     EFI_STATUS status = uefi_call_wrapper(BS->HandleProtocol, 3, image, &LoadedImageProtocol, (VOID **)&self);
     if (EFI_ERROR(status))
         return status;
-    CHAR16 path[256], options[512];   /* live until the chained image returns */
+    CHAR16 path[256], options[512]; /* live until the chained image returns */
     char text[1024];
     EFI_FILE_HANDLE root = LibOpenRoot(self->DeviceHandle);
     UINTN n = root ? read_chain_file(root, text, sizeof text) : 0;
@@ -67,7 +67,8 @@ EFI_STATUS hv_start_next_image(EFI_HANDLE image)
     }
     if (options[0]) {
         EFI_LOADED_IMAGE *child;
-        if (!EFI_ERROR(uefi_call_wrapper(BS->HandleProtocol, 3, next, &LoadedImageProtocol, (VOID **)&child))) {
+        if (!EFI_ERROR(
+                uefi_call_wrapper(BS->HandleProtocol, 3, next, &LoadedImageProtocol, (VOID **)&child))) {
             child->LoadOptions = options;
             child->LoadOptionsSize = (UINT32)((StrLen(options) + 1) * sizeof(CHAR16));
         }

@@ -11,7 +11,7 @@ static BOOLEAN canonical(UINT64 v)
 {
     UINT32 r[4];
     cpuid(0x80000008U, 0, r);
-    UINT32 bits = (r[0] >> 8) & 0xFF;                 /* linear-address width */
+    UINT32 bits = (r[0] >> 8) & 0xFF; /* linear-address width */
     if (bits == 0)
         bits = 48;
     INT64 s = (INT64)(v << (64 - bits)) >> (64 - bits);
@@ -32,37 +32,37 @@ static int invalid_pat_entry(UINT64 pat)
 /* TRUE when `rule` holds; else FALSE with why in `detail`. */
 static BOOLEAN rule_holds(struct hv_cpu *cpu, const struct hv_rule *rule, char *detail, UINTN size)
 {
-    UINT64 value = rule->field_name && rule->kind != HV_RULE_CONTROL_ALLOWED ?
-                   hv_host_value(cpu, rule->field) : 0;
+    UINT64 value =
+        rule->field_name && rule->kind != HV_RULE_CONTROL_ALLOWED ? hv_host_value(cpu, rule->field) : 0;
     UINT32 exit_controls = cpu->controls[HV_CTL_EXIT];
     BOOLEAN size64 = (exit_controls & HV_EXIT_HOST_ADDRESS_SPACE_SIZE) != 0;
 
     switch (rule->kind) {
-    case HV_RULE_CR_FIXED: {            /* SDM 26.2.2, Appendix A.7 and A.8 */
+    case HV_RULE_CR_FIXED: { /* SDM 26.2.2, Appendix A.7 and A.8 */
         UINT64 fixed0 = rdmsr(rule->msr), fixed1 = rdmsr(rule->msr2);
         if ((value | fixed0) == value && (value & fixed1) == value)
             return TRUE;
-        hv_snprintf(detail, size, "%s = 0x%lx, FIXED0 0x%lx, FIXED1 0x%lx", rule->field_name,
-                    value, fixed0, fixed1);
+        hv_snprintf(detail, size, "%s = 0x%lx, FIXED0 0x%lx, FIXED1 0x%lx", rule->field_name, value, fixed0,
+                    fixed1);
         return FALSE;
     }
-    case HV_RULE_CONTROL_ALLOWED: {     /* SDM 26.2.1, Appendix A.3-A.5 */
+    case HV_RULE_CONTROL_ALLOWED: { /* SDM 26.2.1, Appendix A.3-A.5 */
         BOOLEAN true_msrs = rule->msr2 && (hv.vmx_basic & VMX_BASIC_TRUE_CONTROLS);
         UINT32 msr = true_msrs ? rule->msr2 : rule->msr, controls = cpu->controls[rule->group];
         UINT64 cap = rdmsr(msr);
         if (rule->group == HV_CTL_PROC2 && !(cpu->controls[HV_CTL_PROC] & HV_PROC_ACTIVATE_SECONDARY))
-            return TRUE;                                   /* not in use */
+            return TRUE; /* not in use */
         if ((controls & (UINT32)cap) == (UINT32)cap && (controls & ~(UINT32)(cap >> 32)) == 0)
             return TRUE;
-        hv_snprintf(detail, size, "%s = 0x%08x, MSR 0x%x allows 0x%08x, requires 0x%08x",
-                    rule->field_name, controls, msr, (UINT32)(cap >> 32), (UINT32)cap);
+        hv_snprintf(detail, size, "%s = 0x%08x, MSR 0x%x allows 0x%08x, requires 0x%08x", rule->field_name,
+                    controls, msr, (UINT32)(cap >> 32), (UINT32)cap);
         return FALSE;
     }
     case HV_RULE_HOST_SELECTOR_RPL_TI:
         if ((value & 7) == 0)
             return TRUE;
-        hv_snprintf(detail, size, "%s = 0x%lx: RPL (bits 1:0) and TI (bit 2) must be 0",
-                    rule->field_name, value);
+        hv_snprintf(detail, size, "%s = 0x%lx: RPL (bits 1:0) and TI (bit 2) must be 0", rule->field_name,
+                    value);
         return FALSE;
     case HV_RULE_HOST_SELECTOR_NONZERO:
         if (value != 0)
@@ -86,8 +86,8 @@ static BOOLEAN rule_holds(struct hv_cpu *cpu, const struct hv_rule *rule, char *
         int entry = exit_controls & HV_EXIT_LOAD_IA32_PAT ? invalid_pat_entry(value) : -1;
         if (entry < 0)
             return TRUE;
-        hv_snprintf(detail, size, "%s = 0x%lx: entry %u has the invalid type %u", rule->field_name,
-                    value, (unsigned)entry, (unsigned)((value >> (8 * entry)) & 0xFF));
+        hv_snprintf(detail, size, "%s = 0x%lx: entry %u has the invalid type %u", rule->field_name, value,
+                    (unsigned)entry, (unsigned)((value >> (8 * entry)) & 0xFF));
         return FALSE;
     }
     case HV_RULE_EFER_CONSISTENT: {
@@ -96,8 +96,10 @@ static BOOLEAN rule_holds(struct hv_cpu *cpu, const struct hv_rule *rule, char *
         BOOLEAN reserved_clear = (value & ~((1ULL << 0) | (1ULL << 8) | (1ULL << 10) | (1ULL << 11))) == 0;
         if (reserved_clear && ((value >> 10) & 1) == size64 && ((value >> 8) & 1) == size64)
             return TRUE;
-        hv_snprintf(detail, size, "%s = 0x%lx: reserved bits clear, LMA and LME equal to host "
-                    "address-space size (%lu)", rule->field_name, value, (UINT64)size64);
+        hv_snprintf(detail, size,
+                    "%s = 0x%lx: reserved bits clear, LMA and LME equal to host "
+                    "address-space size (%lu)",
+                    rule->field_name, value, (UINT64)size64);
         return FALSE;
     }
     case HV_RULE_END:
@@ -111,8 +113,8 @@ BOOLEAN hv_run_time_checks(struct hv_cpu *cpu)
     for (const struct hv_rule *rule = hv_rules; rule->kind != HV_RULE_END; rule++) {
         char detail[128];
         if (!rule_holds(cpu, rule, detail, sizeof detail)) {
-            hv_snprintf(cpu->error, sizeof cpu->error, "run-time check %s failed (%s: %s): %s",
-                        rule->id, rule->section, rule->title, detail);
+            hv_snprintf(cpu->error, sizeof cpu->error, "run-time check %s failed (%s: %s): %s", rule->id,
+                        rule->section, rule->title, detail);
             return FALSE;
         }
     }

@@ -8,13 +8,13 @@
 #include "hv.h"
 
 struct hv_rule {
-    enum hv_rule_kind kind;            /* HV_RULE_END ends the table */
+    enum hv_rule_kind kind; /* HV_RULE_END ends the table */
     const char *id, *section, *title;
-    UINT32 field;                      /* the host-state field it looks at (0: none) */
-    const char *field_name;            /* its name, or the control group's field */
-    UINT32 msr, msr2;                  /* cr_fixed: FIXED0, FIXED1; control_allowed: the
+    UINT32 field;                /* the host-state field it looks at (0: none) */
+    const char *field_name;      /* its name, or the control group's field */
+    UINT32 msr, msr2;            /* cr_fixed: FIXED0, FIXED1; control_allowed: the
                                           capability MSR and its TRUE_ one (0: none) */
-    enum hv_control_group group;       /* control_allowed */
+    enum hv_control_group group; /* control_allowed */
 };
 
 extern const struct hv_rule hv_rules[];

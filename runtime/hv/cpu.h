@@ -32,26 +32,57 @@ static inline void wrmsr(UINT32 msr, UINT64 value)
 
 static inline void cpuid(UINT32 leaf, UINT32 subleaf, UINT32 out[4])
 {
-    __asm__ volatile("cpuid" : "=a"(out[0]), "=b"(out[1]), "=c"(out[2]), "=d"(out[3])
+    __asm__ volatile("cpuid"
+                     : "=a"(out[0]), "=b"(out[1]), "=c"(out[2]), "=d"(out[3])
                      : "a"(leaf), "c"(subleaf));
 }
 
-#define DEFINE_READ_CR(n) \
-    static inline UINT64 read_cr##n(void) { UINT64 v; __asm__ volatile("mov %%cr" #n ", %0" : "=r"(v)); return v; }
+#define DEFINE_READ_CR(n)                                 \
+    static inline UINT64 read_cr##n(void)                 \
+    {                                                     \
+        UINT64 v;                                         \
+        __asm__ volatile("mov %%cr" #n ", %0" : "=r"(v)); \
+        return v;                                         \
+    }
 DEFINE_READ_CR(0)
 DEFINE_READ_CR(2)
 DEFINE_READ_CR(3)
 DEFINE_READ_CR(4)
 
-static inline void write_cr0(UINT64 v) { __asm__ volatile("mov %0, %%cr0" : : "r"(v) : "memory"); }
-static inline void write_cr4(UINT64 v) { __asm__ volatile("mov %0, %%cr4" : : "r"(v) : "memory"); }
+static inline void write_cr0(UINT64 v)
+{
+    __asm__ volatile("mov %0, %%cr0" : : "r"(v) : "memory");
+}
+static inline void write_cr4(UINT64 v)
+{
+    __asm__ volatile("mov %0, %%cr4" : : "r"(v) : "memory");
+}
 
-static inline UINT64 read_dr7(void) { UINT64 v; __asm__ volatile("mov %%dr7, %0" : "=r"(v)); return v; }
+static inline UINT64 read_dr7(void)
+{
+    UINT64 v;
+    __asm__ volatile("mov %%dr7, %0" : "=r"(v));
+    return v;
+}
 
-static inline UINT64 read_rflags(void) { UINT64 v; __asm__ volatile("pushfq; popq %0" : "=r"(v)); return v; }
-static inline void write_rflags(UINT64 v) { __asm__ volatile("pushq %0; popfq" : : "r"(v) : "memory", "cc"); }
-static inline void cli(void) { __asm__ volatile("cli" ::: "memory"); }
-static inline void cpu_pause(void) { __asm__ volatile("pause" ::: "memory"); }
+static inline UINT64 read_rflags(void)
+{
+    UINT64 v;
+    __asm__ volatile("pushfq; popq %0" : "=r"(v));
+    return v;
+}
+static inline void write_rflags(UINT64 v)
+{
+    __asm__ volatile("pushq %0; popfq" : : "r"(v) : "memory", "cc");
+}
+static inline void cli(void)
+{
+    __asm__ volatile("cli" ::: "memory");
+}
+static inline void cpu_pause(void)
+{
+    __asm__ volatile("pause" ::: "memory");
+}
 static inline UINT64 rdtsc(void)
 {
     UINT32 lo, hi;
@@ -59,21 +90,48 @@ static inline UINT64 rdtsc(void)
     return (UINT64)hi << 32 | lo;
 }
 
-static inline void sgdt(struct hv_dtr *d) { __asm__ volatile("sgdt %0" : "=m"(*d)); }
-static inline void sidt(struct hv_dtr *d) { __asm__ volatile("sidt %0" : "=m"(*d)); }
-static inline void lgdt(const struct hv_dtr *d) { __asm__ volatile("lgdt %0" : : "m"(*d) : "memory"); }
-static inline void lidt(const struct hv_dtr *d) { __asm__ volatile("lidt %0" : : "m"(*d) : "memory"); }
+static inline void sgdt(struct hv_dtr *d)
+{
+    __asm__ volatile("sgdt %0" : "=m"(*d));
+}
+static inline void sidt(struct hv_dtr *d)
+{
+    __asm__ volatile("sidt %0" : "=m"(*d));
+}
+static inline void lgdt(const struct hv_dtr *d)
+{
+    __asm__ volatile("lgdt %0" : : "m"(*d) : "memory");
+}
+static inline void lidt(const struct hv_dtr *d)
+{
+    __asm__ volatile("lidt %0" : : "m"(*d) : "memory");
+}
 
-#define DEFINE_READ_SEL(seg) \
-    static inline UINT16 read_##seg(void) { UINT16 v; __asm__ volatile("mov %%" #seg ", %0" : "=r"(v)); return v; }
+#define DEFINE_READ_SEL(seg)                              \
+    static inline UINT16 read_##seg(void)                 \
+    {                                                     \
+        UINT16 v;                                         \
+        __asm__ volatile("mov %%" #seg ", %0" : "=r"(v)); \
+        return v;                                         \
+    }
 DEFINE_READ_SEL(cs)
 DEFINE_READ_SEL(ss)
 DEFINE_READ_SEL(ds)
 DEFINE_READ_SEL(es)
 DEFINE_READ_SEL(fs)
 DEFINE_READ_SEL(gs)
-static inline UINT16 read_tr(void) { UINT16 v; __asm__ volatile("str %0" : "=r"(v)); return v; }
-static inline UINT16 read_ldtr(void) { UINT16 v; __asm__ volatile("sldt %0" : "=r"(v)); return v; }
+static inline UINT16 read_tr(void)
+{
+    UINT16 v;
+    __asm__ volatile("str %0" : "=r"(v));
+    return v;
+}
+static inline UINT16 read_ldtr(void)
+{
+    UINT16 v;
+    __asm__ volatile("sldt %0" : "=r"(v));
+    return v;
+}
 
 /* LSL/LAR: segment limit and access rights as the processor sees them;
  * ZF clear means the selector is not valid (null, or beyond the table). */
@@ -95,13 +153,35 @@ static inline BOOLEAN lar(UINT16 sel, UINT32 *rights)
     return ok;
 }
 
-static inline void outb(UINT16 port, UINT8 v) { __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port)); }
-static inline UINT8 inb(UINT16 port) { UINT8 v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
-static inline void outw(UINT16 port, UINT16 v) { __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port)); }
-static inline void outl(UINT16 port, UINT32 v) { __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port)); }
-static inline UINT32 inl(UINT16 port) { UINT32 v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline void outb(UINT16 port, UINT8 v)
+{
+    __asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
+}
+static inline UINT8 inb(UINT16 port)
+{
+    UINT8 v;
+    __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
+static inline void outw(UINT16 port, UINT16 v)
+{
+    __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port));
+}
+static inline void outl(UINT16 port, UINT32 v)
+{
+    __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));
+}
+static inline UINT32 inl(UINT16 port)
+{
+    UINT32 v;
+    __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
 
-static inline UINT8 vmx_status(UINT8 cf, UINT8 zf) { return cf ? VMX_FAIL_INVALID : zf ? VMX_FAIL_VALID : VMX_OK; }
+static inline UINT8 vmx_status(UINT8 cf, UINT8 zf)
+{
+    return cf ? VMX_FAIL_INVALID : zf ? VMX_FAIL_VALID : VMX_OK;
+}
 
 static inline UINT8 vmxon(UINT64 pa)
 {
@@ -110,7 +190,10 @@ static inline UINT8 vmxon(UINT64 pa)
     return vmx_status(cf, zf);
 }
 
-static inline void vmxoff(void) { __asm__ volatile("vmxoff" ::: "cc", "memory"); }
+static inline void vmxoff(void)
+{
+    __asm__ volatile("vmxoff" ::: "cc", "memory");
+}
 
 static inline UINT8 vmclear(UINT64 pa)
 {
@@ -137,11 +220,16 @@ static inline UINT8 vmwrite(UINT32 field, UINT64 value)
 {
     UINT8 cf, zf;
     __asm__ volatile("vmwrite %2, %3; setc %0; setz %1"
-                     : "=qm"(cf), "=qm"(zf) : "r"(value), "r"((UINT64)field) : "cc", "memory");
+                     : "=qm"(cf), "=qm"(zf)
+                     : "r"(value), "r"((UINT64)field)
+                     : "cc", "memory");
     return vmx_status(cf, zf);
 }
 
-static inline void wbinvd(void) { __asm__ volatile("wbinvd" ::: "memory"); }
+static inline void wbinvd(void)
+{
+    __asm__ volatile("wbinvd" ::: "memory");
+}
 
 static inline __attribute__((noreturn)) void halt_forever(void)
 {

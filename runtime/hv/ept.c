@@ -12,21 +12,21 @@
 #define EPT_RWX        7ULL
 #define EPT_LARGE      (1ULL << 7)
 #define EPT_TYPE_SHIFT 3
-#define MTRR_UC 0
-#define MTRR_WT 4
-#define MTRR_WB 6
-#define MTRR_MIXED 0xFF
+#define MTRR_UC        0
+#define MTRR_WT        4
+#define MTRR_WB        6
+#define MTRR_MIXED     0xFF
 
 struct mtrr_state {
     BOOLEAN enabled, fixed_enabled;
     UINT8 default_type;
     UINT32 variable_count;
     UINT64 base[32], mask[32];
-    UINT8 fixed[88];                 /* 11 fixed-range MSRs, 8 ranges each */
+    UINT8 fixed[88]; /* 11 fixed-range MSRs, 8 ranges each */
 };
 
 static struct mtrr_state mtrr;
-static UINT64 phys_mask;             /* bits MAXPHYADDR-1:12 */
+static UINT64 phys_mask; /* bits MAXPHYADDR-1:12 */
 
 static void read_mtrrs(void)
 {
@@ -43,9 +43,9 @@ static void read_mtrrs(void)
     }
     static const UINT32 fixed_msrs[11] = {
         MSR_IA32_MTRR_FIX64K_00000, MSR_IA32_MTRR_FIX16K_80000, MSR_IA32_MTRR_FIX16K_A0000,
-        MSR_IA32_MTRR_FIX4K_C0000, MSR_IA32_MTRR_FIX4K_C8000, MSR_IA32_MTRR_FIX4K_D0000,
-        MSR_IA32_MTRR_FIX4K_D8000, MSR_IA32_MTRR_FIX4K_E0000, MSR_IA32_MTRR_FIX4K_E8000,
-        MSR_IA32_MTRR_FIX4K_F0000, MSR_IA32_MTRR_FIX4K_F8000,
+        MSR_IA32_MTRR_FIX4K_C0000,  MSR_IA32_MTRR_FIX4K_C8000,  MSR_IA32_MTRR_FIX4K_D0000,
+        MSR_IA32_MTRR_FIX4K_D8000,  MSR_IA32_MTRR_FIX4K_E0000,  MSR_IA32_MTRR_FIX4K_E8000,
+        MSR_IA32_MTRR_FIX4K_F0000,  MSR_IA32_MTRR_FIX4K_F8000,
     };
     if (mtrr.fixed_enabled)
         for (UINT32 i = 0; i < 11; i++) {
@@ -71,10 +71,10 @@ static UINT8 combine(UINT8 acc, UINT8 type)
 static UINT8 fixed_type(UINT64 addr)
 {
     if (addr < 0x80000)
-        return mtrr.fixed[addr >> 16];                       /* 64 KiB ranges */
+        return mtrr.fixed[addr >> 16]; /* 64 KiB ranges */
     if (addr < 0xC0000)
-        return mtrr.fixed[8 + ((addr - 0x80000) >> 14)];     /* 16 KiB ranges */
-    return mtrr.fixed[24 + ((addr - 0xC0000) >> 12)];        /* 4 KiB ranges */
+        return mtrr.fixed[8 + ((addr - 0x80000) >> 14)]; /* 16 KiB ranges */
+    return mtrr.fixed[24 + ((addr - 0xC0000) >> 12)];    /* 4 KiB ranges */
 }
 
 /* The one memory type of [start, start + size), or MTRR_MIXED when the
@@ -88,15 +88,15 @@ static UINT8 memory_type(UINT64 start, UINT64 size)
     UINT8 type = MTRR_MIXED;
     BOOLEAN matched = FALSE;
     for (UINT32 i = 0; i < mtrr.variable_count; i++) {
-        if (!(mtrr.mask[i] & (1ULL << 11)))                   /* valid bit */
+        if (!(mtrr.mask[i] & (1ULL << 11))) /* valid bit */
             continue;
         UINT64 mask = mtrr.mask[i] & phys_mask, base = mtrr.base[i] & mask;
-        UINT64 range = (~mask & phys_mask) + 0x1000;          /* for a contiguous mask */
+        UINT64 range = (~mask & phys_mask) + 0x1000; /* for a contiguous mask */
         BOOLEAN contiguous = (range & (range - 1)) == 0;
         BOOLEAN starts_in = (start & mask) == base;
         if (size == 0x1000 || (contiguous && range >= size)) {
             if (!starts_in)
-                continue;                                      /* wholly outside */
+                continue; /* wholly outside */
         } else {
             /* The range is smaller than the page: mixed if it touches it. */
             UINT64 first = start, last = start + size - 1;
@@ -157,7 +157,7 @@ static EFI_STATUS map_1g(UINT64 *pdpt_entry, UINT64 start, BOOLEAN gib_pages)
  * smaller pages keep the large page's memory type). */
 static UINT64 *ept_entry_4k(UINT64 *pml4, UINT64 gpa)
 {
-    UINT64 *table = (UINT64 *)(pml4[0] & ~0xFFFULL);           /* the PDPT */
+    UINT64 *table = (UINT64 *)(pml4[0] & ~0xFFFULL); /* the PDPT */
     for (UINT32 shift = 30; shift >= 21; shift -= 9) {
         UINT64 *entry = &table[(gpa >> shift) & 511];
         if (*entry & EPT_LARGE) {

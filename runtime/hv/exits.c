@@ -10,12 +10,12 @@
 #include "exits.h"
 #include "interrupts.h"
 
-#define X86_CR0_PE (1ULL << 0)
-#define X86_CR0_PG (1ULL << 31)
-#define X86_CR4_VMXE (1ULL << 13)
+#define X86_CR0_PE      (1ULL << 0)
+#define X86_CR0_PG      (1ULL << 31)
+#define X86_CR4_VMXE    (1ULL << 13)
 #define X86_CR4_OSXSAVE (1ULL << 18)
-#define VECTOR_UD 6
-#define VECTOR_GP 13
+#define VECTOR_UD       6
+#define VECTOR_GP       13
 
 /* SDM 25.8.3 "VM-Entry Controls for Event Injection": a hardware exception. */
 void hv_inject_exception(UINT32 vector, BOOLEAN has_error_code, UINT32 error_code)
@@ -44,9 +44,8 @@ static void log_guest_state(struct hv_cpu *cpu)
     hv_log_fatal("uefi-hv: cpu %u: guest RIP 0x%lx RSP 0x%lx RFLAGS 0x%lx CS 0x%lx activity %lu\n",
                  cpu->index, vmread(GUEST_RIP), vmread(GUEST_RSP), vmread(GUEST_RFLAGS),
                  vmread(GUEST_CS_SELECTOR), vmread(GUEST_ACTIVITY_STATE));
-    hv_log_fatal("uefi-hv: cpu %u: guest CR0 0x%lx CR3 0x%lx CR4 0x%lx qualification 0x%lx\n",
-                 cpu->index, vmread(GUEST_CR0), vmread(GUEST_CR3), vmread(GUEST_CR4),
-                 vmread(EXIT_QUALIFICATION));
+    hv_log_fatal("uefi-hv: cpu %u: guest CR0 0x%lx CR3 0x%lx CR4 0x%lx qualification 0x%lx\n", cpu->index,
+                 vmread(GUEST_CR0), vmread(GUEST_CR3), vmread(GUEST_CR4), vmread(EXIT_QUALIFICATION));
 }
 
 /* --- actions ------------------------------------------------------------ */
@@ -74,7 +73,7 @@ enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *re
     } else {
         cpuid(leaf, subleaf, r);
         if (leaf == 1)
-            r[2] |= 1U << 31;                /* hypervisor present */
+            r[2] |= 1U << 31; /* hypervisor present */
         for (const struct hv_cpuid_bit *hide = hv_cpuid_hidden; hide->name; hide++)
             if (leaf == hide->leaf)
                 r[hide->reg] &= ~(1U << hide->bit);
@@ -98,7 +97,8 @@ static enum hv_exit_result msr_access(struct hv_cpu *cpu, struct hv_guest_regs *
     UINT64 value = (regs->rdx & 0xFFFFFFFFULL) << 32 | (regs->rax & 0xFFFFFFFFULL);
     int rule = -1;
     for (int i = 0; i < HV_MSR_INTERCEPT_COUNT; i++)
-        if (hv_msr_intercepts[i].write == write && msr >= hv_msr_intercepts[i].first && msr <= hv_msr_intercepts[i].last)
+        if (hv_msr_intercepts[i].write == write && msr >= hv_msr_intercepts[i].first &&
+            msr <= hv_msr_intercepts[i].last)
             rule = i;
     if (rule >= 0) {
         switch (hv_msr_intercepts[rule].action) {
@@ -109,8 +109,8 @@ static enum hv_exit_result msr_access(struct hv_cpu *cpu, struct hv_guest_regs *
                 hv_inject_exception(VECTOR_GP, TRUE, 0);
                 return HV_RESUME_SAME;
             }
-            value = (rdmsr(msr) & ~(FEATURE_CONTROL_VMX_INSIDE_SMX | FEATURE_CONTROL_VMX_OUTSIDE_SMX))
-                    | FEATURE_CONTROL_LOCK;
+            value = (rdmsr(msr) & ~(FEATURE_CONTROL_VMX_INSIDE_SMX | FEATURE_CONTROL_VMX_OUTSIDE_SMX)) |
+                    FEATURE_CONTROL_LOCK;
             regs->rax = value & 0xFFFFFFFFULL;
             regs->rdx = value >> 32;
             return HV_RESUME_NEXT;
@@ -122,8 +122,8 @@ static enum hv_exit_result msr_access(struct hv_cpu *cpu, struct hv_guest_regs *
             hv_inject_exception(VECTOR_GP, TRUE, 0);
             return HV_RESUME_SAME;
         case MSR_PASSTHROUGH_LOG:
-            hv_log("uefi-hv: cpu %u: guest %s MSR 0x%x = 0x%lx\n", cpu->index,
-                   write ? "writes" : "reads", msr, write ? value : 0);
+            hv_log("uefi-hv: cpu %u: guest %s MSR 0x%x = 0x%lx\n", cpu->index, write ? "writes" : "reads",
+                   msr, write ? value : 0);
             break;
         }
     }
@@ -154,7 +154,7 @@ static void msr_bitmap_set(UINT32 msr, BOOLEAN write)
     else if (msr >= 0xC0000000U && msr <= 0xC0001FFFU)
         offset = 1024;
     else
-        return;                     /* outside the bitmap: always exits */
+        return; /* outside the bitmap: always exits */
     offset += write ? 2048 : 0;
     UINT32 n = msr & 0x1FFF;
     hv.msr_bitmap[offset + n / 8] |= (UINT8)(1U << (n % 8));
@@ -163,7 +163,7 @@ static void msr_bitmap_set(UINT32 msr, BOOLEAN write)
 
 EFI_STATUS hv_build_msr_bitmap(void)
 {
-    hv.msr_bitmap = hv_alloc_pages(1);      /* all clear: no MSR exits */
+    hv.msr_bitmap = hv_alloc_pages(1); /* all clear: no MSR exits */
     if (!hv.msr_bitmap)
         return EFI_OUT_OF_RESOURCES;
 #if HV_ACTION_MSR
@@ -258,7 +258,7 @@ enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *r
     case HV_VMCALL_DEVIRTUALIZE:
         regs->rax = HV_VMCALL_OK;
         hv_log("uefi-hv: cpu %u: devirtualised at the guest's request\n", cpu->index);
-        hv_devirtualize(cpu, regs);          /* does not return: the guest goes on natively */
+        hv_devirtualize(cpu, regs); /* does not return: the guest goes on natively */
     default:
         status = HV_VMCALL_UNKNOWN;
         break;
@@ -314,8 +314,9 @@ enum hv_exit_result hv_action_inject_ud(struct hv_cpu *cpu, struct hv_guest_regs
 #if HV_ACTION_TRIPLE_FAULT
 enum hv_exit_result hv_action_triple_fault(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
-    hv_log_fatal("uefi-hv: cpu %u: the guest triple-faulted (shutdown), RAX 0x%lx RBX 0x%lx RCX 0x%lx RDX 0x%lx\n",
-                 cpu->index, regs->rax, regs->rbx, regs->rcx, regs->rdx);
+    hv_log_fatal(
+        "uefi-hv: cpu %u: the guest triple-faulted (shutdown), RAX 0x%lx RBX 0x%lx RCX 0x%lx RDX 0x%lx\n",
+        cpu->index, regs->rax, regs->rbx, regs->rcx, regs->rdx);
     log_guest_state(cpu);
     return HV_STOP;
 }
@@ -337,8 +338,8 @@ enum hv_exit_result hv_action_log_shutdown(struct hv_cpu *cpu, struct hv_guest_r
 /* A processor after INIT (SDM 10.4.7.3 / 9.1.1 Table 9-1), as the guest
  * sees it: real mode at F000:FFF0. With unrestricted guest, PE and PG are
  * exempt from the CR0 fixed bits (SDM 26.3.1.1); the rest still apply. */
-static void set_segment(UINT32 sel_field, UINT32 base_field, UINT32 limit_field, UINT32 ar_field,
-                        UINT16 sel, UINT64 base, UINT32 ar)
+static void set_segment(UINT32 sel_field, UINT32 base_field, UINT32 limit_field, UINT32 ar_field, UINT16 sel,
+                        UINT64 base, UINT32 ar)
 {
     vmwrite(sel_field, sel);
     vmwrite(base_field, base);
@@ -348,7 +349,7 @@ static void set_segment(UINT32 sel_field, UINT32 base_field, UINT32 limit_field,
 
 static void reset_guest_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
-    UINT64 cr0 = 0x60000010ULL;                       /* CD, NW, ET */
+    UINT64 cr0 = 0x60000010ULL; /* CD, NW, ET */
     UINT64 fixed0 = rdmsr(MSR_IA32_VMX_CR0_FIXED0) & ~(X86_CR0_PE | X86_CR0_PG);
     vmwrite(GUEST_CR0, (cr0 | fixed0) & rdmsr(MSR_IA32_VMX_CR0_FIXED1));
     vmwrite(CR0_READ_SHADOW, cr0);
@@ -359,7 +360,8 @@ static void reset_guest_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *
     vmwrite(GUEST_RSP, 0);
     vmwrite(GUEST_RIP, 0xFFF0);
     vmwrite(GUEST_RFLAGS, 0x2);
-    set_segment(GUEST_CS_SELECTOR, GUEST_CS_BASE, GUEST_CS_LIMIT, GUEST_CS_AR_BYTES, 0xF000, 0xFFFF0000ULL, 0x9B);
+    set_segment(GUEST_CS_SELECTOR, GUEST_CS_BASE, GUEST_CS_LIMIT, GUEST_CS_AR_BYTES, 0xF000, 0xFFFF0000ULL,
+                0x9B);
     set_segment(GUEST_DS_SELECTOR, GUEST_DS_BASE, GUEST_DS_LIMIT, GUEST_DS_AR_BYTES, 0, 0, 0x93);
     set_segment(GUEST_ES_SELECTOR, GUEST_ES_BASE, GUEST_ES_LIMIT, GUEST_ES_AR_BYTES, 0, 0, 0x93);
     set_segment(GUEST_SS_SELECTOR, GUEST_SS_BASE, GUEST_SS_LIMIT, GUEST_SS_AR_BYTES, 0, 0, 0x93);
@@ -380,7 +382,7 @@ static void reset_guest_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *
     UINT32 r[4];
     cpuid(1, 0, r);
     hv_zero(regs, sizeof *regs);
-    regs->rdx = r[0];                                 /* EDX = processor signature */
+    regs->rdx = r[0]; /* EDX = processor signature */
 }
 #endif
 
@@ -417,7 +419,6 @@ enum hv_exit_result hv_action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *reg
 }
 #endif
 
-
 #if HV_ACTION_INIT
 /* --- INIT and SIPI, emulated ------------------------------------------------
  * OVMF's MP services wake APs with INIT-SIPI-SIPI for every call, also after
@@ -433,8 +434,8 @@ enum hv_exit_result hv_action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *reg
 
 #define APIC_ICR_LOW  0x300
 #define APIC_ICR_HIGH 0x310
-#define ICR_INIT 5
-#define ICR_SIPI 6
+#define ICR_INIT      5
+#define ICR_SIPI      6
 
 /* Guest-linear to guest-physical, through the guest's own page tables (4-level
  * paging or none: what UEFI and a 64-bit OS use). EPT is an identity map, and
@@ -446,9 +447,9 @@ static BOOLEAN guest_physical(UINT64 linear, UINT64 *pa)
         return TRUE;
     }
     if (!(vmread(VM_ENTRY_CONTROLS) & HV_ENTRY_IA32E_MODE_GUEST))
-        return FALSE;                                   /* 32-bit paging: not here */
+        return FALSE; /* 32-bit paging: not here */
     UINT64 table = vmread(GUEST_CR3) & ~0xFFFULL & 0x000FFFFFFFFFF000ULL;
-    for (UINT32 shift = 39; ; shift -= 9) {
+    for (UINT32 shift = 39;; shift -= 9) {
         UINT64 entry = ((volatile UINT64 *)table)[(linear >> shift) & 511];
         if (!(entry & 1))
             return FALSE;
@@ -502,7 +503,7 @@ static BOOLEAN decode_store(struct hv_guest_regs *regs, UINT32 *value, UINTN *le
         if (mod == 0 && (sib & 7) == 5)
             n += 4;
     } else if (mod == 0 && rm == 5) {
-        n += 4;                                        /* RIP-relative */
+        n += 4; /* RIP-relative */
     }
     n += mod == 1 ? 1 : mod == 2 ? 4 : 0;
     if (opcode == 0x89) {
@@ -526,8 +527,8 @@ static void send_ipi(volatile UINT32 *apic, UINT32 apic_id, UINT32 icr_low)
 {
     UINT32 saved_high = apic[APIC_ICR_HIGH / 4];
     apic[APIC_ICR_HIGH / 4] = apic_id << 24;
-    apic[APIC_ICR_LOW / 4] = icr_low & ~(3U << 18);     /* no shorthand: this CPU */
-    while (apic[APIC_ICR_LOW / 4] & (1U << 12))          /* delivery status */
+    apic[APIC_ICR_LOW / 4] = icr_low & ~(3U << 18); /* no shorthand: this CPU */
+    while (apic[APIC_ICR_LOW / 4] & (1U << 12))     /* delivery status */
         cpu_pause();
     apic[APIC_ICR_HIGH / 4] = saved_high;
 }
@@ -545,13 +546,15 @@ static void write_icr(struct hv_cpu *self, volatile UINT32 *apic, UINT32 value)
     BOOLEAN known_target = FALSE;
     for (UINT32 i = 0; i < hv.cpu_count; i++) {
         struct hv_cpu *c = hv.cpus[i];
-        BOOLEAN target = shorthand == 0 ? c->apic_id == dest : shorthand == 1 ? c == self
-                       : shorthand == 2 ? TRUE : c != self;
+        BOOLEAN target = shorthand == 0   ? c->apic_id == dest
+                         : shorthand == 1 ? c == self
+                         : shorthand == 2 ? TRUE
+                                          : c != self;
         if (!target)
             continue;
         known_target = TRUE;
         if (c->status != HV_CPU_LAUNCHED || c == self) {
-            send_ipi(apic, c->apic_id, value);          /* not a guest: the real thing */
+            send_ipi(apic, c->apic_id, value); /* not a guest: the real thing */
         } else if (mode == ICR_INIT) {
             if (!deassert) {
                 __atomic_store_n(&c->sipi_vector, 0, __ATOMIC_SEQ_CST);
@@ -559,7 +562,7 @@ static void write_icr(struct hv_cpu *self, volatile UINT32 *apic, UINT32 value)
             }
         } else if (__atomic_exchange_n(&c->init_pending, 0, __ATOMIC_SEQ_CST)) {
             __atomic_store_n(&c->sipi_vector, (value & 0xFF) | 0x100, __ATOMIC_SEQ_CST);
-        }                                               /* the second SIPI: dropped, as by hardware */
+        } /* the second SIPI: dropped, as by hardware */
     }
     if (!known_target)
         apic[APIC_ICR_LOW / 4] = value;
@@ -568,7 +571,8 @@ static void write_icr(struct hv_cpu *self, volatile UINT32 *apic, UINT32 value)
 /* An EPT violation on the APIC page: emulate the store. FALSE: not ours. */
 static BOOLEAN emulate_apic_write(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
-    UINT64 gpa = vmread(GUEST_PHYSICAL_ADDRESS), apic_base = rdmsr(MSR_IA32_APIC_BASE) & 0x000FFFFFFFFFF000ULL;
+    UINT64 gpa = vmread(GUEST_PHYSICAL_ADDRESS),
+           apic_base = rdmsr(MSR_IA32_APIC_BASE) & 0x000FFFFFFFFFF000ULL;
     if ((gpa & ~0xFFFULL) != apic_base || !(vmread(EXIT_QUALIFICATION) & 2))
         return FALSE;
     UINT32 value;
@@ -703,8 +707,9 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
         return;
 #endif
     if (!action) {
-        hv_log_fatal("uefi-hv: cpu %u: unhandled VM exit %u (%s), qualification 0x%lx: stopping the machine\n",
-                     cpu->index, reason, hv_exit_reason_name(reason), vmread(EXIT_QUALIFICATION));
+        hv_log_fatal(
+            "uefi-hv: cpu %u: unhandled VM exit %u (%s), qualification 0x%lx: stopping the machine\n",
+            cpu->index, reason, hv_exit_reason_name(reason), vmread(EXIT_QUALIFICATION));
         log_guest_state(cpu);
         hv_power_off();
     }
@@ -725,7 +730,7 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
 void hv_vmresume_failed(struct hv_cpu *cpu)
 {
     UINT32 number = (UINT32)vmread(VM_INSTRUCTION_ERROR);
-    hv_log_fatal("uefi-hv: cpu %u: VMRESUME failed: VM-instruction error %u (%s)\n",
-                 cpu->index, number, hv_vm_error_name(number));
+    hv_log_fatal("uefi-hv: cpu %u: VMRESUME failed: VM-instruction error %u (%s)\n", cpu->index, number,
+                 hv_vm_error_name(number));
     hv_power_off();
 }

@@ -8,9 +8,9 @@
 #include "hv.h"
 
 enum hv_exit_result {
-    HV_RESUME_NEXT,      /* the instruction is done: advance GUEST_RIP */
-    HV_RESUME_SAME,      /* re-enter at the same RIP (an event was injected, or state reset) */
-    HV_STOP              /* log already written: power the machine off */
+    HV_RESUME_NEXT, /* the instruction is done: advance GUEST_RIP */
+    HV_RESUME_SAME, /* re-enter at the same RIP (an event was injected, or state reset) */
+    HV_STOP         /* log already written: power the machine off */
 };
 
 typedef enum hv_exit_result (*hv_exit_action)(struct hv_cpu *cpu, struct hv_guest_regs *regs);

@@ -13,16 +13,16 @@
 #include "cpu.h"
 #include "interrupts.h"
 
-#define HOST_CS 0x08
-#define HOST_DS 0x10
-#define HOST_TR 0x18
-#define HOST_GDT_ENTRIES 5              /* null, code, data, TSS (two slots) */
+#define HOST_CS          0x08
+#define HOST_DS          0x10
+#define HOST_TR          0x18
+#define HOST_GDT_ENTRIES 5 /* null, code, data, TSS (two slots) */
 
-#define PTE_P   (1ULL << 0)
-#define PTE_W   (1ULL << 1)
-#define PTE_PS  (1ULL << 7)
+#define PTE_P  (1ULL << 0)
+#define PTE_W  (1ULL << 1)
+#define PTE_PS (1ULL << 7)
 
-extern UINT8 hv_host_exception_stubs[];  /* vmexit.S: 32 stubs, 16 bytes apart */
+extern UINT8 hv_host_exception_stubs[]; /* vmexit.S: 32 stubs, 16 bytes apart */
 extern void hv_host_interrupt_stub(void);
 
 struct hv_shared hv;
@@ -30,8 +30,8 @@ struct hv_shared hv;
 static void set_gate(UINT64 *idt, UINT32 vector, UINT64 handler)
 {
     /* 64-bit interrupt gate (SDM 6.14.1): present, DPL 0, type 0xE, IST 0. */
-    idt[vector * 2] = (handler & 0xFFFF) | (UINT64)HOST_CS << 16 | 0x8EULL << 40
-                      | ((handler >> 16) & 0xFFFF) << 48;
+    idt[vector * 2] =
+        (handler & 0xFFFF) | (UINT64)HOST_CS << 16 | 0x8EULL << 40 | ((handler >> 16) & 0xFFFF) << 48;
     idt[vector * 2 + 1] = handler >> 32;
 }
 
@@ -56,10 +56,10 @@ static EFI_STATUS build_host_page_tables(void)
         return EFI_OUT_OF_RESOURCES;
     pml4[0] = (UINT64)pdpt | PTE_P | PTE_W;
     if (gib_pages) {
-        for (UINT64 i = 0; i < 512; i++)                 /* 512 GiB */
+        for (UINT64 i = 0; i < 512; i++) /* 512 GiB */
             pdpt[i] = i << 30 | PTE_P | PTE_W | PTE_PS;
     } else {
-        for (UINT64 i = 0; i < 64; i++) {                /* 64 GiB in 2 MiB pages */
+        for (UINT64 i = 0; i < 64; i++) { /* 64 GiB in 2 MiB pages */
             UINT64 *pd = hv_alloc_pages(1);
             if (!pd)
                 return EFI_OUT_OF_RESOURCES;
@@ -96,13 +96,13 @@ EFI_STATUS hv_build_cpu_host_environment(struct hv_cpu *cpu)
         return EFI_OUT_OF_RESOURCES;
     cpu->host_gdt = (UINT64 *)page;
     cpu->host_tss = (struct hv_tss *)(page + 64);
-    cpu->host_tss->iomap_base = sizeof(struct hv_tss);   /* no I/O permission bitmap */
+    cpu->host_tss->iomap_base = sizeof(struct hv_tss); /* no I/O permission bitmap */
 
     UINT64 tss = (UINT64)cpu->host_tss, limit = sizeof(struct hv_tss) - 1;
     cpu->host_gdt[0] = 0;
-    cpu->host_gdt[1] = 0x00AF9B000000FFFFULL;            /* 0x08: code, L=1, DPL 0 */
-    cpu->host_gdt[2] = 0x00CF93000000FFFFULL;            /* 0x10: data, DPL 0 */
-    cpu->host_gdt[3] = (limit & 0xFFFF) | (tss & 0xFFFFFF) << 16 | 0x89ULL << 40  /* 0x18: 64-bit TSS */
+    cpu->host_gdt[1] = 0x00AF9B000000FFFFULL;                                    /* 0x08: code, L=1, DPL 0 */
+    cpu->host_gdt[2] = 0x00CF93000000FFFFULL;                                    /* 0x10: data, DPL 0 */
+    cpu->host_gdt[3] = (limit & 0xFFFF) | (tss & 0xFFFFFF) << 16 | 0x89ULL << 40 /* 0x18: 64-bit TSS */
                        | ((limit >> 16) & 0xF) << 48 | ((tss >> 24) & 0xFF) << 56;
     cpu->host_gdt[4] = tss >> 32;
 
@@ -118,18 +118,64 @@ EFI_STATUS hv_build_cpu_host_environment(struct hv_cpu *cpu)
  * has it. Descriptor-table bases are read with the real SGDT/SIDT while the
  * host tables are loaded, interrupts off, then the firmware's are put back.
  */
-UINT64 host_reg_cr0(struct hv_cpu *cpu) { return cpu->cr0; }
-UINT64 host_reg_cr4(struct hv_cpu *cpu) { return cpu->cr4; }
-UINT64 host_reg_cr3(struct hv_cpu *cpu) { (void)cpu; return hv.host_cr3 ? hv.host_cr3 : read_cr3(); }
-UINT64 host_reg_cs(struct hv_cpu *cpu) { (void)cpu; return HOST_CS; }
-UINT64 host_reg_ss(struct hv_cpu *cpu) { (void)cpu; return HOST_DS; }
-UINT64 host_reg_ds(struct hv_cpu *cpu) { (void)cpu; return HOST_DS; }
-UINT64 host_reg_es(struct hv_cpu *cpu) { (void)cpu; return HOST_DS; }
-UINT64 host_reg_fs(struct hv_cpu *cpu) { (void)cpu; return HOST_DS; }
-UINT64 host_reg_gs(struct hv_cpu *cpu) { (void)cpu; return HOST_DS; }
-UINT64 host_reg_tr(struct hv_cpu *cpu) { (void)cpu; return HOST_TR; }
-UINT64 host_reg_fs_base(struct hv_cpu *cpu) { (void)cpu; return rdmsr(MSR_IA32_FS_BASE); }
-UINT64 host_reg_gs_base(struct hv_cpu *cpu) { (void)cpu; return rdmsr(MSR_IA32_GS_BASE); }
+UINT64 host_reg_cr0(struct hv_cpu *cpu)
+{
+    return cpu->cr0;
+}
+UINT64 host_reg_cr4(struct hv_cpu *cpu)
+{
+    return cpu->cr4;
+}
+UINT64 host_reg_cr3(struct hv_cpu *cpu)
+{
+    (void)cpu;
+    return hv.host_cr3 ? hv.host_cr3 : read_cr3();
+}
+UINT64 host_reg_cs(struct hv_cpu *cpu)
+{
+    (void)cpu;
+    return HOST_CS;
+}
+UINT64 host_reg_ss(struct hv_cpu *cpu)
+{
+    (void)cpu;
+    return HOST_DS;
+}
+UINT64 host_reg_ds(struct hv_cpu *cpu)
+{
+    (void)cpu;
+    return HOST_DS;
+}
+UINT64 host_reg_es(struct hv_cpu *cpu)
+{
+    (void)cpu;
+    return HOST_DS;
+}
+UINT64 host_reg_fs(struct hv_cpu *cpu)
+{
+    (void)cpu;
+    return HOST_DS;
+}
+UINT64 host_reg_gs(struct hv_cpu *cpu)
+{
+    (void)cpu;
+    return HOST_DS;
+}
+UINT64 host_reg_tr(struct hv_cpu *cpu)
+{
+    (void)cpu;
+    return HOST_TR;
+}
+UINT64 host_reg_fs_base(struct hv_cpu *cpu)
+{
+    (void)cpu;
+    return rdmsr(MSR_IA32_FS_BASE);
+}
+UINT64 host_reg_gs_base(struct hv_cpu *cpu)
+{
+    (void)cpu;
+    return rdmsr(MSR_IA32_GS_BASE);
+}
 
 UINT64 host_reg_sidt_base(struct hv_cpu *cpu)
 {
@@ -151,7 +197,7 @@ UINT64 host_reg_sgdt_base(struct hv_cpu *cpu)
     UINT64 flags = read_rflags();
     cli();
     sgdt(&firmware);
-    lgdt(&host);       /* the segment registers keep their cached descriptors */
+    lgdt(&host); /* the segment registers keep their cached descriptors */
     sgdt(&seen);
     lgdt(&firmware);
     write_rflags(flags);

@@ -18,30 +18,30 @@
 #include "interrupts.h"
 #if HV_ACTION_DISPATCH_IDT
 
-#define INTR_INFO_VALID         (1U << 31)             /* SDM 24.8.3, 24.9.2, 24.9.3 */
+#define INTR_INFO_VALID         (1U << 31) /* SDM 24.8.3, 24.9.2, 24.9.3 */
 #define INTR_INFO_VECTOR        0xFFU
 #define INTR_INFO_TYPE(i)       (((i) >> 8) & 7)
 #define INTR_INFO_ERROR_CODE    (1U << 11)
 #define INTR_TYPE_EXTERNAL      0
-#define INTR_TYPE_SOFT_INTR     4                      /* INT n */
-#define INTR_TYPE_PRIV_SOFT_EXC 5                      /* INT1 */
-#define INTR_TYPE_SOFT_EXC      6                      /* INT3, INTO */
+#define INTR_TYPE_SOFT_INTR     4 /* INT n */
+#define INTR_TYPE_PRIV_SOFT_EXC 5 /* INT1 */
+#define INTR_TYPE_SOFT_EXC      6 /* INT3, INTO */
 #define RFLAGS_IF               (1ULL << 9)
-#define BLOCKING_BY_STI_MOV_SS  3ULL                   /* interruptibility state bits 0-1 */
+#define BLOCKING_BY_STI_MOV_SS  3ULL /* interruptibility state bits 0-1 */
 #define ACTIVITY_ACTIVE         0
 #define ACTIVITY_HLT            1
 
 /* One CPU's share: written only by that CPU, in VMX root with interrupts off. */
 struct hv_irq_state {
-    UINT64 pending[4];                 /* bit v: vector v waits for the guest */
-    UINT64 count[256];                 /* external-interrupt exits by vector */
-    BOOLEAN window;                    /* interrupt-window exiting is set */
-    BOOLEAN counting;                  /* the host window is open: count what arrives */
+    UINT64 pending[4]; /* bit v: vector v waits for the guest */
+    UINT64 count[256]; /* external-interrupt exits by vector */
+    BOOLEAN window;    /* interrupt-window exiting is set */
+    BOOLEAN counting;  /* the host window is open: count what arrives */
 };
 
-static struct hv_irq_state *irq_state;  /* [HV_MAX_CPUS], EfiRuntimeServicesData */
+static struct hv_irq_state *irq_state; /* [HV_MAX_CPUS], EfiRuntimeServicesData */
 
-extern UINT8 hv_irq_stubs[];            /* interrupts.S: vectors 32..255, 16 bytes apart */
+extern UINT8 hv_irq_stubs[]; /* interrupts.S: vectors 32..255, 16 bytes apart */
 void hv_irq_call_handler(UINT64 handler);
 void hv_irq_arrived(UINT64 vector, const UINT64 *frame);
 
@@ -55,7 +55,7 @@ EFI_STATUS hv_irq_init(void)
 #if HV_OWNED_VECTORS
 /* The spec's `own` vectors (spec.h): the hypervisor's. */
 static const UINT64 owned[4] = HV_OWNED_VECTOR_MASKS;
-extern void hv_irq_owned_stub(void);    /* interrupts.S: calls hv_irq_owned() */
+extern void hv_irq_owned_stub(void); /* interrupts.S: calls hv_irq_owned() */
 void hv_irq_owned(void);
 
 #endif
@@ -77,7 +77,7 @@ UINT64 hv_irq_host_gate(UINT32 vector)
 void hv_irq_owned(void)
 {
     UINT64 base = rdmsr(MSR_IA32_APIC_BASE);
-    if (base & (1ULL << 10))                             /* EXTD: x2APIC mode */
+    if (base & (1ULL << 10)) /* EXTD: x2APIC mode */
         wrmsr(MSR_IA32_X2APIC_EOI, 0);
     else
         *(volatile UINT32 *)((base & 0x000FFFFFFFFFF000ULL) + 0xB0) = 0;
@@ -104,9 +104,9 @@ void hv_irq_exit(struct hv_cpu *cpu)
          * general-purpose registers; the vector registers are the C code's
          * (caller-saved), hence the clobbers. */
         irq_state[cpu->index].counting = TRUE;
-        __asm__ volatile("sti; nop; cli" ::: "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4",
-                         "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13",
-                         "xmm14", "xmm15");
+        __asm__ volatile("sti; nop; cli" ::
+                             : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
+                               "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
         irq_state[cpu->index].counting = FALSE;
         return;
     }
@@ -169,8 +169,8 @@ static void set_window(struct hv_irq_state *s, BOOLEAN on)
     if (s->window == on)
         return;
     UINT64 proc = vmread(CPU_BASED_VM_EXEC_CONTROL);
-    vmwrite(CPU_BASED_VM_EXEC_CONTROL, on ? proc | HV_PROC_INTERRUPT_WINDOW_EXITING
-                                          : proc & ~(UINT64)HV_PROC_INTERRUPT_WINDOW_EXITING);
+    vmwrite(CPU_BASED_VM_EXEC_CONTROL,
+            on ? proc | HV_PROC_INTERRUPT_WINDOW_EXITING : proc & ~(UINT64)HV_PROC_INTERRUPT_WINDOW_EXITING);
     s->window = on;
 }
 
@@ -196,7 +196,7 @@ static void reinject_interrupted_event(void)
         vmwrite(VM_ENTRY_EXCEPTION_ERROR_CODE, vmread(IDT_VECTORING_ERROR_CODE));
     if (type == INTR_TYPE_SOFT_INTR || type == INTR_TYPE_PRIV_SOFT_EXC || type == INTR_TYPE_SOFT_EXC)
         vmwrite(VM_ENTRY_INSTRUCTION_LEN, vmread(VM_EXIT_INSTRUCTION_LEN));
-    vmwrite(VM_ENTRY_INTR_INFO_FIELD, idt & ~(1U << 12));   /* bit 12 is reserved on entry */
+    vmwrite(VM_ENTRY_INTR_INFO_FIELD, idt & ~(1U << 12)); /* bit 12 is reserved on entry */
 }
 
 void hv_irq_before_entry(struct hv_cpu *cpu)
@@ -212,10 +212,10 @@ void hv_irq_before_entry(struct hv_cpu *cpu)
      * injected, RFLAGS.IF is set, no STI or MOV SS blocks it (SDM 24.4.2,
      * Table 24-3) and it is active or halted (a halted CPU wakes up). */
     UINT64 activity = vmread(GUEST_ACTIVITY_STATE);
-    if ((vmread(VM_ENTRY_INTR_INFO_FIELD) & INTR_INFO_VALID) || !(vmread(GUEST_RFLAGS) & RFLAGS_IF)
-        || (vmread(GUEST_INTERRUPTIBILITY_INFO) & BLOCKING_BY_STI_MOV_SS)
-        || (activity != ACTIVITY_ACTIVE && activity != ACTIVITY_HLT)) {
-        set_window(s, TRUE);             /* SDM 26.7.5: exits as soon as it can */
+    if ((vmread(VM_ENTRY_INTR_INFO_FIELD) & INTR_INFO_VALID) || !(vmread(GUEST_RFLAGS) & RFLAGS_IF) ||
+        (vmread(GUEST_INTERRUPTIBILITY_INFO) & BLOCKING_BY_STI_MOV_SS) ||
+        (activity != ACTIVITY_ACTIVE && activity != ACTIVITY_HLT)) {
+        set_window(s, TRUE); /* SDM 26.7.5: exits as soon as it can */
         return;
     }
     if (activity == ACTIVITY_HLT)
@@ -228,25 +228,44 @@ void hv_irq_before_entry(struct hv_cpu *cpu)
 
 void hv_irq_window_exit(struct hv_cpu *cpu)
 {
-    (void)cpu;                           /* hv_irq_before_entry, at the exit's tail, injects */
+    (void)cpu; /* hv_irq_before_entry, at the exit's tail, injects */
 }
-#else /* !HV_ACTION_DISPATCH_IDT */
+#else  /* !HV_ACTION_DISPATCH_IDT */
 
 /* External interrupts stay with the firmware in this spec (no
  * `exit external_interrupt -> dispatch_idt`): the host IDT's vectors from 32
  * keep the "unexpected interrupt" stub and there is nothing to count. */
 extern void hv_host_interrupt_stub(void);
 
-EFI_STATUS hv_irq_init(void) { return EFI_SUCCESS; }
-UINT64 hv_irq_host_gate(UINT32 vector) { (void)vector; return (UINT64)hv_host_interrupt_stub; }
-void hv_irq_exit(struct hv_cpu *cpu) { (void)cpu; }
-void hv_irq_before_entry(struct hv_cpu *cpu) { (void)cpu; }
-UINT64 hv_irq_count(const struct hv_cpu *cpu, UINT32 vector) { (void)cpu; (void)vector; return 0; }
+EFI_STATUS hv_irq_init(void)
+{
+    return EFI_SUCCESS;
+}
+UINT64 hv_irq_host_gate(UINT32 vector)
+{
+    (void)vector;
+    return (UINT64)hv_host_interrupt_stub;
+}
+void hv_irq_exit(struct hv_cpu *cpu)
+{
+    (void)cpu;
+}
+void hv_irq_before_entry(struct hv_cpu *cpu)
+{
+    (void)cpu;
+}
+UINT64 hv_irq_count(const struct hv_cpu *cpu, UINT32 vector)
+{
+    (void)cpu;
+    (void)vector;
+    return 0;
+}
 
 /* An interrupt-window exit without queued interrupts: nothing to inject. */
 void hv_irq_window_exit(struct hv_cpu *cpu)
 {
     (void)cpu;
-    vmwrite(CPU_BASED_VM_EXEC_CONTROL, vmread(CPU_BASED_VM_EXEC_CONTROL) & ~(UINT64)HV_PROC_INTERRUPT_WINDOW_EXITING);
+    vmwrite(CPU_BASED_VM_EXEC_CONTROL,
+            vmread(CPU_BASED_VM_EXEC_CONTROL) & ~(UINT64)HV_PROC_INTERRUPT_WINDOW_EXITING);
 }
 #endif /* HV_ACTION_DISPATCH_IDT */

@@ -20,20 +20,22 @@
 #include "hv.h"
 #include "cpu.h"
 
-#define COM1      0x3F8
-#define COM1_LSR  (COM1 + 5)
-#define LSR_THRE  0x20
-
+#define COM1     0x3F8
+#define COM1_LSR (COM1 + 5)
+#define LSR_THRE 0x20
 
 static BOOLEAN use_firmware_console;
 static volatile UINT32 log_lock;
 /* The bucket, under log_lock. */
-static UINT64 ticks_per_line;      /* 0 until calibrated: no limit */
-static UINT64 credit;              /* TSC ticks, at most HV_LOG_BURST lines' worth */
+static UINT64 ticks_per_line; /* 0 until calibrated: no limit */
+static UINT64 credit;         /* TSC ticks, at most HV_LOG_BURST lines' worth */
 static UINT64 last_tsc;
-static UINT64 suppressed;          /* lines dropped since the last one written */
+static UINT64 suppressed; /* lines dropped since the last one written */
 
-void hv_use_firmware_console(BOOLEAN on) { use_firmware_console = on; }
+void hv_use_firmware_console(BOOLEAN on)
+{
+    use_firmware_console = on;
+}
 
 static void serial_putc(char c)
 {
@@ -129,7 +131,12 @@ static void console_write(const char *s)
 static int format(char *buf, UINTN size, const char *fmt, va_list ap)
 {
     UINTN n = 0;
-#define PUT(ch) do { if (n + 1 < size) buf[n] = (ch); n++; } while (0)
+#define PUT(ch)            \
+    do {                   \
+        if (n + 1 < size)  \
+            buf[n] = (ch); \
+        n++;               \
+    } while (0)
     for (; *fmt; fmt++) {
         if (*fmt != '%') {
             PUT(*fmt);
@@ -138,8 +145,10 @@ static int format(char *buf, UINTN size, const char *fmt, va_list ap)
         fmt++;
         BOOLEAN zero = FALSE, left = FALSE;
         for (; *fmt == '0' || *fmt == '-'; fmt++) {
-            if (*fmt == '0') zero = TRUE;
-            else left = TRUE;
+            if (*fmt == '0')
+                zero = TRUE;
+            else
+                left = TRUE;
         }
         UINTN width = 0;
         for (; *fmt >= '0' && *fmt <= '9'; fmt++)
@@ -151,7 +160,11 @@ static int format(char *buf, UINTN size, const char *fmt, va_list ap)
         const char *s = tmp;
         UINTN len = 0;
         switch (*fmt) {
-        case 'd': case 'u': case 'x': case 'X': case 'p': {
+        case 'd':
+        case 'u':
+        case 'x':
+        case 'X':
+        case 'p': {
             UINT64 v;
             BOOLEAN neg = FALSE;
             if (*fmt == 'p')
@@ -166,15 +179,22 @@ static int format(char *buf, UINTN size, const char *fmt, va_list ap)
             const char *digits = *fmt == 'X' ? "0123456789ABCDEF" : "0123456789abcdef";
             char rev[24];
             UINTN r = 0;
-            do { rev[r++] = digits[v % base]; v /= base; } while (v);
-            if (neg) rev[r++] = '-';
-            while (r) tmp[len++] = rev[--r];
+            do {
+                rev[r++] = digits[v % base];
+                v /= base;
+            } while (v);
+            if (neg)
+                rev[r++] = '-';
+            while (r)
+                tmp[len++] = rev[--r];
             break;
         }
         case 's':
             s = va_arg(ap, const char *);
-            if (!s) s = "(null)";
-            while (s[len]) len++;
+            if (!s)
+                s = "(null)";
+            while (s[len])
+                len++;
             break;
         case 'c':
             tmp[0] = (char)va_arg(ap, int);
@@ -189,9 +209,12 @@ static int format(char *buf, UINTN size, const char *fmt, va_list ap)
             len = 1;
             break;
         }
-        for (UINTN pad = len; !left && pad < width; pad++) PUT(zero ? '0' : ' ');
-        for (UINTN i = 0; i < len; i++) PUT(s[i]);
-        for (UINTN pad = len; left && pad < width; pad++) PUT(' ');
+        for (UINTN pad = len; !left && pad < width; pad++)
+            PUT(zero ? '0' : ' ');
+        for (UINTN i = 0; i < len; i++)
+            PUT(s[i]);
+        for (UINTN pad = len; left && pad < width; pad++)
+            PUT(' ');
     }
     if (size)
         buf[n < size ? n : size - 1] = 0;
@@ -284,10 +307,10 @@ void hv_power_off(void)
 {
     UINT32 id = pci_read32(0, 1, 3, 0);
     UINT16 pm1a_cnt = 0;
-    if (id == 0x71138086U && (pci_read32(0, 1, 3, 0x80) & 1))          /* PIIX4 PM */
+    if (id == 0x71138086U && (pci_read32(0, 1, 3, 0x80) & 1)) /* PIIX4 PM */
         pm1a_cnt = (UINT16)((pci_read32(0, 1, 3, 0x40) & 0xFFC0) + 4);
     id = pci_read32(0, 31, 0, 0);
-    if ((id & 0xFFFF) == 0x8086 && (id >> 16) == 0x2918 && (pci_read32(0, 31, 0, 0x44) & 0x80))  /* ICH9 LPC */
+    if ((id & 0xFFFF) == 0x8086 && (id >> 16) == 0x2918 && (pci_read32(0, 31, 0, 0x44) & 0x80)) /* ICH9 LPC */
         pm1a_cnt = (UINT16)((pci_read32(0, 31, 0, 0x40) & 0xFF80) + 4);
     hv_log_fatal("uefi-hv: powering off\n");
     if (pm1a_cnt)

@@ -14,18 +14,24 @@
 #include "cpu.h"
 
 extern char ImageBase[];
-typedef struct { INT64 tag; UINT64 value; } elf64_dyn;
-typedef struct { UINT64 offset, info; INT64 addend; } elf64_rela;
+typedef struct {
+    INT64 tag;
+    UINT64 value;
+} elf64_dyn;
+typedef struct {
+    UINT64 offset, info;
+    INT64 addend;
+} elf64_rela;
 extern elf64_dyn _DYNAMIC[];
-#define DT_NULL 0
-#define DT_RELA 7
-#define DT_RELASZ 8
-#define DT_RELAENT 9
+#define DT_NULL           0
+#define DT_RELA           7
+#define DT_RELASZ         8
+#define DT_RELAENT        9
 #define R_X86_64_RELATIVE 8
 
 typedef EFI_STATUS (*hv_main_fn)(EFI_HANDLE image);
-static UINTN image_pages;            /* the resident copy's size, for the figures */
-static UINT64 image_copy;            /* ... and where it is (GET_RESIDENT_RANGES) */
+static UINTN image_pages; /* the resident copy's size, for the figures */
+static UINT64 image_copy; /* ... and where it is (GET_RESIDENT_RANGES) */
 static EFI_STATUS hv_main(EFI_HANDLE image);
 
 /* A copy of this image at `copy`, its absolute pointers moved by the
@@ -34,9 +40,12 @@ static void relocate_copy(UINT8 *copy, UINT64 delta)
 {
     UINT64 rela = 0, size = 0, entry = sizeof(elf64_rela);
     for (elf64_dyn *d = _DYNAMIC; d->tag != DT_NULL; d++) {
-        if (d->tag == DT_RELA) rela = d->value;
-        else if (d->tag == DT_RELASZ) size = d->value;
-        else if (d->tag == DT_RELAENT) entry = d->value;
+        if (d->tag == DT_RELA)
+            rela = d->value;
+        else if (d->tag == DT_RELASZ)
+            size = d->value;
+        else if (d->tag == DT_RELAENT)
+            entry = d->value;
     }
     for (UINT64 off = 0; rela && off < size; off += entry) {
         elf64_rela *r = (elf64_rela *)(copy + rela + off);
@@ -67,7 +76,7 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
     *(UINTN *)(copy + ((UINT8 *)&image_pages - base)) = pages;
     *(UINT64 *)(copy + ((UINT8 *)&image_copy - base)) = copy;
     status = run(image);
-    if (EFI_ERROR(status))      /* not resident: nothing runs from the copy */
+    if (EFI_ERROR(status)) /* not resident: nothing runs from the copy */
         uefi_call_wrapper(BS->FreePages, 2, copy, pages);
     return status;
 }
@@ -75,7 +84,10 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
 static struct hv_cpu *bsp;
 static UINTN shared_pages;
 
-static void prepare_ap(struct hv_cpu *cpu) { hv_prepare_cpu(cpu); }
+static void prepare_ap(struct hv_cpu *cpu)
+{
+    hv_prepare_cpu(cpu);
+}
 
 /* The DEVIRTUALIZE VMCALL, from the guest side (docs/vmcall.md). */
 static void devirtualize_this_cpu(struct hv_cpu *cpu)
@@ -194,8 +206,10 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
         return give_up(image, EFI_ABORTED);
     }
     for (UINT32 i = 0; i < hv.cpu_count; i++)
-        hv_say("uefi-hv: cpu %u: %s\n", i, hv.cpus[i]->status == HV_CPU_LAUNCHED ? "virtualised" : hv.cpus[i]->error);
-    hv_say("uefi-hv: %u of %u CPU(s) virtualised; resident memory %u KiB per CPU + %u KiB shared + %u KiB code\n",
+        hv_say("uefi-hv: cpu %u: %s\n", i,
+               hv.cpus[i]->status == HV_CPU_LAUNCHED ? "virtualised" : hv.cpus[i]->error);
+    hv_say("uefi-hv: %u of %u CPU(s) virtualised; resident memory %u KiB per CPU + %u KiB shared + %u KiB "
+           "code\n",
            hv.launched_count, hv.cpu_count, (unsigned)(per_cpu_pages * 4), (unsigned)(shared_pages * 4),
            (unsigned)(image_pages * 4));
     hv_start_next_image(image);

@@ -8,7 +8,10 @@
 
 #define HV_MAX_ALLOCATIONS 128
 
-static struct { EFI_PHYSICAL_ADDRESS base; UINTN pages; } allocations[HV_MAX_ALLOCATIONS];
+static struct {
+    EFI_PHYSICAL_ADDRESS base;
+    UINTN pages;
+} allocations[HV_MAX_ALLOCATIONS];
 static UINTN allocation_count;
 
 void hv_zero(void *p, UINTN n)
@@ -32,8 +35,8 @@ void *hv_alloc_pages(UINTN pages)
     EFI_PHYSICAL_ADDRESS base = 0;
     if (allocation_count == HV_MAX_ALLOCATIONS)
         return NULL;
-    EFI_STATUS status = uefi_call_wrapper(BS->AllocatePages, 4, AllocateAnyPages,
-                                          EfiRuntimeServicesData, pages, &base);
+    EFI_STATUS status =
+        uefi_call_wrapper(BS->AllocatePages, 4, AllocateAnyPages, EfiRuntimeServicesData, pages, &base);
     if (EFI_ERROR(status))
         return NULL;
     allocations[allocation_count].base = base;
@@ -52,7 +55,10 @@ UINTN hv_allocated_pages(void)
 }
 
 /* The resident copy of the image (EfiRuntimeServicesCode, main.c). */
-static struct { UINT64 base; UINTN pages; } image;
+static struct {
+    UINT64 base;
+    UINTN pages;
+} image;
 
 void hv_set_resident_image(UINT64 base, UINTN pages)
 {
@@ -70,13 +76,16 @@ void hv_set_resident_image(UINT64 base, UINTN pages)
  */
 BOOLEAN hv_resident_range(UINTN index, UINT64 *base, UINT64 *bytes, UINTN *count)
 {
-    struct range { UINT64 start, end; } r[HV_MAX_ALLOCATIONS + 1];
+    struct range {
+        UINT64 start, end;
+    } r[HV_MAX_ALLOCATIONS + 1];
     UINTN n = 0;
     if (image.pages)
         r[n++] = (struct range){ image.base, image.base + image.pages * HV_PAGE_SIZE };
     for (UINTN i = 0; i < allocation_count; i++)
-        r[n++] = (struct range){ allocations[i].base, allocations[i].base + allocations[i].pages * HV_PAGE_SIZE };
-    for (UINTN i = 1; i < n; i++)                       /* insertion sort: n <= 129 */
+        r[n++] =
+            (struct range){ allocations[i].base, allocations[i].base + allocations[i].pages * HV_PAGE_SIZE };
+    for (UINTN i = 1; i < n; i++) /* insertion sort: n <= 129 */
         for (UINTN j = i; j > 0 && r[j - 1].start > r[j].start; j--) {
             struct range swap = r[j];
             r[j] = r[j - 1];

@@ -5,26 +5,29 @@
  */
 #include "hv.h"
 
-typedef VOID (EFIAPI *EFI_AP_PROCEDURE)(VOID *argument);
+typedef VOID(EFIAPI *EFI_AP_PROCEDURE)(VOID *argument);
 
 typedef struct _EFI_MP_SERVICES_PROTOCOL EFI_MP_SERVICES_PROTOCOL;
 struct _EFI_MP_SERVICES_PROTOCOL {
-    EFI_STATUS (EFIAPI *GetNumberOfProcessors)(EFI_MP_SERVICES_PROTOCOL *This, UINTN *NumberOfProcessors,
-                                               UINTN *NumberOfEnabledProcessors);
-    EFI_STATUS (EFIAPI *GetProcessorInfo)(EFI_MP_SERVICES_PROTOCOL *This, UINTN ProcessorNumber, VOID *Buffer);
-    EFI_STATUS (EFIAPI *StartupAllAPs)(EFI_MP_SERVICES_PROTOCOL *This, EFI_AP_PROCEDURE Procedure,
-                                       BOOLEAN SingleThread, EFI_EVENT WaitEvent, UINTN TimeoutInMicroSeconds,
-                                       VOID *ProcedureArgument, UINTN **FailedCpuList);
-    EFI_STATUS (EFIAPI *StartupThisAP)(EFI_MP_SERVICES_PROTOCOL *This, EFI_AP_PROCEDURE Procedure,
-                                       UINTN ProcessorNumber, EFI_EVENT WaitEvent, UINTN TimeoutInMicroseconds,
-                                       VOID *ProcedureArgument, BOOLEAN *Finished);
-    EFI_STATUS (EFIAPI *SwitchBSP)(EFI_MP_SERVICES_PROTOCOL *This, UINTN ProcessorNumber, BOOLEAN EnableOldBSP);
-    EFI_STATUS (EFIAPI *EnableDisableAP)(EFI_MP_SERVICES_PROTOCOL *This, UINTN ProcessorNumber,
-                                         BOOLEAN EnableAP, UINT32 *HealthFlag);
-    EFI_STATUS (EFIAPI *WhoAmI)(EFI_MP_SERVICES_PROTOCOL *This, UINTN *ProcessorNumber);
+    EFI_STATUS(EFIAPI *GetNumberOfProcessors)
+    (EFI_MP_SERVICES_PROTOCOL *This, UINTN *NumberOfProcessors, UINTN *NumberOfEnabledProcessors);
+    EFI_STATUS(EFIAPI *GetProcessorInfo)(EFI_MP_SERVICES_PROTOCOL *This, UINTN ProcessorNumber, VOID *Buffer);
+    EFI_STATUS(EFIAPI *StartupAllAPs)
+    (EFI_MP_SERVICES_PROTOCOL *This, EFI_AP_PROCEDURE Procedure, BOOLEAN SingleThread, EFI_EVENT WaitEvent,
+     UINTN TimeoutInMicroSeconds, VOID *ProcedureArgument, UINTN **FailedCpuList);
+    EFI_STATUS(EFIAPI *StartupThisAP)
+    (EFI_MP_SERVICES_PROTOCOL *This, EFI_AP_PROCEDURE Procedure, UINTN ProcessorNumber, EFI_EVENT WaitEvent,
+     UINTN TimeoutInMicroseconds, VOID *ProcedureArgument, BOOLEAN *Finished);
+    EFI_STATUS(EFIAPI *SwitchBSP)
+    (EFI_MP_SERVICES_PROTOCOL *This, UINTN ProcessorNumber, BOOLEAN EnableOldBSP);
+    EFI_STATUS(EFIAPI *EnableDisableAP)
+    (EFI_MP_SERVICES_PROTOCOL *This, UINTN ProcessorNumber, BOOLEAN EnableAP, UINT32 *HealthFlag);
+    EFI_STATUS(EFIAPI *WhoAmI)(EFI_MP_SERVICES_PROTOCOL *This, UINTN *ProcessorNumber);
 };
 
-static EFI_GUID mp_services_guid = { 0x3fdda605, 0xa76e, 0x4f46, { 0xad, 0x29, 0x12, 0xf4, 0x53, 0x1b, 0x3d, 0x08 } };
+static EFI_GUID mp_services_guid = {
+    0x3fdda605, 0xa76e, 0x4f46, { 0xad, 0x29, 0x12, 0xf4, 0x53, 0x1b, 0x3d, 0x08 }
+};
 static EFI_MP_SERVICES_PROTOCOL *mp;
 static void (*ap_work)(struct hv_cpu *cpu);
 
@@ -63,5 +66,5 @@ EFI_STATUS hv_for_each_ap(void (*fn)(struct hv_cpu *cpu))
         return EFI_SUCCESS;
     ap_work = fn;
     EFI_STATUS status = uefi_call_wrapper(mp->StartupAllAPs, 7, mp, run_on_ap, TRUE, NULL, 0, NULL, NULL);
-    return status == EFI_NOT_STARTED ? EFI_SUCCESS : status;   /* no enabled AP */
+    return status == EFI_NOT_STARTED ? EFI_SUCCESS : status; /* no enabled AP */
 }

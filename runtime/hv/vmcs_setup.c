@@ -71,7 +71,7 @@ static BOOLEAN adjust_controls(struct hv_cpu *cpu)
         UINT32 allowed0 = (UINT32)cap, allowed1 = (UINT32)(cap >> 32);
         UINT32 wanted = c->wanted;
         if (g == HV_CTL_PROC2 && !(cpu->controls[HV_CTL_PROC] & HV_PROC_ACTIVATE_SECONDARY)) {
-            allowed0 = allowed1 = 0;       /* no secondary controls on this CPU */
+            allowed0 = allowed1 = 0; /* no secondary controls on this CPU */
         }
         UINT32 value = (wanted & allowed1) | allowed0;
         UINT32 missing = c->required & ~value;
@@ -93,8 +93,8 @@ static BOOLEAN adjust_controls(struct hv_cpu *cpu)
     return TRUE;
 }
 
-void hv_set_host(struct hv_cpu *cpu, UINTN slot, UINT32 encoding, const char *name,
-                 BOOLEAN present, UINT64 value)
+void hv_set_host(struct hv_cpu *cpu, UINTN slot, UINT32 encoding, const char *name, BOOLEAN present,
+                 UINT64 value)
 {
     cpu->host[slot].encoding = encoding;
     cpu->host[slot].name = name;
@@ -109,7 +109,7 @@ BOOLEAN hv_prepare_cpu(struct hv_cpu *cpu)
     UINT32 r[4];
     cpuid(1, 0, r);
     cpu->apic_id = r[1] >> 24;
-    hv_spec_host_state(cpu);               /* host_state.c, from the spec */
+    hv_spec_host_state(cpu); /* host_state.c, from the spec */
     hv_constant_host_state_ready = TRUE;
     if (!hv_run_time_checks(cpu)) {
         cpu->status = HV_CPU_FAILED;
@@ -123,11 +123,11 @@ BOOLEAN hv_prepare_cpu(struct hv_cpu *cpu)
 
 static UINT64 descriptor_base(UINT64 gdt_base, UINT16 sel, BOOLEAN system)
 {
-    if ((sel & ~7U) == 0 || (sel & 4))       /* null, or in an LDT (UEFI has none) */
+    if ((sel & ~7U) == 0 || (sel & 4)) /* null, or in an LDT (UEFI has none) */
         return 0;
     UINT64 d = *(UINT64 *)(gdt_base + (sel & ~7U));
     UINT64 base = ((d >> 16) & 0xFFFFFF) | ((d >> 56) & 0xFF) << 24;
-    if (system)                               /* 16-byte descriptors (SDM 7.2.3) */
+    if (system) /* 16-byte descriptors (SDM 7.2.3) */
         base |= *(UINT64 *)(gdt_base + (sel & ~7U) + 8) << 32;
     return base;
 }
@@ -155,12 +155,12 @@ static UINT8 write_guest_state(struct hv_cpu *cpu)
     sgdt(&gdtr);
     sidt(&idtr);
 #define W(field, value) (err |= vmwrite(field, (UINT64)(value)))
-#define SEGMENT(SEG, sel, base)                                      \
-    do {                                                             \
-        W(GUEST_##SEG##_SELECTOR, (sel));                            \
-        W(GUEST_##SEG##_BASE, (base));                               \
-        W(GUEST_##SEG##_LIMIT, segment_limit(sel));                  \
-        W(GUEST_##SEG##_AR_BYTES, access_rights(sel));               \
+#define SEGMENT(SEG, sel, base)                        \
+    do {                                               \
+        W(GUEST_##SEG##_SELECTOR, (sel));              \
+        W(GUEST_##SEG##_BASE, (base));                 \
+        W(GUEST_##SEG##_LIMIT, segment_limit(sel));    \
+        W(GUEST_##SEG##_AR_BYTES, access_rights(sel)); \
     } while (0)
     /* Guest control registers. CR4.VMXE stays set under VMX (fixed bit);
      * the guest reads its own value from the shadow (SDM 25.6.6). */
@@ -253,7 +253,7 @@ static UINT8 write_controls(struct hv_cpu *cpu)
     if (cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_EPT)
         W(EPT_POINTER, hv.eptp);
     if (cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_VPID)
-        W(VIRTUAL_PROCESSOR_ID, cpu->index + 1);      /* VPID 0 is the host's */
+        W(VIRTUAL_PROCESSOR_ID, cpu->index + 1); /* VPID 0 is the host's */
 #undef W
     return err;
 }
@@ -279,7 +279,7 @@ BOOLEAN hv_launch_cpu(struct hv_cpu *cpu)
 {
     UINT64 flags = read_rflags();
     cli();
-    UINT32 revision = (UINT32)(hv.vmx_basic & 0x7FFFFFFF);   /* SDM A.1 */
+    UINT32 revision = (UINT32)(hv.vmx_basic & 0x7FFFFFFF); /* SDM A.1 */
     *(UINT32 *)cpu->vmxon_region = revision;
     *(UINT32 *)cpu->vmcs = revision;
     write_cr0(cpu->cr0);
@@ -300,15 +300,15 @@ BOOLEAN hv_launch_cpu(struct hv_cpu *cpu)
         UINT32 number = (UINT32)vmread(VM_INSTRUCTION_ERROR);
         hv_vmx_off(cpu);
         write_rflags(flags);
-        hv_snprintf(cpu->error, sizeof cpu->error, "VMWRITE failed: VM-instruction error %u (%s)",
-                    number, hv_vm_error_name(number));
+        hv_snprintf(cpu->error, sizeof cpu->error, "VMWRITE failed: VM-instruction error %u (%s)", number,
+                    hv_vm_error_name(number));
         cpu->status = HV_CPU_FAILED;
         return FALSE;
     }
-    cpu->status = HV_CPU_LAUNCHED;     /* set before: the guest continues below */
+    cpu->status = HV_CPU_LAUNCHED; /* set before: the guest continues below */
     UINT64 rc = hv_vmlaunch(flags);
     if (rc == 0)
-        return TRUE;                   /* in VMX non-root operation now */
+        return TRUE; /* in VMX non-root operation now */
 
     /* SDM 31.3 VMLAUNCH: VMfailValid leaves the reason in VM_INSTRUCTION_ERROR. */
     UINT32 number = rc == VMX_FAIL_VALID ? (UINT32)vmread(VM_INSTRUCTION_ERROR) : 0;
@@ -316,8 +316,8 @@ BOOLEAN hv_launch_cpu(struct hv_cpu *cpu)
     hv_vmx_off(cpu);
     write_rflags(flags);
     if (rc == VMX_FAIL_VALID)
-        hv_snprintf(cpu->error, sizeof cpu->error, "VMLAUNCH failed: VM-instruction error %u (%s)",
-                    number, hv_vm_error_name(number));
+        hv_snprintf(cpu->error, sizeof cpu->error, "VMLAUNCH failed: VM-instruction error %u (%s)", number,
+                    hv_vm_error_name(number));
     else
         hv_snprintf(cpu->error, sizeof cpu->error, "VMLAUNCH failed: VMfailInvalid (no current VMCS)");
     cpu->status = HV_CPU_FAILED;
@@ -332,11 +332,15 @@ BOOLEAN hv_launch_cpu(struct hv_cpu *cpu)
 void hv_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     UINT64 frame[5] = {
-        vmread(GUEST_RIP) + vmread(VM_EXIT_INSTRUCTION_LEN), vmread(GUEST_CS_SELECTOR),
-        vmread(GUEST_RFLAGS), vmread(GUEST_RSP), vmread(GUEST_SS_SELECTOR),
+        vmread(GUEST_RIP) + vmread(VM_EXIT_INSTRUCTION_LEN),
+        vmread(GUEST_CS_SELECTOR),
+        vmread(GUEST_RFLAGS),
+        vmread(GUEST_RSP),
+        vmread(GUEST_SS_SELECTOR),
     };
     UINT64 cr0 = vmread(GUEST_CR0), cr3 = vmread(GUEST_CR3);
-    UINT64 cr4 = (vmread(GUEST_CR4) & ~vmread(CR4_GUEST_HOST_MASK)) | (vmread(CR4_READ_SHADOW) & vmread(CR4_GUEST_HOST_MASK));
+    UINT64 cr4 = (vmread(GUEST_CR4) & ~vmread(CR4_GUEST_HOST_MASK)) |
+                 (vmread(CR4_READ_SHADOW) & vmread(CR4_GUEST_HOST_MASK));
     struct hv_dtr gdtr = { (UINT16)vmread(GUEST_GDTR_LIMIT), vmread(GUEST_GDTR_BASE) };
     struct hv_dtr idtr = { (UINT16)vmread(GUEST_IDTR_LIMIT), vmread(GUEST_IDTR_BASE) };
     UINT16 ds = (UINT16)vmread(GUEST_DS_SELECTOR), es = (UINT16)vmread(GUEST_ES_SELECTOR);
@@ -348,7 +352,7 @@ void hv_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
     vmxoff();
     cpu->status = HV_CPU_NEW;
     __atomic_sub_fetch(&hv.launched_count, 1, __ATOMIC_SEQ_CST);
-    write_cr4(cr4);                        /* VMXE off: the guest never saw it */
+    write_cr4(cr4); /* VMXE off: the guest never saw it */
     __asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
     write_cr0(cr0);
     lgdt(&gdtr);
@@ -359,7 +363,9 @@ void hv_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
         __asm__ volatile("ltr %0" : : "r"(tr) : "memory");
     }
     __asm__ volatile("mov %0, %%ds; mov %1, %%es; mov %2, %%fs; mov %3, %%gs"
-                     : : "r"(ds), "r"(es), "r"(fs), "r"(gs) : "memory");
+                     :
+                     : "r"(ds), "r"(es), "r"(fs), "r"(gs)
+                     : "memory");
     wrmsr(MSR_IA32_FS_BASE, fs_base);
     wrmsr(MSR_IA32_GS_BASE, gs_base);
     hv_resume_native(frame, regs);

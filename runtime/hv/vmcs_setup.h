@@ -28,8 +28,8 @@ extern const struct hv_control_name hv_control_names[];
 
 /* The spec's host state (host_state.c): one SET_HOST per field. */
 void hv_spec_host_state(struct hv_cpu *cpu);
-void hv_set_host(struct hv_cpu *cpu, UINTN slot, UINT32 encoding, const char *name,
-                 BOOLEAN present, UINT64 value);
+void hv_set_host(struct hv_cpu *cpu, UINTN slot, UINT32 encoding, const char *name, BOOLEAN present,
+                 UINT64 value);
 
 /* Host-state values that are the same on every CPU ("once" in the spec),
  * evaluated on the BSP, like KVM's vmx_set_constant_host_state(). */
@@ -40,8 +40,7 @@ extern BOOLEAN hv_constant_host_state_ready;
  * exit control is off (the field is then not written). ONCE(slot, value):
  * evaluated on the first CPU (the BSP) only, then reused. */
 #define SET_HOST(slot, FIELD, present, value) hv_set_host(cpu, slot, FIELD, #FIELD, present, value)
-#define ONCE(slot, value)                                                           \
-    (hv_constant_host_state_ready ? hv_constant_host_state[slot]                    \
-                                  : (hv_constant_host_state[slot] = (value)))
+#define ONCE(slot, value) \
+    (hv_constant_host_state_ready ? hv_constant_host_state[slot] : (hv_constant_host_state[slot] = (value)))
 
 #endif /* UEFI_HV_VMCS_SETUP_H */

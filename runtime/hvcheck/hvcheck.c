@@ -8,11 +8,18 @@
 #include "hvcheck.h"
 #include "mp_services.h"
 
-#define MAX_CPUS 64
+#define MAX_CPUS   64
 #define MAX_CHECKS 20
 
-struct check { const char *name; BOOLEAN ok; char detail[96]; };
-struct cpu_result { UINT32 count; struct check checks[MAX_CHECKS]; };
+struct check {
+    const char *name;
+    BOOLEAN ok;
+    char detail[96];
+};
+struct cpu_result {
+    UINT32 count;
+    struct check checks[MAX_CHECKS];
+};
 static struct cpu_result results[MAX_CPUS];
 
 /* A tiny formatter for APs (no UEFI there): %u and %x of 64-bit values. */
@@ -30,8 +37,12 @@ static void fmt(char *out, UINTN size, const char *f, UINT64 a, UINT64 b)
         UINT64 v = next < 2 ? args[next++] : 0;
         char rev[24];
         int r = 0;
-        do { rev[r++] = "0123456789abcdef"[v % base]; v /= base; } while (v);
-        while (r && n + 1 < size) out[n++] = rev[--r];
+        do {
+            rev[r++] = "0123456789abcdef"[v % base];
+            v /= base;
+        } while (v);
+        while (r && n + 1 < size)
+            out[n++] = rev[--r];
     }
     out[n] = 0;
 }
@@ -70,7 +81,10 @@ static BOOLEAN hypervisor_present(void)
     return r[1] == SIGNATURE_EBX && r[2] == SIGNATURE_ECX && r[3] == SIGNATURE_EDX;
 }
 
-struct dtr { UINT16 limit; UINT64 base; } __attribute__((packed));
+struct dtr {
+    UINT16 limit;
+    UINT64 base;
+} __attribute__((packed));
 
 struct idt_gate hvcheck_set_gate(UINT32 vector, void (*handler)(void))
 {
@@ -97,7 +111,7 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
 {
     UINT32 c[4];
     UINT64 out[4], flags;
-    __asm__ volatile("pushfq; popq %0; cli" : "=r"(flags) :: "memory");
+    __asm__ volatile("pushfq; popq %0; cli" : "=r"(flags)::"memory");
 
     cpuid(1, c);
     record(r, "hypervisor-present bit CPUID.1:ECX[31]", (c[2] >> 31) & 1, "ECX = 0x%x", c[2], 0);
@@ -108,22 +122,24 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
            "EAX = 0x%x, EBX = 0x%x", c[0], c[1]);
 
     hvcheck_vmcall(VMCALL_PING, 0, 0, out);
-    record(r, "VMCALL ping", out[0] == 0 && out[1] == VMCALL_PONG && out[2] == number,
-           "status 0x%x, cpu %u", out[0], out[2]);
+    record(r, "VMCALL ping", out[0] == 0 && out[1] == VMCALL_PONG && out[2] == number, "status 0x%x, cpu %u",
+           out[0], out[2]);
 
     /* CPUID always exits (SDM 26.1.2): exactly 5 more between two reads. */
     UINT64 before = exit_count(EXIT_CPUID);
     for (int i = 0; i < 5; i++)
         cpuid(0, c);
     UINT64 after = exit_count(EXIT_CPUID);
-    record(r, "CPUID exit counter grew by 5", after - before == 5, "grew by %u (from %u)", after - before, before);
+    record(r, "CPUID exit counter grew by 5", after - before == 5, "grew by %u (from %u)", after - before,
+           before);
 
     /* Each VMCALL exits too; the second read counts itself: 3 pings + 1. */
     before = exit_count(EXIT_VMCALL);
     for (int i = 0; i < 3; i++)
         hvcheck_vmcall(VMCALL_PING, 0, 0, out);
     after = exit_count(EXIT_VMCALL);
-    record(r, "VMCALL exit counter grew by 4", after - before == 4, "grew by %u (from %u)", after - before, before);
+    record(r, "VMCALL exit counter grew by 4", after - before == 4, "grew by %u (from %u)", after - before,
+           before);
 
     /* IA32_FEATURE_CONTROL as the spec's msr_bitmap answers it. */
     UINT32 lo, hi;
@@ -139,8 +155,8 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     UINT64 ud = hvcheck_try_vmxon();
     hvcheck_restore_gate(6, saved);
     after = exit_count(EXIT_VMXON);
-    record(r, "VMXON in the guest raises #UD", ud == 1 && after - before == 1,
-           "#UD %u, VMXON exits %u", ud, after - before);
+    record(r, "VMXON in the guest raises #UD", ud == 1 && after - before == 1, "#UD %u, VMXON exits %u", ud,
+           after - before);
 
     /* Writing a VMX capability MSR faults, as on a CPU without VMX. */
     before = exit_count(EXIT_WRMSR);
@@ -148,28 +164,28 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     UINT64 gp = hvcheck_try_wrmsr(MSR_IA32_VMX_BASIC, 0);
     hvcheck_restore_gate(13, saved);
     after = exit_count(EXIT_WRMSR);
-    record(r, "WRMSR IA32_VMX_BASIC raises #GP", gp == 1 && after - before == 1,
-           "#GP %u, WRMSR exits %u", gp, after - before);
+    record(r, "WRMSR IA32_VMX_BASIC raises #GP", gp == 1 && after - before == 1, "#GP %u, WRMSR exits %u", gp,
+           after - before);
 
     /* XSETBV exits (SDM 26.1.2) and is done for the guest: write XCR0 back
      * (with CR4.OSXSAVE set for the test when the firmware left it clear). */
     cpuid(1, c);
-    if (c[2] & (1U << 26)) {                             /* CPUID.1:ECX.XSAVE */
+    if (c[2] & (1U << 26)) { /* CPUID.1:ECX.XSAVE */
         UINT64 cr4;
         UINT32 lo, hi, lo2, hi2;
         __asm__ volatile("mov %%cr4, %0" : "=r"(cr4));
-        __asm__ volatile("mov %0, %%cr4" :: "r"(cr4 | (1ULL << 18)) : "memory");
+        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4 | (1ULL << 18)) : "memory");
         __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
         before = exit_count(EXIT_XSETBV);
-        __asm__ volatile("xsetbv" :: "a"(lo), "d"(hi), "c"(0) : "memory");
+        __asm__ volatile("xsetbv" ::"a"(lo), "d"(hi), "c"(0) : "memory");
         after = exit_count(EXIT_XSETBV);
         __asm__ volatile("xgetbv" : "=a"(lo2), "=d"(hi2) : "c"(0));
-        __asm__ volatile("mov %0, %%cr4" :: "r"(cr4) : "memory");
+        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4) : "memory");
         record(r, "XSETBV exits and takes effect", after - before == 1 && lo2 == lo && hi2 == hi,
                "XSETBV exits %u, XCR0 0x%x", after - before, lo2);
     }
 
-    __asm__ volatile("pushq %0; popfq" :: "r"(flags) : "memory", "cc");
+    __asm__ volatile("pushq %0; popfq" ::"r"(flags) : "memory", "cc");
 }
 
 /* --- MP services (mp_services.h) */
@@ -201,13 +217,24 @@ static VOID EFIAPI ap_checks(VOID *arg)
 /* --- UEFI still works (the BSP) ------------------------------------------ */
 
 static volatile UINT64 ticks;
-static VOID EFIAPI on_tick(EFI_EVENT event, VOID *context) { (void)event; (void)context; ticks++; }
+static VOID EFIAPI on_tick(EFI_EVENT event, VOID *context)
+{
+    (void)event;
+    (void)context;
+    ticks++;
+}
 
-static UINT64 rdtsc(void) { UINT32 lo, hi; __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi)); return (UINT64)hi << 32 | lo; }
+static UINT64 rdtsc(void)
+{
+    UINT32 lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return (UINT64)hi << 32 | lo;
+}
 
 static void check_uefi(struct cpu_result *r, EFI_HANDLE image)
 {
-    EFI_STATUS s = uefi_call_wrapper(ST->ConOut->OutputString, 2, ST->ConOut, L"hvcheck: console output works\r\n");
+    EFI_STATUS s =
+        uefi_call_wrapper(ST->ConOut->OutputString, 2, ST->ConOut, L"hvcheck: console output works\r\n");
     record(r, "console (ConOut->OutputString)", !EFI_ERROR(s), "status 0x%x", s, 0);
 
     UINT64 t0 = rdtsc();
@@ -221,12 +248,13 @@ static void check_uefi(struct cpu_result *r, EFI_HANDLE image)
     EFI_EVENT timer, deadline;
     UINTN polls = 0;
     ticks = 0;
-    s = uefi_call_wrapper(BS->CreateEvent, 5, EVT_TIMER | EVT_NOTIFY_SIGNAL, TPL_CALLBACK, on_tick, NULL, &timer);
+    s = uefi_call_wrapper(BS->CreateEvent, 5, EVT_TIMER | EVT_NOTIFY_SIGNAL, TPL_CALLBACK, on_tick, NULL,
+                          &timer);
     if (!EFI_ERROR(s)) {
         s = uefi_call_wrapper(BS->CreateEvent, 5, EVT_TIMER, 0, NULL, NULL, &deadline);
         if (!EFI_ERROR(s)) {
-            uefi_call_wrapper(BS->SetTimer, 3, timer, TimerPeriodic, 100000);      /* 10 ms */
-            uefi_call_wrapper(BS->SetTimer, 3, deadline, TimerRelative, 1000000);  /* 100 ms */
+            uefi_call_wrapper(BS->SetTimer, 3, timer, TimerPeriodic, 100000);     /* 10 ms */
+            uefi_call_wrapper(BS->SetTimer, 3, deadline, TimerRelative, 1000000); /* 100 ms */
             while (uefi_call_wrapper(BS->CheckEvent, 1, deadline) == EFI_NOT_READY && polls < 1000000) {
                 uefi_call_wrapper(BS->Stall, 1, 100);
                 polls++;
@@ -247,7 +275,8 @@ static void check_uefi(struct cpu_result *r, EFI_HANDLE image)
     if (!EFI_ERROR(s)) {
         EFI_FILE_HANDLE root = LibOpenRoot(self->DeviceHandle), file;
         CHAR16 *path = DevicePathToStr(self->FilePath);
-        s = root && path ? uefi_call_wrapper(root->Open, 5, root, &file, path, EFI_FILE_MODE_READ, 0) : EFI_NOT_FOUND;
+        s = root && path ? uefi_call_wrapper(root->Open, 5, root, &file, path, EFI_FILE_MODE_READ, 0)
+                         : EFI_NOT_FOUND;
         if (!EFI_ERROR(s)) {
             s = uefi_call_wrapper(file->Read, 3, file, &n, head);
             uefi_call_wrapper(file->Close, 1, file);
@@ -257,8 +286,8 @@ static void check_uefi(struct cpu_result *r, EFI_HANDLE image)
         if (path)
             FreePool(path);
     }
-    record(r, "file I/O (read own image from the ESP)", !EFI_ERROR(s) && n == 2 && head[0] == 'M' && head[1] == 'Z',
-           "status 0x%x, %u bytes", s, n);
+    record(r, "file I/O (read own image from the ESP)",
+           !EFI_ERROR(s) && n == 2 && head[0] == 'M' && head[1] == 'Z', "status 0x%x, %u bytes", s, n);
 }
 
 static void print_result(UINTN cpu, struct cpu_result *r, UINT32 *passed, UINT32 *total)
@@ -309,8 +338,8 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
     UINT64 out[4];
     hvcheck_vmcall(VMCALL_GET_CPU_COUNT, 0, 0, out);
     UINT64 virtualised = out[1];
-    record(&results[bsp], "every CPU virtualised", out[0] == 0 && virtualised == count,
-           "%u of %u", virtualised, count);
+    record(&results[bsp], "every CPU virtualised", out[0] == 0 && virtualised == count, "%u of %u",
+           virtualised, count);
     check_this_cpu(&results[bsp], bsp);
     check_uefi(&results[bsp], image);
     for (UINTN i = 0; i < count; i++) {
@@ -327,8 +356,8 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
     hvcheck_irq_checks(bsp, count, &passed, &total);
 
     /* The summary: exits by reason, per CPU, from the hypervisor's counters. */
-    Print(L"hvcheck: summary: %d of %d CPU(s) virtualised, %d of %d checks passed\n",
-          virtualised, count, passed, total);
+    Print(L"hvcheck: summary: %d of %d CPU(s) virtualised, %d of %d checks passed\n", virtualised, count,
+          passed, total);
     for (UINTN i = 0; i < count; i++) {
         Print(L"hvcheck: cpu %d exits by reason:", i);
         for (UINTN k = 0; k < HVCHECK_EXIT_REASON_COUNT; k++) {
@@ -350,7 +379,7 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
     devirtualize(&results[bsp]);
     for (UINTN i = 0; i < count; i++)
         print_result(i, &results[i], &passed, &total);
-    check_uefi(&results[bsp], image);                    /* and the firmware still works */
+    check_uefi(&results[bsp], image); /* and the firmware still works */
     for (UINT32 k = 1; k < results[bsp].count; k++) {
         struct check *c = &results[bsp].checks[k];
         Print(L"hvcheck: cpu %d: after DEVIRTUALIZE: %a: %a\n", bsp, c->name, c->ok ? "ok" : "FAIL");

@@ -12,33 +12,32 @@
 
 #if HV_ACTION_DISPATCH_IDT
 
-#define MAX_CPUS 64
-#define OWNED_COUNT 8
-#define IPI_COUNT 32
-#define CPUID_COUNT 32
-#define APIC_EOI 0xB0
+#define MAX_CPUS     64
+#define OWNED_COUNT  8
+#define IPI_COUNT    32
+#define CPUID_COUNT  32
+#define APIC_EOI     0xB0
 #define APIC_ICR_LOW 0x300
 
 /* The guest's handler of the self-IPI: the TSC at entry, a count, the EOI
  * (a store to the local APIC: the hypervisor emulates it), IRETQ. */
 volatile UINT64 hvcheck_ipi_tsc, hvcheck_ipi_seen, hvcheck_apic_eoi;
 void hvcheck_ipi_handler(void);
-__asm__(
-    "    .text\n"
-    "    .globl hvcheck_ipi_handler\n"
-    "hvcheck_ipi_handler:\n"
-    "    push %rax\n"
-    "    push %rdx\n"
-    "    rdtsc\n"
-    "    shl $32, %rdx\n"
-    "    or %rdx, %rax\n"
-    "    mov %rax, hvcheck_ipi_tsc(%rip)\n"
-    "    lock incq hvcheck_ipi_seen(%rip)\n"
-    "    mov hvcheck_apic_eoi(%rip), %rax\n"
-    "    movl $0, (%rax)\n"
-    "    pop %rdx\n"
-    "    pop %rax\n"
-    "    iretq\n");
+__asm__("    .text\n"
+        "    .globl hvcheck_ipi_handler\n"
+        "hvcheck_ipi_handler:\n"
+        "    push %rax\n"
+        "    push %rdx\n"
+        "    rdtsc\n"
+        "    shl $32, %rdx\n"
+        "    or %rdx, %rax\n"
+        "    mov %rax, hvcheck_ipi_tsc(%rip)\n"
+        "    lock incq hvcheck_ipi_seen(%rip)\n"
+        "    mov hvcheck_apic_eoi(%rip), %rax\n"
+        "    movl $0, (%rax)\n"
+        "    pop %rdx\n"
+        "    pop %rax\n"
+        "    iretq\n");
 
 /* The guest's handler of the vector hvcheck raises with VMCALL RAISE_VECTOR:
  * a count, IRETQ, and no EOI. The hypervisor injects that vector itself; it
@@ -49,22 +48,20 @@ __asm__(
  * priority class before that handler's own EOI. */
 volatile UINT64 hvcheck_raised_seen;
 void hvcheck_raised_handler(void);
-__asm__(
-    "    .text\n"
-    "    .globl hvcheck_raised_handler\n"
-    "hvcheck_raised_handler:\n"
-    "    lock incq hvcheck_raised_seen(%rip)\n"
-    "    iretq\n");
-
+__asm__("    .text\n"
+        "    .globl hvcheck_raised_handler\n"
+        "hvcheck_raised_handler:\n"
+        "    lock incq hvcheck_raised_seen(%rip)\n"
+        "    iretq\n");
 
 /* One CPU's self-IPI figures (APs cannot Print: the BSP prints them). */
 struct ipi_result {
     BOOLEAN ran;
-    UINT64 sent, seen, exits;           /* exits: GET_IRQ_COUNT on IPI_VECTOR grew by */
+    UINT64 sent, seen, exits; /* exits: GET_IRQ_COUNT on IPI_VECTOR grew by */
     UINT64 ipi_min, ipi_sum, cpuid_min, cpuid_sum;
-    UINT64 owned_sent, owned_seen, owned_exits;     /* the same for an owned vector */
-    BOOLEAN held;                       /* with IF clear, the IPI waited */
-    UINT64 window_seen, window_exits;   /* after STI: handled, interrupt-window exits */
+    UINT64 owned_sent, owned_seen, owned_exits; /* the same for an owned vector */
+    BOOLEAN held;                               /* with IF clear, the IPI waited */
+    UINT64 window_seen, window_exits;           /* after STI: handled, interrupt-window exits */
     /* VMCALL RAISE_VECTOR with interrupts off: its status, handled before
      * STI, interrupt-window exits before STI, handled right after STI; NOP,
      * handled in all, interrupt-window exits from STI on. */
@@ -72,11 +69,16 @@ struct ipi_result {
     /* ... with interrupts on: handled when the VMCALL returned, in all,
      * interrupt-window exits. */
     UINT64 direct_status, direct_on_return, direct_seen, direct_exits;
-    BOOLEAN refused;                    /* vectors < 32, > 255, owned: bad argument */
+    BOOLEAN refused; /* vectors < 32, > 255, owned: bad argument */
 };
 static struct ipi_result ipi_results[MAX_CPUS];
 
-static UINT64 rdtsc(void) { UINT32 lo, hi; __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi)); return (UINT64)hi << 32 | lo; }
+static UINT64 rdtsc(void)
+{
+    UINT32 lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return (UINT64)hi << 32 | lo;
+}
 
 static UINT64 irq_count(UINT64 vector, UINT64 cpu)
 {
@@ -92,13 +94,13 @@ static void self_ipis(struct ipi_result *r)
 {
     UINT32 lo, hi, eax, ebx, ecx, edx;
     UINT64 flags;
-    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x1B));          /* IA32_APIC_BASE */
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x1B)); /* IA32_APIC_BASE */
     volatile UINT32 *apic = (volatile UINT32 *)(((UINT64)hi << 32 | lo) & 0x000FFFFFFFFFF000ULL);
     hvcheck_apic_eoi = (UINT64)&apic[APIC_EOI / 4];
     /* This CPU's IDT (OVMF's APs may have their own) gets the handler. */
     struct idt_gate saved = hvcheck_set_gate(IPI_VECTOR, hvcheck_ipi_handler);
     r->ipi_min = r->cpuid_min = ~0ULL;
-    __asm__ volatile("pushfq; popq %0; sti" : "=r"(flags) :: "memory");
+    __asm__ volatile("pushfq; popq %0; sti" : "=r"(flags)::"memory");
 #if HV_OWNED_VECTORS
     /* A vector the hypervisor owns: counted, never delivered here (the
      * handler is in this IDT too, to see it if it were). Its EOI is the
@@ -107,7 +109,7 @@ static void self_ipis(struct ipi_result *r)
     struct idt_gate owned_saved = hvcheck_set_gate(OWNED_VECTOR, hvcheck_ipi_handler);
     UINT64 owned_before = irq_count(OWNED_VECTOR, ~0ULL);
     for (UINT32 i = 0; i < OWNED_COUNT; i++) {
-        apic[APIC_ICR_LOW / 4] = OWNED_VECTOR | 1U << 14 | 1U << 18;     /* assert, self */
+        apic[APIC_ICR_LOW / 4] = OWNED_VECTOR | 1U << 14 | 1U << 18; /* assert, self */
         r->owned_sent++;
     }
     for (UINT32 i = 0; i < 1000; i++)
@@ -120,7 +122,7 @@ static void self_ipis(struct ipi_result *r)
     UINT64 before = irq_count(IPI_VECTOR, ~0ULL);
     for (UINT32 i = 0; i < IPI_COUNT; i++) {
         UINT64 seen = hvcheck_ipi_seen, t0 = rdtsc(), spins = 0;
-        apic[APIC_ICR_LOW / 4] = IPI_VECTOR | 1U << 14 | 1U << 18;       /* assert, self */
+        apic[APIC_ICR_LOW / 4] = IPI_VECTOR | 1U << 14 | 1U << 18; /* assert, self */
         r->sent++;
         while (hvcheck_ipi_seen == seen && ++spins < 10000000)
             __asm__ volatile("pause" ::: "memory");
@@ -164,7 +166,7 @@ static void self_ipis(struct ipi_result *r)
     hvcheck_vmcall(VMCALL_GET_EXIT_COUNT, EXIT_INTERRUPT_WINDOW, ~0ULL, out);
     r->window_exits = out[1] - window_before;
 
-    __asm__ volatile("pushq %0; popfq" :: "r"(flags) : "memory", "cc");
+    __asm__ volatile("pushq %0; popfq" ::"r"(flags) : "memory", "cc");
     hvcheck_restore_gate(IPI_VECTOR, saved);
     r->ran = TRUE;
 }
@@ -190,7 +192,7 @@ static void raised_vector(struct ipi_result *r)
 {
     UINT64 flags, out[4], before;
     struct idt_gate saved = hvcheck_set_gate(RAISE_VECTOR, hvcheck_raised_handler);
-    __asm__ volatile("pushfq; popq %0; cli" : "=r"(flags) :: "memory");
+    __asm__ volatile("pushfq; popq %0; cli" : "=r"(flags)::"memory");
 
     hvcheck_raised_seen = 0;
     before = window_exits();
@@ -199,7 +201,7 @@ static void raised_vector(struct ipi_result *r)
     for (UINT32 i = 0; i < 1000; i++)
         __asm__ volatile("pause" ::: "memory");
     r->raise_early = hvcheck_raised_seen;
-    UINT64 held = window_exits();                       /* read with interrupts off */
+    UINT64 held = window_exits(); /* read with interrupts off */
     r->raise_early_exits = held - before;
     __asm__ volatile("sti; nop" ::: "memory");
     r->raise_on_time = hvcheck_raised_seen;
@@ -220,9 +222,13 @@ static void raised_vector(struct ipi_result *r)
 
     /* Exceptions, vectors that do not exist and the spec's own: refused, and
      * nothing delivered. */
-    static const UINT64 refused[] = { 0, 31, 256, 0x100000000ULL + RAISE_VECTOR,
+    static const UINT64 refused[] = {
+        0,
+        31,
+        256,
+        0x100000000ULL + RAISE_VECTOR,
 #if HV_OWNED_VECTORS
-                                      OWNED_VECTOR,
+        OWNED_VECTOR,
 #endif
     };
     r->refused = TRUE;
@@ -232,7 +238,7 @@ static void raised_vector(struct ipi_result *r)
     }
     r->refused &= hvcheck_raised_seen == r->direct_seen;
 
-    __asm__ volatile("pushq %0; popfq" :: "r"(flags) : "memory", "cc");
+    __asm__ volatile("pushq %0; popfq" ::"r"(flags) : "memory", "cc");
     hvcheck_restore_gate(RAISE_VECTOR, saved);
 }
 
@@ -244,7 +250,12 @@ static VOID EFIAPI ap_self_ipis(VOID *arg)
 }
 
 static volatile UINT64 ticks;
-static VOID EFIAPI on_tick(EFI_EVENT event, VOID *context) { (void)event; (void)context; ticks++; }
+static VOID EFIAPI on_tick(EFI_EVENT event, VOID *context)
+{
+    (void)event;
+    (void)context;
+    ticks++;
+}
 
 static void line(UINTN cpu, const char *name, BOOLEAN ok, UINT32 *passed, UINT32 *total)
 {
@@ -280,12 +291,13 @@ void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
     for (UINT32 v = 32; v < 256; v++)
         before[v] = irq_count(v, ~0ULL);
     ticks = 0;
-    EFI_STATUS s = uefi_call_wrapper(BS->CreateEvent, 5, EVT_TIMER | EVT_NOTIFY_SIGNAL, TPL_CALLBACK, on_tick, NULL, &timer);
+    EFI_STATUS s = uefi_call_wrapper(BS->CreateEvent, 5, EVT_TIMER | EVT_NOTIFY_SIGNAL, TPL_CALLBACK, on_tick,
+                                     NULL, &timer);
     if (!EFI_ERROR(s)) {
         s = uefi_call_wrapper(BS->CreateEvent, 5, EVT_TIMER, 0, NULL, NULL, &deadline);
         if (!EFI_ERROR(s)) {
-            uefi_call_wrapper(BS->SetTimer, 3, timer, TimerPeriodic, 100000);        /* 10 ms */
-            uefi_call_wrapper(BS->SetTimer, 3, deadline, TimerRelative, 2000000);    /* 200 ms */
+            uefi_call_wrapper(BS->SetTimer, 3, timer, TimerPeriodic, 100000);     /* 10 ms */
+            uefi_call_wrapper(BS->SetTimer, 3, deadline, TimerRelative, 2000000); /* 200 ms */
             window_tsc = rdtsc();
             while (uefi_call_wrapper(BS->CheckEvent, 1, deadline) == EFI_NOT_READY)
                 uefi_call_wrapper(BS->Stall, 1, 100);
@@ -333,19 +345,27 @@ void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
              r->ran && r->held && r->window_seen == 1, passed, total);
         Print(L" (waited %a, handled %ld after STI, interrupt-window exits %ld)\n", r->held ? "yes" : "no",
               r->window_seen, r->window_exits);
-        vector_line(i, "raised vector ", RAISE_VECTOR, " waits for STI, arrives once through the interrupt window",
-                    r->ran && r->raise_status == 0 && r->raise_early == 0 && r->raise_early_exits == 0
-                    && r->raise_on_time == 1 && r->raise_seen == 1 && r->raise_exits == 1, passed, total);
-        Print(L" (status 0x%lx; handled %ld and interrupt-window exits %ld before STI; handled %ld right after"
-              L" STI; NOP, %ld in all; interrupt-window exits %ld)\n", r->raise_status, r->raise_early,
-              r->raise_early_exits, r->raise_on_time, r->raise_seen, r->raise_exits);
-        vector_line(i, "raised vector ", RAISE_VECTOR, " with interrupts on arrives as the VMCALL returns, no interrupt window",
-                    r->ran && r->direct_status == 0 && r->direct_on_return == 1 && r->direct_seen == 1
-                    && r->direct_exits == 0, passed, total);
+        vector_line(i, "raised vector ", RAISE_VECTOR,
+                    " waits for STI, arrives once through the interrupt window",
+                    r->ran && r->raise_status == 0 && r->raise_early == 0 && r->raise_early_exits == 0 &&
+                        r->raise_on_time == 1 && r->raise_seen == 1 && r->raise_exits == 1,
+                    passed, total);
+        Print(
+            L" (status 0x%lx; handled %ld and interrupt-window exits %ld before STI; handled %ld right after"
+            L" STI; NOP, %ld in all; interrupt-window exits %ld)\n",
+            r->raise_status, r->raise_early, r->raise_early_exits, r->raise_on_time, r->raise_seen,
+            r->raise_exits);
+        vector_line(i, "raised vector ", RAISE_VECTOR,
+                    " with interrupts on arrives as the VMCALL returns, no interrupt window",
+                    r->ran && r->direct_status == 0 && r->direct_on_return == 1 && r->direct_seen == 1 &&
+                        r->direct_exits == 0,
+                    passed, total);
         Print(L" (status 0x%lx; handled %ld when it returned, %ld in all; interrupt-window exits %ld)\n",
               r->direct_status, r->direct_on_return, r->direct_seen, r->direct_exits);
-        line(i, HV_OWNED_VECTORS ? "RAISE_VECTOR refuses exceptions, vectors past 255 and the hypervisor's own (bad argument)"
-                                 : "RAISE_VECTOR refuses exceptions, vectors past 255 (bad argument)",
+        line(i,
+             HV_OWNED_VECTORS
+                 ? "RAISE_VECTOR refuses exceptions, vectors past 255 and the hypervisor's own (bad argument)"
+                 : "RAISE_VECTOR refuses exceptions, vectors past 255 (bad argument)",
              r->ran && r->refused, passed, total);
         Print(L"\n");
 #if HV_OWNED_VECTORS
@@ -359,7 +379,8 @@ void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
     for (UINTN i = 0; i < count && i < MAX_CPUS; i++) {
         struct ipi_result *r = &ipi_results[i];
         if (r->ran && r->seen == IPI_COUNT)
-            Print(L"hvcheck: bench: cpu %d: self-IPI to handler %ld TSC (min %ld), CPUID exit %ld TSC (min %ld), over %d each\n",
+            Print(L"hvcheck: bench: cpu %d: self-IPI to handler %ld TSC (min %ld), CPUID exit %ld TSC (min "
+                  L"%ld), over %d each\n",
                   i, r->ipi_sum / IPI_COUNT, r->ipi_min, r->cpuid_sum / CPUID_COUNT, r->cpuid_min, IPI_COUNT);
     }
 }
@@ -382,7 +403,7 @@ void hvcheck_irq_summary(UINTN count)
         Print(shown ? L"\n" : L" none\n");
     }
 }
-#else /* !HV_ACTION_DISPATCH_IDT */
+#else  /* !HV_ACTION_DISPATCH_IDT */
 
 /* This spec leaves external interrupts with the firmware: no queue, so the
  * hypervisor has no way to raise a vector either (docs/vmcall.md). */
@@ -392,11 +413,15 @@ void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
     (void)count;
     hvcheck_vmcall(VMCALL_RAISE_VECTOR, RAISE_VECTOR, 0, out);
     BOOLEAN ok = out[0] == VMCALL_UNKNOWN;
-    Print(L"hvcheck: cpu %d: RAISE_VECTOR is an unknown function without the interrupt path: %a (status 0x%lx)\n",
+    Print(L"hvcheck: cpu %d: RAISE_VECTOR is an unknown function without the interrupt path: %a (status "
+          L"0x%lx)\n",
           bsp, ok ? "ok" : "FAIL", out[0]);
     *passed += ok;
     *total += 1;
 }
 
-void hvcheck_irq_summary(UINTN count) { (void)count; }
+void hvcheck_irq_summary(UINTN count)
+{
+    (void)count;
+}
 #endif /* HV_ACTION_DISPATCH_IDT */
