@@ -241,3 +241,8 @@ def test_did_you_mean_ignores_case(typo):
 
     hint = did_you_mean(typo, ["HOST_IDTR_BASE", "HOST_CR3", "GUEST_RIP"])
     assert hint.startswith("; did you mean 'HOST_IDTR_BASE'"), hint
+
+
+def test_an_implied_action_cannot_be_named():
+    with pytest.raises(SpecError, match=r"action wait_for_sipi is not named in a spec: an AP's `cli; hlt`"):
+        parse_text("import \"vmcs.hv\"\nexit hlt -> wait_for_sipi\n", file="implied.hv")

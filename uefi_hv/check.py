@@ -720,6 +720,8 @@ def actions_markdown() -> str:
     """The table of exit actions for docs/dsl.md, from model.EXIT_ACTIONS."""
     rows = ["| action | handles | options | what it does |", "|---|---|---|---|"]
     for a in m.EXIT_ACTIONS.values():
+        if a.internal:
+            continue
         options = "; ".join(f"`{_OPTION_SYNTAX[kind].format(name)}`" for name, kind in a.options.items())
         rows.append(f"| `{a.name}` | {', '.join(a.reasons) or 'any'} | {options} | {a.text} |")
     return "\n".join(rows) + "\n"

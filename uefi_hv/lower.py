@@ -267,13 +267,13 @@ def lower(spec: model.Spec) -> Plan:
         if handler.action == "dispatch_idt":
             dispatch_idt_global = str(handler.options.get("idt_base", "host_idt_base"))
             owned_vectors = sorted(handler.options.get("own", []))
-    if actions.get("init") and not any(e["reason"] == "hlt" for e in exits) and "hlt" in spec.exit_reasons:
-        # INIT/SIPI emulation: an AP's "cli; hlt" idle loop exits (HLT exiting
-        # is set on APs only) and waits in the hypervisor for its SIPI.
-        exits.append({"reason": "hlt", "action": "wait_for_sipi", "number": spec.exit_reasons["hlt"].number})
-    if actions.get("init") and not any(e["reason"] == "mwait" for e in exits) and "mwait" in spec.exit_reasons:
-        # ... and so does the MONITOR/MWAIT loop OVMF parks APs in at ExitBootServices.
-        exits.append({"reason": "mwait", "action": "mwait_idle", "number": spec.exit_reasons["mwait"].number})
+    # The handlers the spec's actions imply (model.ActionInfo.implies), where
+    # the spec does not handle the reason itself.
+    for name in sorted(a for a in actions if model.EXIT_ACTIONS[a].implies):
+        for reason, implied in model.EXIT_ACTIONS[name].implies:
+            if reason in spec.exit_reasons and not any(e["reason"] == reason for e in exits):
+                exits.append({"reason": reason, "action": implied, "number": spec.exit_reasons[reason].number})
+                actions[implied] = True
     exits.sort(key=lambda e: e["number"])
     actions = {a: actions.get(a, False) for a in model.EXIT_ACTIONS}
 

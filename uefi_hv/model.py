@@ -277,6 +277,11 @@ class ActionInfo:
     reasons: tuple = ()            # exit reasons it can handle; () = any
     options: dict = field(default_factory=dict, hash=False)   # option -> kind: flag|names|global|int|string
     text: str = ""
+    # Handlers a spec that uses this action gets too, unless it handles the
+    # reason itself: (reason, action) pairs.
+    implies: tuple = ()
+    # Only implied, never named in a spec (`exit hlt -> wait_for_sipi` is refused).
+    internal: bool = False
 
 
 EXIT_ACTIONS = {a.name: a for a in (
@@ -293,7 +298,13 @@ EXIT_ACTIONS = {a.name: a for a in (
     ActionInfo("inject_ud", (), {}, "injects #UD (e.g. the VMX instructions)"),
     ActionInfo("triple_fault", ("triple_fault",), {}, "logs the guest state and shuts down"),
     ActionInfo("log_shutdown", (), {}, "logs the exit and shuts down"),
-    ActionInfo("init", ("init_signal",), {}, "puts the vCPU in wait-for-SIPI"),
+    ActionInfo("init", ("init_signal",), {}, "puts the vCPU in wait-for-SIPI; an AP's idle loops "
+               "(HLT, MWAIT) exit so that it can take an emulated INIT-SIPI",
+               implies=(("hlt", "wait_for_sipi"), ("mwait", "mwait_idle"))),
+    ActionInfo("wait_for_sipi", ("hlt",), {}, "an AP's `cli; hlt` waits in the hypervisor for its "
+               "emulated SIPI (implied by `init`)", internal=True),
+    ActionInfo("mwait_idle", ("mwait",), {}, "an AP's MONITOR/MWAIT loop: a recorded SIPI starts it, "
+               "else MWAIT returns (implied by `init`)", internal=True),
     ActionInfo("sipi", ("sipi",), {}, "starts the vCPU at the SIPI vector"),
     ActionInfo("dispatch_idt", ("external_interrupt",), {"idt_base": "global", "own": "vectors"},
                "calls the host handler of the acknowledged interrupt through the gate at "
@@ -303,6 +314,9 @@ EXIT_ACTIONS = {a.name: a for a in (
     ActionInfo("inject_pending", ("interrupt_window",), {},
                "injects the pending interrupt when the guest can take it"),
 )}
+
+#: The actions a spec may name (the others are only implied).
+SPEC_ACTIONS = tuple(a.name for a in EXIT_ACTIONS.values() if not a.internal)
 
 #: Actions of msr_bitmap intercepts (MsrIntercept.action).
 MSR_ACTIONS = {

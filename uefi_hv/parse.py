@@ -630,17 +630,20 @@ class _Loader:
             return
         if action is None:
             names = {n for n, _ in reasons}
-            if len(names) == 1 and next(iter(names)) in m.EXIT_ACTIONS:
+            if len(names) == 1 and next(iter(names)) in m.SPEC_ACTIONS:
                 action = (next(iter(names)), loc)
             else:
                 self.error("say what the handler does: exit REASON -> ACTION, e.g. -> inject_ud; "
-                           f"actions: {', '.join(m.EXIT_ACTIONS)}", loc)
+                           f"actions: {', '.join(m.SPEC_ACTIONS)}", loc)
                 return
         act_name, aloc = action
         info = m.EXIT_ACTIONS.get(act_name)
+        if info is not None and info.internal:
+            self.error(f"action {act_name} is not named in a spec: {info.text}", aloc)
+            return
         if info is None:
-            self.error(f"unknown action '{act_name}'{did_you_mean(act_name, m.EXIT_ACTIONS)}; "
-                       f"actions: {', '.join(m.EXIT_ACTIONS)}", aloc)
+            self.error(f"unknown action '{act_name}'{did_you_mean(act_name, m.SPEC_ACTIONS)}; "
+                       f"actions: {', '.join(m.SPEC_ACTIONS)}", aloc)
             return
         for name, rloc in reasons:
             if info.reasons and name not in info.reasons:
