@@ -73,6 +73,9 @@ def test_two_cpus_are_virtualised_and_hvcheck_passes_on_both(default_image, run_
         assert f"hvcheck: cpu {cpu}: VMCALL ping: ok" in serial
         assert f"hvcheck: cpu {cpu}: CPUID exit counter grew by 5: ok" in serial
         assert f"hvcheck: cpu {cpu}: VMXON in the guest raises #UD: ok" in serial
+        # The guest's DR7 through exits (exit.save_debug_controls and
+        # entry.load_debug_controls in the default spec).
+        assert f"hvcheck: cpu {cpu}: DR7 survives a VM exit: ok" in serial
         assert f"hvcheck: cpu {cpu}: DEVIRTUALIZE: VMX off, hypervisor gone: ok" in serial
     assert "hvcheck: summary: 2 of 2 CPU(s) virtualised" in serial
     assert "HVCHECK: PASS" in serial, result

@@ -9,7 +9,7 @@
 #include "mp_services.h"
 
 #define MAX_CPUS   64
-#define MAX_CHECKS 20
+#define MAX_CHECKS 24
 
 struct check {
     const char *name;
@@ -141,8 +141,33 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     record(r, "VMCALL exit counter grew by 4", after - before == 4, "grew by %u (from %u)", after - before,
            before);
 
+    /* The guest's debug state survives VM exits: a VM exit sets DR7 to 0x400
+     * and clears IA32_DEBUGCTL (SDM 28.5.1, 28.3.1); VM entry loads the
+     * guest's only with "load debug controls" (SDM 26.3.2.1), which must find
+     * what "save debug controls" saved. The DR7 value enables no breakpoint
+     * (R/W0 = 11b, L0 = G0 = 0); DEBUGCTL bit 0 (LBR) only records branches. */
+    UINT64 dr7, dr7_seen;
+    __asm__ volatile("mov %%dr7, %0" : "=r"(dr7));
+    __asm__ volatile("mov %0, %%dr7" ::"r"(0x30400ULL));
+    cpuid(0, c); /* a VM exit */
+    __asm__ volatile("mov %%dr7, %0" : "=r"(dr7_seen));
+    __asm__ volatile("mov %0, %%dr7" ::"r"(dr7));
+    record(r, "DR7 survives a VM exit", dr7_seen == 0x30400, "DR7 0x%x after a CPUID exit (wrote 0x%x)",
+           dr7_seen, 0x30400);
+    /* DEBUGCTL only where the CPU keeps the bit at all (Bochs has no
+     * IA32_DEBUGCTL: it reads 0 whatever is written). */
+    UINT32 lo, hi, lo1, hi1, lo2, hi2;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x1D9));
+    __asm__ volatile("wrmsr" ::"c"(0x1D9), "a"(lo | 1U), "d"(hi));
+    __asm__ volatile("rdmsr" : "=a"(lo1), "=d"(hi1) : "c"(0x1D9));
+    cpuid(0, c); /* a VM exit */
+    __asm__ volatile("rdmsr" : "=a"(lo2), "=d"(hi2) : "c"(0x1D9));
+    __asm__ volatile("wrmsr" ::"c"(0x1D9), "a"(lo), "d"(hi));
+    BOOLEAN modelled = lo1 & 1;
+    record(r, modelled ? "IA32_DEBUGCTL survives a VM exit" : "IA32_DEBUGCTL (not kept by this CPU)",
+           !modelled || (lo2 & 1), "LBR bit %u before, %u after a CPUID exit", lo1 & 1, lo2 & 1);
+
     /* IA32_FEATURE_CONTROL as the spec's msr_bitmap answers it. */
-    UINT32 lo, hi;
     before = exit_count(EXIT_RDMSR);
     __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x3A));
     after = exit_count(EXIT_RDMSR);
