@@ -76,6 +76,7 @@ def test_two_cpus_are_virtualised_and_hvcheck_passes_on_both(default_image, run_
         # The guest's DR7 through exits (exit.save_debug_controls and
         # entry.load_debug_controls in the default spec).
         assert f"hvcheck: cpu {cpu}: DR7 survives a VM exit: ok" in serial
+        assert f"hvcheck: cpu {cpu}: CPUID.1:ECX.OSXSAVE follows the guest's CR4.OSXSAVE: ok" in serial
         assert f"hvcheck: cpu {cpu}: DEVIRTUALIZE: VMX off, hypervisor gone: ok" in serial
     assert "hvcheck: summary: 2 of 2 CPU(s) virtualised" in serial
     assert "HVCHECK: PASS" in serial, result

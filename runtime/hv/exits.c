@@ -72,8 +72,15 @@ enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *re
 #endif
     } else {
         cpuid(leaf, subleaf, r);
-        if (leaf == 1)
+        /* CPUID executed here reports the host's CR4 in the bits that mirror
+         * it (SDM Vol. 2A, CPUID): OSXSAVE and OSPKE are the guest's. */
+        UINT64 guest_cr4 = vmread(GUEST_CR4);
+        if (leaf == 1) {
             r[2] |= 1U << 31; /* hypervisor present */
+            r[2] = (r[2] & ~(1U << 27)) | (UINT32)((guest_cr4 >> 18) & 1) << 27;
+        } else if (leaf == 7 && subleaf == 0) {
+            r[2] = (r[2] & ~(1U << 4)) | (UINT32)((guest_cr4 >> 22) & 1) << 4;
+        }
         for (const struct hv_cpuid_bit *hide = hv_cpuid_hidden; hide->name; hide++)
             if (leaf == hide->leaf)
                 r[hide->reg] &= ~(1U << hide->bit);

@@ -208,6 +208,19 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
         __asm__ volatile("mov %0, %%cr4" ::"r"(cr4) : "memory");
         record(r, "XSETBV exits and takes effect", after - before == 1 && lo2 == lo && hi2 == hi,
                "XSETBV exits %u, XCR0 0x%x", after - before, lo2);
+
+        /* CPUID.1:ECX.OSXSAVE (bit 27) mirrors CR4.OSXSAVE (SDM Vol. 2A,
+         * CPUID): the guest's CR4, not the one the hypervisor runs with. */
+        UINT32 set, clear;
+        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4 | (1ULL << 18)) : "memory");
+        cpuid(1, c);
+        set = (c[2] >> 27) & 1;
+        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4 & ~(1ULL << 18)) : "memory");
+        cpuid(1, c);
+        clear = (c[2] >> 27) & 1;
+        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4) : "memory");
+        record(r, "CPUID.1:ECX.OSXSAVE follows the guest's CR4.OSXSAVE", set && !clear,
+               "OSXSAVE %u with CR4.OSXSAVE set, %u with it clear", set, clear);
     }
 
     __asm__ volatile("pushq %0; popfq" ::"r"(flags) : "memory", "cc");
