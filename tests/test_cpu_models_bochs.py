@@ -30,6 +30,9 @@ def test_hvcheck_passes_on_sapphire_rapids(default_image, run_dir, cpus, assert_
     assert f"hvcheck: summary: {cpus} of {cpus} CPU(s) virtualised" in r.serial, r
     for cpu in range(cpus):
         assert f"hvcheck: cpu {cpu}: VMCALL ping: ok" in r.serial
+        # The model has WAITPKG: TPAUSE must not #UD in the guest
+        # (proc2.enable_user_wait_and_pause, preferred by the default spec).
+        assert f"hvcheck: cpu {cpu}: TPAUSE works where CPUID shows WAITPKG: ok" in r.serial
         assert f"hvcheck: cpu {cpu}: DEVIRTUALIZE: VMX off, hypervisor gone: ok" in r.serial
     assert "HVCHECK: PASS" in r.serial, r
     assert r.ok, r

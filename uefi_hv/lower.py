@@ -47,6 +47,7 @@ CONTROL_ROLES = {
     "HV_PROC2_ENABLE_EPT": "proc2.enable_ept",
     "HV_PROC2_ENABLE_VPID": "proc2.enable_vpid",
     "HV_PROC2_UNRESTRICTED_GUEST": "proc2.unrestricted_guest",
+    "HV_PROC2_ENABLE_USER_WAIT_AND_PAUSE": "proc2.enable_user_wait_and_pause",
     "HV_EXIT_HOST_ADDRESS_SPACE_SIZE": "exit.host_address_space_size",
     "HV_EXIT_LOAD_IA32_EFER": "exit.load_ia32_efer",
     "HV_EXIT_LOAD_IA32_PAT": "exit.load_ia32_pat",

@@ -55,7 +55,6 @@ static void log_guest_state(struct hv_cpu *cpu)
  * present (ECX[31]) and hides what the spec hides; 0x40000000 is ours. */
 enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
-    (void)cpu;
     UINT32 leaf = (UINT32)regs->rax, subleaf = (UINT32)regs->rcx, r[4] = { 0, 0, 0, 0 };
     if ((leaf & 0xFFFFFF00U) == 0x40000000U) {
 #if HV_CPUID_SIGNATURE
@@ -80,6 +79,11 @@ enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *re
             r[2] = (r[2] & ~(1U << 27)) | (UINT32)((guest_cr4 >> 18) & 1) << 27;
         } else if (leaf == 7 && subleaf == 0) {
             r[2] = (r[2] & ~(1U << 4)) | (UINT32)((guest_cr4 >> 22) & 1) << 4;
+            /* WAITPKG (ECX[5]) only with "enable user wait and pause": else
+             * TPAUSE, UMONITOR and UMWAIT raise #UD in the guest (SDM 26.3). */
+            BOOLEAN secondary = (cpu->controls[HV_CTL_PROC] & HV_PROC_ACTIVATE_SECONDARY) != 0;
+            if (!secondary || !(cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_USER_WAIT_AND_PAUSE))
+                r[2] &= ~(1U << 5);
         }
         for (const struct hv_cpuid_bit *hide = hv_cpuid_hidden; hide->name; hide++)
             if (leaf == hide->leaf)

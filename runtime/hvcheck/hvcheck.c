@@ -192,6 +192,23 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     record(r, "WRMSR IA32_VMX_BASIC raises #GP", gp == 1 && after - before == 1, "#GP %u, WRMSR exits %u", gp,
            after - before);
 
+    /* WAITPKG (CPUID.7.0:ECX[5]): where CPUID shows it, TPAUSE works in the
+     * guest. In VMX non-root it raises #UD unless "enable user wait and
+     * pause" is set (SDM 26.3, 25.6.2), so the hypervisor sets the control
+     * or hides the feature. */
+    UINT32 c7[4];
+    __asm__ volatile("cpuid" : "=a"(c7[0]), "=b"(c7[1]), "=c"(c7[2]), "=d"(c7[3]) : "a"(7), "c"(0));
+    if (c7[2] & (1U << 5)) {
+        UINT32 tlo, thi;
+        __asm__ volatile("rdtsc" : "=a"(tlo), "=d"(thi));
+        saved = hvcheck_set_gate(6, hvcheck_tpause_ud_handler);
+        UINT64 tpause_ud = hvcheck_try_tpause(((UINT64)thi << 32 | tlo) + 1000);
+        hvcheck_restore_gate(6, saved);
+        record(r, "TPAUSE works where CPUID shows WAITPKG", !tpause_ud, "#UD %u", tpause_ud, 0);
+    } else {
+        record(r, "WAITPKG not shown by CPUID (no TPAUSE to try)", TRUE, "ECX 0x%x", c7[2], 0);
+    }
+
     /* XSETBV exits (SDM 26.1.2) and is done for the guest: write XCR0 back
      * (with CR4.OSXSAVE set for the test when the firmware left it clear). */
     cpuid(1, c);

@@ -40,6 +40,27 @@ hvcheck_ud_handler:
     mov %rdx, (%rsp)             # the saved RIP: skip the VMXON
     iretq
 
+# UINT64 hvcheck_try_tpause(UINT64 deadline): 1 when TPAUSE raised #UD (the
+# handler below, in IDT vector 6 for the test, resumes after it), else 0.
+# ECX = 0: the C0.2 state, until the TSC reaches `deadline` (EDX:EAX).
+    .globl hvcheck_try_tpause
+hvcheck_try_tpause:
+    mov %rdi, %rax
+    mov %rdi, %rdx
+    shr $32, %rdx
+    xor %ecx, %ecx
+    tpause %ecx
+    xor %eax, %eax
+hvcheck_tpause_resume:
+    ret
+
+    .globl hvcheck_tpause_ud_handler
+hvcheck_tpause_ud_handler:
+    mov $1, %eax
+    lea hvcheck_tpause_resume(%rip), %rdx
+    mov %rdx, (%rsp)             # the saved RIP: skip the TPAUSE
+    iretq
+
 # UINT64 hvcheck_try_wrmsr(UINT32 msr, UINT64 value): 1 when WRMSR raised
 # #GP (the handler below, in IDT vector 13 for the test, resumes there).
     .globl hvcheck_try_wrmsr
