@@ -201,7 +201,7 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     if (c7[2] & (1U << 5)) {
         UINT32 tlo, thi;
         __asm__ volatile("rdtsc" : "=a"(tlo), "=d"(thi));
-        saved = hvcheck_set_gate(6, hvcheck_tpause_ud_handler);
+        saved = hvcheck_set_gate(6, hvcheck_ud_handler);
         UINT64 tpause_ud = hvcheck_try_tpause(((UINT64)thi << 32 | tlo) + 1000);
         hvcheck_restore_gate(6, saved);
         record(r, "TPAUSE works where CPUID shows WAITPKG", !tpause_ud, "#UD %u", tpause_ud, 0);

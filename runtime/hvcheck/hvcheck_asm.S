@@ -21,45 +21,41 @@ hvcheck_vmcall:
     pop %rbx
     ret
 
-# UINT64 hvcheck_try_vmxon(void): 1 when VMXON raised #UD (the handler
-# below, installed in IDT vector 6 for the test, resumes after it), else 0.
+# One #UD handler for the instructions hvcheck tries (installed in IDT vector
+# 6 for each test): the try routine returns 1, from the address it put in
+# hvcheck_ud_resume before the instruction.
+    .globl hvcheck_ud_handler
+hvcheck_ud_handler:
+    mov $1, %eax
+    mov hvcheck_ud_resume(%rip), %rdx
+    mov %rdx, (%rsp)             # the saved RIP: past the instruction
+    iretq
+
+# UINT64 hvcheck_try_vmxon(void): 1 when VMXON raised #UD, else 0.
     .globl hvcheck_try_vmxon
 hvcheck_try_vmxon:
+    lea 1f(%rip), %rax
+    mov %rax, hvcheck_ud_resume(%rip)
     xor %eax, %eax
     sub $16, %rsp
     movq $0, (%rsp)
     vmxon (%rsp)
-hvcheck_vmxon_resume:
-    add $16, %rsp
+1:  add $16, %rsp
     ret
 
-    .globl hvcheck_ud_handler
-hvcheck_ud_handler:
-    mov $1, %eax
-    lea hvcheck_vmxon_resume(%rip), %rdx
-    mov %rdx, (%rsp)             # the saved RIP: skip the VMXON
-    iretq
-
-# UINT64 hvcheck_try_tpause(UINT64 deadline): 1 when TPAUSE raised #UD (the
-# handler below, in IDT vector 6 for the test, resumes after it), else 0.
-# ECX = 0: the C0.2 state, until the TSC reaches `deadline` (EDX:EAX).
+# UINT64 hvcheck_try_tpause(UINT64 deadline): 1 when TPAUSE raised #UD, else
+# 0. ECX = 0: the C0.2 state, until the TSC reaches `deadline` (EDX:EAX).
     .globl hvcheck_try_tpause
 hvcheck_try_tpause:
+    lea 1f(%rip), %rax
+    mov %rax, hvcheck_ud_resume(%rip)
     mov %rdi, %rax
     mov %rdi, %rdx
     shr $32, %rdx
     xor %ecx, %ecx
     tpause %ecx
     xor %eax, %eax
-hvcheck_tpause_resume:
-    ret
-
-    .globl hvcheck_tpause_ud_handler
-hvcheck_tpause_ud_handler:
-    mov $1, %eax
-    lea hvcheck_tpause_resume(%rip), %rdx
-    mov %rdx, (%rsp)             # the saved RIP: skip the TPAUSE
-    iretq
+1:  ret
 
 # UINT64 hvcheck_try_wrmsr(UINT32 msr, UINT64 value): 1 when WRMSR raised
 # #GP (the handler below, in IDT vector 13 for the test, resumes there).
@@ -82,5 +78,10 @@ hvcheck_gp_handler:
     lea hvcheck_wrmsr_faulted(%rip), %rax
     mov %rax, (%rsp)
     iretq
+
+    .data
+    .balign 8
+hvcheck_ud_resume:
+    .quad 0
 
     .section .note.GNU-stack, "", @progbits
