@@ -844,7 +844,7 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
         if result.ok or not result.reason.startswith(BOCHS_STALLED):
             break
         kept = result.run_dir / f"stalled-{attempt}"
-        kept.mkdir()
+        kept.mkdir(exist_ok=True)
         for path in list(result.run_dir.iterdir()):
             if path.is_file():
                 path.rename(kept / path.name)
