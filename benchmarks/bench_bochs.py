@@ -29,7 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from uefi_hv import DSL_DIR  # noqa: E402
+from uefi_hv.build import build_hypervisor  # noqa: E402
 from uefi_hv.emulate import boot, find_bochs  # noqa: E402
+from uefi_hv.image import make_image  # noqa: E402
 from uefi_hv.errors import UserError  # noqa: E402
 
 #: The tests both Bochs versions can run: not the models 2.7 lacks, not Linux
@@ -39,12 +42,9 @@ COMMON_TESTS = ("not sapphire and not arrow_lake and not the_projects_bochs "
 
 
 def make_run_image(tmp: Path) -> Path:
-    """What `make run` boots, made the way the Makefile makes it."""
-    cli = str(ROOT / ".venv" / "bin" / "uefi-hv")
-    subprocess.run([cli, "build", "-o", str(tmp / "hv")], check=True, capture_output=True)
-    subprocess.run([cli, "image", str(tmp / "hv" / "BOOTX64.EFI"), "-o", str(tmp / "hv.img"),
-                    "--chain", str(tmp / "hv" / "hvcheck.efi")], check=True, capture_output=True)
-    return tmp / "hv.img"
+    """What `make run` boots: the default spec's hypervisor, hvcheck chained."""
+    efi = build_hypervisor(DSL_DIR / "default.hv", tmp / "hv")
+    return make_image(efi["BOOTX64.EFI"], tmp / "hv.img", chain=efi["hvcheck.efi"])
 
 
 def boot_times(image: Path, bochs: str, repeat: int, tmp: Path) -> list[float]:

@@ -5,15 +5,13 @@ test_os_linux.py."""
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from uefi_hv.emulate import boot
 
 from oskit.fixtures import hypervisor_dir, osmodel_efi  # noqa: F401 (fixtures)
 from oskit.harness import assert_run_ok, chained_image, require_chain
-from oskit.osmodel import FAIL, PASS, assert_aps_started_twice
+from oskit.osmodel import FAIL, PASS, assert_aps_started_twice, verdicts
 from test_hypervisor_bochs import default_image  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.bochs
@@ -47,8 +45,8 @@ def test_the_os_model_takes_over_under_the_hypervisor_on_sapphire_rapids(
              fail=[FAIL], run_dir=run_dir)
     require_chain(r.serial)
     assert f"uefi-hv: {cpus} of {cpus} CPU(s) virtualised" in r.serial, r
-    verdicts = re.findall(r"^OSMODEL: (?:PASS|MECHANICS PASS.*|FAIL.*)$", r.serial, re.M)
-    assert verdicts == [PASS], f"{r}; verdicts {verdicts}"
+    found = verdicts(r.serial)
+    assert found == [PASS], f"{r}; verdicts {found}"
     assert "OSMODEL: BSP: VMCALL ping answered, hypervisor CPU 0" in r.serial
     assert_aps_started_twice(r.serial, cpus, hypervisor=True)
     assert_run_ok(r)

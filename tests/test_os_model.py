@@ -14,15 +14,11 @@ from uefi_hv.image import make_image
 
 from oskit.fixtures import hypervisor_dir, osmodel_efi  # noqa: F401 (fixtures)
 from oskit.harness import assert_run_ok, chained_image, require_chain
-from oskit.osmodel import FAIL, MECHANICS_PASS, PASS, assert_aps_started_twice, build_osmodel
+from oskit.osmodel import FAIL, MECHANICS_PASS, PASS, assert_aps_started_twice, build_osmodel, verdicts
 
 TAKEOVER = ("OSMODEL: ExitBootServices done",
             "OSMODEL: SetVirtualAddressMap done",
             "OSMODEL: own GDT, IDT and page tables loaded")
-
-
-def _verdicts(serial: str) -> list[str]:
-    return re.findall(r"^OSMODEL: (?:PASS|MECHANICS PASS.*|FAIL.*)$", serial, re.M)
 
 
 @pytest.mark.bochs
@@ -36,7 +32,7 @@ def test_without_the_hypervisor_the_model_takes_over_two_cpus_in_bochs(
         assert step in r.serial
     assert "hypervisor=0 vmx=1" in r.serial     # Bochs's own CPU, VMX visible
     assert_aps_started_twice(r.serial, cpus=2)
-    assert _verdicts(r.serial) == [MECHANICS_PASS]
+    assert verdicts(r.serial) == [MECHANICS_PASS]
     assert_no_leftovers(r)
 
 
@@ -50,7 +46,7 @@ def test_without_the_hypervisor_the_model_takes_over_two_cpus_in_qemu(
     for step in TAKEOVER:
         assert step in r.serial
     assert_aps_started_twice(r.serial, cpus=2)
-    assert _verdicts(r.serial) == [MECHANICS_PASS]
+    assert verdicts(r.serial) == [MECHANICS_PASS]
     assert_no_leftovers(r)
 
 
@@ -76,8 +72,8 @@ def test_under_the_hypervisor_both_cpus_see_it_through_the_os_takeover(
     assert "uefi-hv: 2 of 2 CPU(s) virtualised" in r.serial
     # The verdict line first: the run may end "ok" on the power-off that
     # follows it (a failure marker just before a power-off can be missed).
-    verdicts = _verdicts(r.serial)
-    assert verdicts == [PASS], f"{r}; verdicts {verdicts}"
+    found = verdicts(r.serial)
+    assert found == [PASS], f"{r}; verdicts {found}"
     assert_run_ok(r)
     for step in TAKEOVER:
         assert step in r.serial

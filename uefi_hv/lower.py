@@ -12,7 +12,6 @@ generate.py renders templates from a plan; nothing there decides anything.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,10 +148,6 @@ class Plan:
     vmx: VmxPlan
 
 
-def _c_identifier(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
-
-
 def _source_expression(source, spec) -> str:
     if isinstance(source, model.Const):
         return f"{source.value:#x}ULL"
@@ -286,7 +281,7 @@ def lower(spec: model.Spec) -> Plan:
     rules = []
     for r in _runtime_rules(spec):
         rule = {"id": r.id, "section": r.section, "title": r.title.replace('"', "'"), "kind": r.kind,
-                "args": dict(r.args), "function": "check_" + _c_identifier(r.id)}
+                "args": dict(r.args)}
         if r.kind == "cr_fixed":
             rule["field"] = "HOST_" + r.args["reg"].upper()
         elif r.kind == "control_allowed":

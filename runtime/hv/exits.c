@@ -72,13 +72,13 @@ enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *re
     } else {
         cpuid(leaf, subleaf, r);
         /* CPUID executed here reports the host's CR4 in the bits that mirror
-         * it (SDM Vol. 2A, CPUID): OSXSAVE and OSPKE are the guest's. */
-        UINT64 guest_cr4 = vmread(GUEST_CR4);
+         * it (SDM Vol. 2A, CPUID): OSXSAVE and OSPKE are the guest's. GUEST_CR4
+         * is read only for the two leaves that need it. */
         if (leaf == 1) {
             r[2] |= 1U << 31; /* hypervisor present */
-            r[2] = (r[2] & ~(1U << 27)) | (UINT32)((guest_cr4 >> 18) & 1) << 27;
+            r[2] = (r[2] & ~(1U << 27)) | (UINT32)((vmread(GUEST_CR4) >> 18) & 1) << 27;
         } else if (leaf == 7 && subleaf == 0) {
-            r[2] = (r[2] & ~(1U << 4)) | (UINT32)((guest_cr4 >> 22) & 1) << 4;
+            r[2] = (r[2] & ~(1U << 4)) | (UINT32)((vmread(GUEST_CR4) >> 22) & 1) << 4;
             /* WAITPKG (ECX[5]) only with "enable user wait and pause": else
              * TPAUSE, UMONITOR and UMWAIT raise #UD in the guest (SDM 26.3). */
             BOOLEAN secondary = (cpu->controls[HV_CTL_PROC] & HV_PROC_ACTIVATE_SECONDARY) != 0;

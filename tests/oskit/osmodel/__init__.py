@@ -30,6 +30,11 @@ def build_osmodel(output: Path, spec: Path = DEFAULT_SPEC, fault_test: bool = Fa
     return build_efi(list(SOURCES), Path(output), include_dirs=[OSKIT], extra_cflags=flags)
 
 
+def verdicts(serial: str) -> list[str]:
+    """The model's verdict lines (PASS, MECHANICS PASS, FAIL), in order."""
+    return re.findall(r"^OSMODEL: (?:PASS|MECHANICS PASS.*|FAIL.*)$", serial, re.M)
+
+
 def assert_aps_started_twice(serial: str, cpus: int, hypervisor: bool = False) -> None:
     """The model started every AP (APIC ids 1..cpus-1 in the emulators), one
     at a time, in both rounds; under the hypervisor each AP's ping was
