@@ -8,9 +8,10 @@ BIN   := $(VENV)/bin
 BUILD := build
 # Debian packages the steps use (build: gcc binutils gnu-efi; image: mtools
 # dosfstools fdisk; emulate: qemu-system-x86 ovmf vgabios, and bochs bochsbios
-# for `--bochs system`; the project's Bochs 3.0 is built with g++ make xz-utils).
+# for `--bochs system`; the project's Bochs 3.0 is built with g++ make xz-utils
+# patch).
 DEBS  := gcc binutils gnu-efi mtools dosfstools fdisk qemu-system-x86 ovmf \
-         bochs bochsbios vgabios python3-venv g++ make xz-utils
+         bochs bochsbios vgabios python3-venv g++ make xz-utils patch
 # The project's Bochs 3.0 (headless, from Debian's source package): built
 # once, rebuilt only when its recipe changes. docs/emulators.md says why.
 BOCHS_DIR := .cache/bochs-3.0
@@ -40,7 +41,7 @@ debs:
 
 bochs: debs $(BOCHS)
 
-$(BOCHS): tools/build-bochs.sh
+$(BOCHS): tools/build-bochs.sh $(wildcard tools/bochs-patches/*.patch)
 	@rm -rf $(BOCHS_DIR)
 	tools/build-bochs.sh $(BOCHS_DIR)
 

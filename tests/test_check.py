@@ -73,6 +73,7 @@ VIOLATIONS = {
     "ID-VERSION": variant([('version   "0.1.0"', 'version "0.1.0-rc1"')]),
     "LOG-RATE": variant([("option external_interrupts = off",
                           "option external_interrupts = off\noption log_rate = 500")]),
+    "ICR-EMULATION": variant([("exit sipi\n", "")], "option apic_icr_emulation = on"),
 }
 
 
@@ -196,3 +197,12 @@ def test_cli_explain_prints_the_rule_with_its_section():
     assert "RPL" in out.stdout
     unknown = run_cli("explain", "HOST-SEL")
     assert unknown.returncode == 2 and "did you mean 'HOST-SEL-RPL-TI'" in unknown.stderr
+
+
+def test_the_icr_emulation_names_what_it_needs():
+    found = diagnose(variant([("exit sipi\n", ""), ("proc2.enable_ept, ", "")],
+                             "option apic_icr_emulation = on"))
+    messages = [d.message for d in found if d.check_id == "ICR-EMULATION"]
+    assert "option apic_icr_emulation needs proc2.enable_ept in the controls block" in messages
+    assert "option apic_icr_emulation needs `exit sipi -> sipi`" in messages
+    assert not [d for d in diagnose(variant(append="option apic_icr_emulation = on")) if d.severity == "error"]

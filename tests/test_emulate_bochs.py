@@ -219,8 +219,8 @@ def _script_env(tmp_path: Path, without: str) -> dict:
     """PATH with the programs the build script uses, less `without`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for program in ("bash", "realpath", "nproc", "apt-get", "g++", "make", "xz", "tar", "rm",
-                    "mkdir", "grep", "awk", "head", "cat"):
+    for program in ("bash", "realpath", "nproc", "dirname", "apt-get", "g++", "make", "xz", "tar",
+                    "patch", "rm", "mkdir", "grep", "awk", "head", "cat"):
         if program != without and (found := shutil.which(program)):
             (bin_dir / program).symlink_to(found)
     return dict(os.environ, PATH=str(bin_dir))
@@ -234,6 +234,17 @@ def test_the_bochs_build_names_a_missing_debian_package(tmp_path):
     assert run.stderr == ("error: building Bochs 3.0: 'g++' is missing "
                           "(as root: apt-get install g++)\n")
     assert not dest.exists()
+
+
+def test_the_project_bochs_carries_every_patch_of_the_recipe():
+    """Each tools/bochs-patches/*.patch is applied, and BUILD-INFO says so
+    with the patch's first line (what it fixes)."""
+    info = (PROJECT_BOCHS.parent.parent / "BUILD-INFO").read_text()
+    patches = sorted((ROOT / "tools" / "bochs-patches").glob("*.patch"))
+    assert patches
+    for patch in patches:
+        first = patch.read_text().splitlines()[0]
+        assert f"patch: {patch.name}: {first}" in info, info
 
 
 def test_a_second_setup_does_not_rebuild_bochs():

@@ -12,9 +12,10 @@ import pytest
 from uefi_hv.emulate import boot
 from uefi_hv.image import make_image
 
-from oskit.fixtures import hypervisor_dir, osmodel_efi  # noqa: F401 (fixtures)
+from oskit.fixtures import hypervisor_dir, osmodel_efi, osmodel_x2apic_efi  # noqa: F401 (fixtures)
 from oskit.harness import assert_run_ok, chained_image, require_chain
-from oskit.osmodel import FAIL, MECHANICS_PASS, PASS, assert_aps_started_twice, build_osmodel, verdicts
+from oskit.osmodel import (FAIL, MECHANICS_PASS, PASS, assert_aps_started_twice, assert_real_init_sipi_exits,
+                           build_osmodel, verdicts)
 
 TAKEOVER = ("OSMODEL: ExitBootServices done",
             "OSMODEL: SetVirtualAddressMap done",
@@ -82,6 +83,7 @@ def test_under_the_hypervisor_both_cpus_see_it_through_the_os_takeover(
     assert r.serial.count("hypervisor=1 vmx=0; leaf 0x40000000: 'UefiHvUefiHv'") == 3
     assert "OSMODEL: BSP: VMCALL ping answered, hypervisor CPU 0" in r.serial
     assert_aps_started_twice(r.serial, cpus=2, hypervisor=True)
+    assert_real_init_sipi_exits(r.serial, cpus=2)
     # The memory the hypervisor keeps (VMCALL GET_RESIDENT_RANGES) is runtime
     # memory in the map the OS took at ExitBootServices: one line per range.
     summary = re.search(r"^OSMODEL: BSP: all (\d+) uefi-hv ranges \((\d+) KiB\) are runtime "
@@ -98,4 +100,23 @@ def test_under_the_hypervisor_both_cpus_see_it_through_the_os_takeover(
     assert kept, "no 'resident memory' line"
     per_cpu, shared, code = map(int, kept.groups())
     assert int(summary.group(2)) == 2 * per_cpu + shared + code
+    assert_no_leftovers(r)
+
+
+@pytest.mark.bochs
+@pytest.mark.parametrize("cpus", [2, 4])
+def test_under_the_hypervisor_the_model_starts_the_aps_in_x2apic_mode(
+        hypervisor_dir, osmodel_x2apic_efi, tmp_path, run_dir, cpus, assert_no_leftovers):
+    """INIT and SIPI through WRMSR 0x830, which no EPT protection can see:
+    each AP takes them as a CPU does, as INIT and SIPI VM exits."""
+    image = chained_image(hypervisor_dir, osmodel_x2apic_efi, tmp_path / "chained.img")
+    r = boot(image, emulator="bochs", cpus=cpus, timeout=60 + 15 * cpus, fail=[FAIL], run_dir=run_dir)
+    require_chain(r.serial)
+    assert f"uefi-hv: {cpus} of {cpus} CPU(s) virtualised" in r.serial, r
+    assert "OSMODEL: BSP: local APIC switched to x2APIC mode" in r.serial, r
+    found = verdicts(r.serial)
+    assert found == [PASS], f"{r}; verdicts {found}"
+    assert_aps_started_twice(r.serial, cpus=cpus, hypervisor=True)
+    assert_real_init_sipi_exits(r.serial, cpus=cpus)
+    assert_run_ok(r)
     assert_no_leftovers(r)

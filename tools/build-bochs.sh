@@ -11,10 +11,13 @@
 # list and private state: the system's apt configuration is not touched.
 #
 # Debian's own patches touch only the BIOS build, the documentation and the
-# sample bochsrc, so the emulator is built from the original tarball as it is,
-# with one change: BX_MAX_TIMERS goes from 64 to 512, as each CPU takes a few
-# timers and 64 stop Bochs at 16 CPUs ("register_timer: too many registered
-# timers").
+# sample bochsrc, so the emulator is built from the original tarball, with
+# the project's changes:
+# - BX_MAX_TIMERS goes from 64 to 512, as each CPU takes a few timers and 64
+#   stop Bochs at 16 CPUs ("register_timer: too many registered timers");
+# - tools/bochs-patches/*.patch, each saying what it fixes (a SIPI VM exit
+#   taken in the sender's context, which loses SIPIs broadcast to several
+#   guests in wait-for-SIPI). docs/emulators.md lists them.
 #
 # Nothing is half-written: the build happens in DEST.work and DEST appears
 # only when bin/bochs is there. A failure is one line on stderr that names
@@ -28,6 +31,7 @@ DEST=${1:-.cache/bochs-$VERSION}
 DEST=$(realpath -m "$DEST")
 WORK=$DEST.work
 JOBS=$(nproc 2>/dev/null || echo 2)
+PATCHES=$(cd "$(dirname "$0")/bochs-patches" && pwd)
 
 # What the hypervisor needs of the emulator: VMX with EPT and unrestricted
 # guest (vmx=2), SVM for the AMD backend, several CPUs, and the ISA of the
@@ -62,6 +66,7 @@ need g++ g++
 need make make
 need xz xz-utils
 need tar tar
+need patch patch
 
 # The archive this machine's apt already uses (deb822 or one-line sources).
 archive=$(
@@ -97,6 +102,10 @@ src=$WORK/src/bochs-$VERSION
 sed -i 's/^#define BX_MAX_TIMERS 64$/#define BX_MAX_TIMERS 512/' "$src/pc_system.h"
 grep -q '^#define BX_MAX_TIMERS 512$' "$src/pc_system.h" ||
   fail "BX_MAX_TIMERS not found in pc_system.h"
+for p in "$PATCHES"/*.patch; do
+  patch -d "$src" -p1 --forward --quiet < "$p" >>"$WORK/patch.log" 2>&1 ||
+    fail "$(basename "$p") does not apply (see $WORK/patch.log)"
+done
 
 (cd "$src" && ./configure "${CONFIGURE_FLAGS[@]}") >"$WORK/configure.log" 2>&1 ||
   fail "configure failed: $(tail -n 1 "$WORK/configure.log") (see $WORK/configure.log)"
@@ -110,6 +119,7 @@ cp "$src/bochs" "$WORK/out/bin/bochs"
 { echo "Bochs $VERSION from Debian's source package: $(basename "$orig")"
   echo "configure ${CONFIGURE_FLAGS[*]}"
   echo "pc_system.h: BX_MAX_TIMERS 512"
+  for p in "$PATCHES"/*.patch; do echo "patch: $(basename "$p"): $(head -n 1 "$p")"; done
 } > "$WORK/out/BUILD-INFO"
 rm -rf "$DEST"
 mv "$WORK/out" "$DEST"

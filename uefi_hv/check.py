@@ -625,6 +625,26 @@ def check_log_rate(ctx: Ctx):
             locs.get("log_burst") if written else locs.get("log_rate")
 
 
+@check("ICR-EMULATION", "docs/runtime.md#init-and-sipi",
+       "the APIC ICR emulation has what it is built on: EPT, and the INIT and SIPI handlers")
+def check_icr_emulation(ctx: Ctx):
+    """`option apic_icr_emulation` write-protects the local APIC page in EPT
+    and records INIT and SIPI for the CPU they are sent to, which then starts
+    the way the `init` and `sipi` actions start a CPU after a real INIT: it
+    needs `proc2.enable_ept` (and unrestricted guest, to start in real mode),
+    `exit init_signal -> init` and `exit sipi`."""
+    if not ctx.spec.settings.get("apic_icr_emulation"):
+        return
+    where = ctx.spec.setting_locs.get("apic_icr_emulation")
+    for control in ("proc2.enable_ept", "proc2.unrestricted_guest"):
+        if not ctx.wants(control):
+            yield f"option apic_icr_emulation needs {control} in the controls block", where
+    for reason, action in (("init_signal", "init"), ("sipi", "sipi")):
+        h = ctx.handlers.get(reason)
+        if h is None or h.action != action:
+            yield f"option apic_icr_emulation needs `exit {reason} -> {action}`", h.loc if h else where
+
+
 # --- running them ------------------------------------------------------------------
 
 def check_spec(spec: m.Spec) -> list[Diagnostic]:

@@ -1,5 +1,6 @@
 """lower: a checked Spec -> a Plan, every decision the spec implies made in
-one place: the handlers the actions imply (HLT and MWAIT for `init`), what
+one place: the handlers the settings imply (HLT and MWAIT for
+`option apic_icr_emulation`), what
 each option does, the control masks, the host-state slots, the run-time rules.
 
 The plan has two halves. `neutral` is what any backend needs: the identity,
@@ -114,6 +115,7 @@ class HypervisorPlan:
     chain: str                         # option chain, as an ESP path ("" for none)
     log_rate: int                      # option log_rate, log_burst
     log_burst: int
+    apic_icr_emulation: bool           # option apic_icr_emulation (Bochs 2.7's pending INIT)
     host_page_tables: bool             # HOST_CR3 = symbol(host_cr3): the hypervisor's own
 
 
@@ -263,10 +265,10 @@ def lower(spec: model.Spec) -> Plan:
         if handler.action == "dispatch_idt":
             dispatch_idt_global = str(handler.options.get("idt_base", "host_idt_base"))
             owned_vectors = sorted(handler.options.get("own", []))
-    # The handlers the spec's actions imply (model.ActionInfo.implies), where
-    # the spec does not handle the reason itself.
-    for name in sorted(a for a in actions if model.EXIT_ACTIONS[a].implies):
-        for reason, implied in model.EXIT_ACTIONS[name].implies:
+    # The handlers the spec's settings imply (model.SettingInfo.implies),
+    # where the spec does not handle the reason itself.
+    for setting in sorted(n for n, s in model.SETTING_INFO.items() if s.implies and spec.settings.get(n)):
+        for reason, implied in model.SETTING_INFO[setting].implies:
             if reason in spec.exit_reasons and not any(e["reason"] == reason for e in exits):
                 exits.append({"reason": reason, "action": implied, "number": spec.exit_reasons[reason].number})
                 actions[implied] = True
@@ -323,6 +325,7 @@ def lower(spec: model.Spec) -> Plan:
             chain=str(spec.settings.get("chain", "") or "").replace("/", "\\\\"),
             log_rate=int(spec.settings.get("log_rate", model.SETTING_DEFAULTS["log_rate"])),
             log_burst=int(spec.settings.get("log_burst", model.SETTING_DEFAULTS["log_burst"])),
+            apic_icr_emulation=bool(spec.settings.get("apic_icr_emulation")),
             host_page_tables="host_cr3" in host_symbols,
         ),
         vmx=VmxPlan(

@@ -277,9 +277,6 @@ class ActionInfo:
     reasons: tuple = ()            # exit reasons it can handle; () = any
     options: dict = field(default_factory=dict, hash=False)   # option -> kind: flag|names|global|int|string
     text: str = ""
-    # Handlers a spec that uses this action gets too, unless it handles the
-    # reason itself: (reason, action) pairs.
-    implies: tuple = ()
     # Only implied, never named in a spec (`exit hlt -> wait_for_sipi` is refused).
     internal: bool = False
 
@@ -298,13 +295,12 @@ EXIT_ACTIONS = {a.name: a for a in (
     ActionInfo("inject_ud", (), {}, "injects #UD (e.g. the VMX instructions)"),
     ActionInfo("triple_fault", ("triple_fault",), {}, "logs the guest state and shuts down"),
     ActionInfo("log_shutdown", (), {}, "logs the exit and shuts down"),
-    ActionInfo("init", ("init_signal",), {}, "puts the vCPU in wait-for-SIPI; an AP's idle loops "
-               "(HLT, MWAIT) exit so that it can take an emulated INIT-SIPI",
-               implies=(("hlt", "wait_for_sipi"), ("mwait", "mwait_idle"))),
+    ActionInfo("init", ("init_signal",), {}, "an INIT (xAPIC or x2APIC) puts the vCPU in its INIT state, "
+               "waiting for SIPI (activity state 3), as INIT does to a CPU"),
     ActionInfo("wait_for_sipi", ("hlt",), {}, "an AP's `cli; hlt` waits in the hypervisor for its "
-               "emulated SIPI (implied by `init`)", internal=True),
+               "emulated SIPI (implied by `option apic_icr_emulation`)", internal=True),
     ActionInfo("mwait_idle", ("mwait",), {}, "an AP's MONITOR/MWAIT loop: a recorded SIPI starts it, "
-               "else MWAIT returns (implied by `init`)", internal=True),
+               "else MWAIT returns (implied by `option apic_icr_emulation`)", internal=True),
     ActionInfo("sipi", ("sipi",), {}, "starts the vCPU at the SIPI vector"),
     ActionInfo("dispatch_idt", ("external_interrupt",), {"idt_base": "global", "own": "vectors"},
                "calls the host handler of the acknowledged interrupt through the gate at "
@@ -325,19 +321,37 @@ MSR_ACTIONS = {
     "passthrough_log": "execute the access for the guest and log it",
 }
 
-#: Settings (`option NAME = VALUE`) -> kind: "bool", "string" or "int".
-SETTINGS = {
-    "external_interrupts": "bool",   # pin.external_interrupt_exiting + ack-on-exit + handlers
-    "chain": "string",               # the EFI image the hypervisor starts next
-    "log_rate": "int",               # COM1 lines per second from VMX root, sustained
-    "log_burst": "int",              # ... and in a burst (the token bucket's depth)
-}
+@dataclass(frozen=True)
+class SettingInfo:
+    """A setting a spec may make (`option NAME = VALUE`)."""
 
-#: What a setting the spec leaves out means (docs/dsl.md, Options).
-SETTING_DEFAULTS = {
-    "log_rate": 20,
-    "log_burst": 32,
-}
+    name: str
+    kind: str                      # bool, string or int
+    default: object
+    text: str
+    # Handlers a spec with the setting on gets too, unless it handles the
+    # reason itself: (reason, action) pairs; such actions are `internal`.
+    implies: tuple = ()
+
+
+SETTING_INFO = {s.name: s for s in (
+    SettingInfo("external_interrupts", "bool", False,
+                "external-interrupt exiting with acknowledge on exit, and the seed's handlers"),
+    SettingInfo("chain", "string", "", "the EFI image the hypervisor starts next"),
+    SettingInfo("log_rate", "int", 20, "COM1 lines per second from VMX root, sustained"),
+    SettingInfo("log_burst", "int", 32, "... and in a burst (the token bucket's depth)"),
+    # For emulators whose INIT is broken: Bochs 2.7 leaves an INIT pending
+    # after its INIT VM exit, so the CPU exits again at every VM entry.
+    SettingInfo("apic_icr_emulation", "bool", False,
+                "for Bochs 2.7, whose INIT stays pending after its VM exit: the local APIC page is "
+                "write-protected in EPT, ICR writes are emulated, INIT-SIPI to a virtualised CPU is "
+                "recorded for it, and APs' HLT and MWAIT exit to take it",
+                implies=(("hlt", "wait_for_sipi"), ("mwait", "mwait_idle"))),
+)}
+
+#: Settings -> kind, and what a setting the spec leaves out means.
+SETTINGS = {s.name: s.kind for s in SETTING_INFO.values()}
+SETTING_DEFAULTS = {s.name: s.default for s in SETTING_INFO.values()}
 
 #: RuntimeRule.kind -> the args it carries (the generator implements each).
 RUNTIME_RULE_KINDS = {

@@ -226,6 +226,25 @@ static inline UINT8 vmwrite(UINT32 field, UINT64 value)
     return vmx_status(cf, zf);
 }
 
+/* INVEPT and INVVPID (SDM Vol. 2B / 3C 30.3): `type` as the SDM numbers the
+ * invalidations (1 single-context, 2 all-context), the 128-bit descriptor
+ * in memory. Only where IA32_VMX_EPT_VPID_CAP says the type is supported. */
+static inline void invept(UINT64 type, UINT64 eptp)
+{
+    struct {
+        UINT64 eptp, reserved;
+    } desc = { eptp, 0 };
+    __asm__ volatile("invept %0, %1" ::"m"(desc), "r"(type) : "cc", "memory");
+}
+
+static inline void invvpid(UINT64 type, UINT16 vpid)
+{
+    struct {
+        UINT64 vpid, address;
+    } desc = { vpid, 0 };
+    __asm__ volatile("invvpid %0, %1" ::"m"(desc), "r"(type) : "cc", "memory");
+}
+
 static inline void wbinvd(void)
 {
     __asm__ volatile("wbinvd" ::: "memory");

@@ -152,7 +152,7 @@ static EFI_STATUS map_1g(UINT64 *pdpt_entry, UINT64 start, BOOLEAN gib_pages)
     return EFI_SUCCESS;
 }
 
-#if HV_ACTION_INIT
+#if HV_APIC_ICR_EMULATION
 /* The 4 KiB EPT entry of `gpa`, splitting large pages on the way (the
  * smaller pages keep the large page's memory type). */
 static UINT64 *ept_entry_4k(UINT64 *pml4, UINT64 gpa)
@@ -211,10 +211,10 @@ EFI_STATUS hv_build_ept(void)
         if (EFI_ERROR(s))
             return s;
     }
-#if HV_ACTION_INIT
+#if HV_APIC_ICR_EMULATION
     /* The local APIC page is mapped read/execute only, so that writes to it
      * (the ICR among them) exit: INIT and SIPI to virtualised CPUs are
-     * emulated instead of delivered (exits.c, "INIT and SIPI"). */
+     * emulated instead of delivered (icr_emulation.c). */
     UINT64 *pte = ept_entry_4k(pml4, rdmsr(MSR_IA32_APIC_BASE) & ~0xFFFULL & phys_mask);
     if (!pte)
         return EFI_OUT_OF_RESOURCES;

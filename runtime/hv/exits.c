@@ -9,6 +9,7 @@
 #include "cpu.h"
 #include "exits.h"
 #include "interrupts.h"
+#include "vmcs_setup.h"
 
 #define X86_CR0_PE      (1ULL << 0)
 #define X86_CR0_PG      (1ULL << 31)
@@ -25,7 +26,7 @@ void hv_inject_exception(UINT32 vector, BOOLEAN has_error_code, UINT32 error_cod
         vmwrite(VM_ENTRY_EXCEPTION_ERROR_CODE, error_code);
 }
 
-static void advance_rip(void)
+void hv_advance_rip(void)
 {
     vmwrite(GUEST_RIP, vmread(GUEST_RIP) + vmread(VM_EXIT_INSTRUCTION_LEN));
     /* The instruction completed: blocking by STI / MOV SS ends (SDM 25.4.2). */
@@ -346,9 +347,11 @@ enum hv_exit_result hv_action_log_shutdown(struct hv_cpu *cpu, struct hv_guest_r
 #endif
 
 #if HV_ACTION_INIT || HV_ACTION_SIPI
-/* A processor after INIT (SDM 10.4.7.3 / 9.1.1 Table 9-1), as the guest
- * sees it: real mode at F000:FFF0. With unrestricted guest, PE and PG are
- * exempt from the CR0 fixed bits (SDM 26.3.1.1); the rest still apply. */
+/* A processor after INIT (SDM Vol. 3A 10.1.2, Table 10-1 "IA-32 and Intel 64
+ * Processor States Following Power-up, Reset, or INIT"), as the guest sees
+ * it: real mode at F000:FFF0. With unrestricted guest, PE and PG are exempt
+ * from the CR0 fixed bits (SDM 28.3.1.1); the others still apply, behind the
+ * read shadow. */
 static void set_segment(UINT32 sel_field, UINT32 base_field, UINT32 limit_field, UINT32 ar_field, UINT16 sel,
                         UINT64 base, UINT32 ar)
 {
@@ -358,7 +361,7 @@ static void set_segment(UINT32 sel_field, UINT32 base_field, UINT32 limit_field,
     vmwrite(ar_field, ar);
 }
 
-static void reset_guest_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+void hv_reset_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     UINT64 cr0 = 0x60000010ULL; /* CD, NW, ET */
     UINT64 fixed0 = rdmsr(MSR_IA32_VMX_CR0_FIXED0) & ~(X86_CR0_PE | X86_CR0_PG);
@@ -388,42 +391,26 @@ static void reset_guest_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *
     vmwrite(GUEST_PENDING_DBG_EXCEPTIONS, 0);
     if (cpu->controls[HV_CTL_ENTRY] & HV_ENTRY_LOAD_IA32_EFER)
         vmwrite(GUEST_IA32_EFER, 0);
-    /* Real mode is not IA-32e mode (SDM 26.2.1.3). */
+    /* Real mode is not IA-32e mode (SDM 28.2.1.3). */
     vmwrite(VM_ENTRY_CONTROLS, vmread(VM_ENTRY_CONTROLS) & ~(UINT64)HV_ENTRY_IA32E_MODE_GUEST);
+    /* INIT flushes the TLBs; VM entry does not flush this VPID's. */
+    hv_invalidate_guest_tlb(cpu, FALSE);
     UINT32 r[4];
     cpuid(1, 0, r);
     hv_zero(regs, sizeof *regs);
     regs->rdx = r[0]; /* EDX = processor signature */
 }
-#endif
 
-#if HV_ACTION_INIT
-/* INIT in VMX non-root operation exits (SDM 26.2) instead of resetting the
- * CPU: emulate it, then wait for the SIPI (activity state 3, SDM 25.4.2).
- * OVMF's MP services wake APs with INIT-SIPI-SIPI even after they became
- * guests, so this is needed from the first MP call after launch. */
-enum hv_exit_result hv_action_init(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+/* The guest leaves wait-for-SIPI at vector << 12, CS = vector << 8 (SDM Vol.
+ * 3A 9.4.4.1 "Typical BSP Initialization Sequence", 11.6.1 "Interrupt
+ * Command Register"). Nothing blocks a CPU that just left wait-for-SIPI (and
+ * SMI blocking outside SMM is invalid guest state, SDM 28.3.1.5). */
+enum hv_exit_result hv_start_at_sipi_vector(UINT32 vector)
 {
-    reset_guest_to_init_state(cpu, regs);
-    vmwrite(GUEST_ACTIVITY_STATE, 3);
-    return HV_RESUME_SAME;
-}
-#endif
-
-#if HV_ACTION_SIPI
-/* SIPI in wait-for-SIPI: start in real mode at vector << 12, CS = vector << 8
- * (SDM 10.4.4.1, 27.2.1: the vector is in the exit qualification). */
-enum hv_exit_result hv_action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *regs)
-{
-    (void)regs;
-    (void)cpu;
-    UINT64 vector = vmread(EXIT_QUALIFICATION) & 0xFF;
-    vmwrite(GUEST_CS_SELECTOR, vector << 8);
-    vmwrite(GUEST_CS_BASE, vector << 12);
+    vmwrite(GUEST_CS_SELECTOR, (UINT64)(vector & 0xFF) << 8);
+    vmwrite(GUEST_CS_BASE, (UINT64)(vector & 0xFF) << 12);
     vmwrite(GUEST_RIP, 0);
-    vmwrite(GUEST_ACTIVITY_STATE, 0);
-    /* Nothing blocks a CPU that just left wait-for-SIPI (and SMI blocking
-     * outside SMM is invalid guest state, SDM 26.3.1.5). */
+    vmwrite(GUEST_ACTIVITY_STATE, HV_ACTIVITY_ACTIVE);
     vmwrite(GUEST_INTERRUPTIBILITY_INFO, 0);
     vmwrite(GUEST_PENDING_DBG_EXCEPTIONS, 0);
     return HV_RESUME_SAME;
@@ -431,221 +418,29 @@ enum hv_exit_result hv_action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *reg
 #endif
 
 #if HV_ACTION_INIT
-/* --- INIT and SIPI, emulated ------------------------------------------------
- * OVMF's MP services wake APs with INIT-SIPI-SIPI for every call, also after
- * they became guests. A real INIT to a guest only causes an INIT VM exit
- * (SDM 26.2), and Bochs 2.7 leaves that INIT pending for ever, so the AP exits
- * again at every VM entry. The hypervisor therefore never lets an INIT or SIPI
- * reach a virtualised CPU: the local APIC page is read-only in EPT (ept.c),
- * a write to it exits as an EPT violation, and a write to the ICR that sends
- * INIT or SIPI to a virtualised CPU is recorded for that CPU instead; the
- * CPU, which idles in "cli; hlt" (HLT exiting on APs), waits in the
- * hypervisor for it and starts in real mode at the SIPI vector. Every other
- * APIC write is done for the guest, as it asked. (BitVisor does the same.) */
-
-#define APIC_ICR_LOW  0x300
-#define APIC_ICR_HIGH 0x310
-#define ICR_INIT      5
-#define ICR_SIPI      6
-
-/* Guest-linear to guest-physical, through the guest's own page tables (4-level
- * paging or none: what UEFI and a 64-bit OS use). EPT is an identity map, and
- * so are the host's page tables: the result can be read directly. */
-static BOOLEAN guest_physical(UINT64 linear, UINT64 *pa)
+/* INIT in VMX non-root operation does not reset the CPU: it exits (SDM
+ * 26.2 "Other Causes of VM Exits"), in xAPIC and x2APIC mode alike, and the
+ * hypervisor does what INIT does. An AP then waits for a SIPI in the
+ * wait-for-SIPI activity state, where the SIPI exits (reason 4, `sipi`);
+ * the BSP starts again at the reset vector, as after INIT on bare metal
+ * (SDM Vol. 3A 9.4.1). INIT is blocked in VMX root, so one that arrives
+ * while the hypervisor runs is held and exits at the next VM entry. */
+enum hv_exit_result hv_action_init(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
-    if (!(vmread(GUEST_CR0) & X86_CR0_PG)) {
-        *pa = linear;
-        return TRUE;
-    }
-    if (!(vmread(VM_ENTRY_CONTROLS) & HV_ENTRY_IA32E_MODE_GUEST))
-        return FALSE; /* 32-bit paging: not here */
-    UINT64 table = vmread(GUEST_CR3) & ~0xFFFULL & 0x000FFFFFFFFFF000ULL;
-    for (UINT32 shift = 39;; shift -= 9) {
-        UINT64 entry = ((volatile UINT64 *)table)[(linear >> shift) & 511];
-        if (!(entry & 1))
-            return FALSE;
-        UINT64 frame = entry & 0x000FFFFFFFFFF000ULL;
-        if (shift == 12 || ((entry & (1ULL << 7)) && shift <= 30)) {
-            UINT64 size = 1ULL << shift;
-            *pa = (frame & ~(size - 1)) | (linear & (size - 1));
-            return TRUE;
-        }
-        table = frame;
-    }
-}
-
-static BOOLEAN fetch(UINT64 rip, UINTN i, UINT8 *byte)
-{
-    UINT64 pa;
-    if (!guest_physical(rip + i, &pa))
-        return FALSE;
-    *byte = *(volatile UINT8 *)pa;
-    return TRUE;
-}
-
-/* Decodes the guest's store to the APIC page: MOV r/m32, r32 (89 /r) or
- * MOV r/m32, imm32 (C7 /0), what compilers emit for MmioWrite32. */
-static BOOLEAN decode_store(struct hv_guest_regs *regs, UINT32 *value, UINTN *length)
-{
-    UINT64 rip = vmread(GUEST_RIP) + vmread(GUEST_CS_BASE);
-    UINTN n = 0;
-    UINT8 b, rex = 0, modrm, sib;
-    if (!fetch(rip, n, &b))
-        return FALSE;
-    while (b == 0x2E || b == 0x3E || b == 0x26 || b == 0x36 || b == 0x64 || b == 0x65 || b == 0x67) {
-        if (!fetch(rip, ++n, &b))
-            return FALSE;
-    }
-    if ((b & 0xF0) == 0x40) {
-        rex = b;
-        if (!fetch(rip, ++n, &b))
-            return FALSE;
-    }
-    UINT8 opcode = b;
-    n++;
-    if ((opcode != 0x89 && opcode != 0xC7) || !fetch(rip, n++, &modrm))
-        return FALSE;
-    UINT32 mod = modrm >> 6, reg = (modrm >> 3) & 7, rm = modrm & 7;
-    if (mod == 3 || (opcode == 0xC7 && reg != 0))
-        return FALSE;
-    if (rm == 4) {
-        if (!fetch(rip, n++, &sib))
-            return FALSE;
-        if (mod == 0 && (sib & 7) == 5)
-            n += 4;
-    } else if (mod == 0 && rm == 5) {
-        n += 4; /* RIP-relative */
-    }
-    n += mod == 1 ? 1 : mod == 2 ? 4 : 0;
-    if (opcode == 0x89) {
-        UINT32 index = reg | (rex & 4 ? 8 : 0);
-        *value = (UINT32)(index == 4 ? vmread(GUEST_RSP) : ((UINT64 *)regs)[index]);
-    } else {
-        UINT32 imm = 0;
-        for (UINT32 i = 0; i < 4; i++) {
-            if (!fetch(rip, n + i, &b))
-                return FALSE;
-            imm |= (UINT32)b << (8 * i);
-        }
-        n += 4;
-        *value = imm;
-    }
-    *length = n;
-    return TRUE;
-}
-
-static void send_ipi(volatile UINT32 *apic, UINT32 apic_id, UINT32 icr_low)
-{
-    UINT32 saved_high = apic[APIC_ICR_HIGH / 4];
-    apic[APIC_ICR_HIGH / 4] = apic_id << 24;
-    apic[APIC_ICR_LOW / 4] = icr_low & ~(3U << 18); /* no shorthand: this CPU */
-    while (apic[APIC_ICR_LOW / 4] & (1U << 12))     /* delivery status */
-        cpu_pause();
-    apic[APIC_ICR_HIGH / 4] = saved_high;
-}
-
-/* An ICR write: INIT and SIPI to virtualised CPUs are recorded for them,
- * everything else is sent as written (SDM 10.6.1, Figure 10-12). */
-static void write_icr(struct hv_cpu *self, volatile UINT32 *apic, UINT32 value)
-{
-    UINT32 mode = (value >> 8) & 7, shorthand = (value >> 18) & 3, dest = apic[APIC_ICR_HIGH / 4] >> 24;
-    if (mode != ICR_INIT && mode != ICR_SIPI) {
-        apic[APIC_ICR_LOW / 4] = value;
-        return;
-    }
-    BOOLEAN deassert = mode == ICR_INIT && !(value & (1U << 14)) && (value & (1U << 15));
-    BOOLEAN known_target = FALSE;
-    for (UINT32 i = 0; i < hv.cpu_count; i++) {
-        struct hv_cpu *c = hv.cpus[i];
-        BOOLEAN target = shorthand == 0   ? c->apic_id == dest
-                         : shorthand == 1 ? c == self
-                         : shorthand == 2 ? TRUE
-                                          : c != self;
-        if (!target)
-            continue;
-        known_target = TRUE;
-        if (c->status != HV_CPU_LAUNCHED || c == self) {
-            send_ipi(apic, c->apic_id, value); /* not a guest: the real thing */
-        } else if (mode == ICR_INIT) {
-            if (!deassert) {
-                __atomic_store_n(&c->sipi_vector, 0, __ATOMIC_SEQ_CST);
-                __atomic_store_n(&c->init_pending, 1, __ATOMIC_SEQ_CST);
-            }
-        } else if (__atomic_exchange_n(&c->init_pending, 0, __ATOMIC_SEQ_CST)) {
-            __atomic_store_n(&c->sipi_vector, (value & 0xFF) | 0x100, __ATOMIC_SEQ_CST);
-        } /* the second SIPI: dropped, as by hardware */
-    }
-    if (!known_target)
-        apic[APIC_ICR_LOW / 4] = value;
-}
-
-/* An EPT violation on the APIC page: emulate the store. FALSE: not ours. */
-static BOOLEAN emulate_apic_write(struct hv_cpu *cpu, struct hv_guest_regs *regs)
-{
-    UINT64 gpa = vmread(GUEST_PHYSICAL_ADDRESS),
-           apic_base = rdmsr(MSR_IA32_APIC_BASE) & 0x000FFFFFFFFFF000ULL;
-    if ((gpa & ~0xFFFULL) != apic_base || !(vmread(EXIT_QUALIFICATION) & 2))
-        return FALSE;
-    UINT32 value;
-    UINTN length;
-    if (!decode_store(regs, &value, &length)) {
-        hv_log_fatal("uefi-hv: cpu %u: cannot decode the guest's store to the local APIC at RIP 0x%lx\n",
-                     cpu->index, vmread(GUEST_RIP));
-        return FALSE;
-    }
-    volatile UINT32 *apic = (volatile UINT32 *)apic_base;
-    UINT32 offset = gpa & 0xFFC;
-    if (offset == APIC_ICR_LOW)
-        write_icr(cpu, apic, value);
-    else
-        apic[offset / 4] = value;
-    vmwrite(GUEST_RIP, vmread(GUEST_RIP) + length);
-    UINT64 intr = vmread(GUEST_INTERRUPTIBILITY_INFO);
-    if (intr & 3)
-        vmwrite(GUEST_INTERRUPTIBILITY_INFO, intr & ~3ULL);
-    return TRUE;
-}
-
-static enum hv_exit_result start_at_sipi(struct hv_cpu *cpu, struct hv_guest_regs *regs, UINT32 sipi)
-{
-    __atomic_store_n(&cpu->sipi_vector, 0, __ATOMIC_SEQ_CST);
-    UINT64 vector = sipi & 0xFF;
-    reset_guest_to_init_state(cpu, regs);
-    vmwrite(GUEST_CS_SELECTOR, vector << 8);
-    vmwrite(GUEST_CS_BASE, vector << 12);
-    vmwrite(GUEST_RIP, 0);
-    vmwrite(GUEST_ACTIVITY_STATE, 0);
+    hv_reset_to_init_state(cpu, regs);
+    vmwrite(GUEST_ACTIVITY_STATE, cpu->is_bsp ? HV_ACTIVITY_ACTIVE : HV_ACTIVITY_WAIT_FOR_SIPI);
     return HV_RESUME_SAME;
 }
+#endif
 
-/* MWAIT on an AP (OVMF parks APs in a MONITOR/MWAIT loop at ExitBootServices,
- * for the OS's INIT-SIPI-SIPI): a recorded SIPI starts the CPU; otherwise
- * MWAIT returns at once, which it may always do (SDM Vol. 2B, MWAIT), and the
- * loop comes back here. */
-enum hv_exit_result hv_action_mwait_idle(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+#if HV_ACTION_SIPI
+/* A SIPI to a guest in wait-for-SIPI: the vector is in the exit
+ * qualification (SDM 28.2.1 "Basic VM-Exit Information"). */
+enum hv_exit_result hv_action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
-    UINT32 sipi = __atomic_load_n(&cpu->sipi_vector, __ATOMIC_SEQ_CST);
-    if (sipi & 0x100)
-        return start_at_sipi(cpu, regs, sipi);
-    cpu_pause();
-    return HV_RESUME_NEXT;
-}
-
-/* HLT on an AP. With interrupts enabled it is a wait for one: the guest
- * halts (activity state HLT). With interrupts off ("cli; hlt", the MP
- * services' idle loop) only INIT-SIPI wakes it: wait here for the emulated
- * one, then start at the SIPI vector as a CPU does (SDM 10.4.4.1). */
-enum hv_exit_result hv_action_wait_for_sipi(struct hv_cpu *cpu, struct hv_guest_regs *regs)
-{
-    if (vmread(GUEST_RFLAGS) & (1ULL << 9)) {
-        advance_rip();
-        vmwrite(GUEST_ACTIVITY_STATE, 1);
-        return HV_RESUME_SAME;
-    }
-    UINT32 sipi;
-    while (!((sipi = __atomic_load_n(&cpu->sipi_vector, __ATOMIC_SEQ_CST)) & 0x100))
-        cpu_pause();
-    return start_at_sipi(cpu, regs, sipi);
+    (void)regs;
+    (void)cpu;
+    return hv_start_at_sipi_vector((UINT32)vmread(EXIT_QUALIFICATION));
 }
 #endif
 
@@ -713,8 +508,8 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
         cpu->exit_count[reason]++;
         action = hv_exit_actions[reason];
     }
-#if HV_ACTION_INIT
-    if (reason == EXIT_REASON_EPT_VIOLATION && emulate_apic_write(cpu, regs))
+#if HV_APIC_ICR_EMULATION
+    if (reason == EXIT_REASON_EPT_VIOLATION && hv_icr_emulate_apic_store(cpu, regs))
         return;
 #endif
     if (!action) {
@@ -726,7 +521,7 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
     }
     switch (action(cpu, regs)) {
     case HV_RESUME_NEXT:
-        advance_rip();
+        hv_advance_rip();
         break;
     case HV_RESUME_SAME:
         break;

@@ -35,4 +35,23 @@ struct hv_cpuid_bit {
 };
 extern const struct hv_cpuid_bit hv_cpuid_hidden[];
 
+/* Guest activity states (SDM 25.4.2 "Guest Non-Register State"). */
+#define HV_ACTIVITY_ACTIVE        0
+#define HV_ACTIVITY_HLT           1
+#define HV_ACTIVITY_SHUTDOWN      2
+#define HV_ACTIVITY_WAIT_FOR_SIPI 3
+
+/* exits.c, for the actions in other files */
+void hv_advance_rip(void);
+/* The guest as INIT leaves a CPU (real mode at F000:FFF0, TLBs flushed). */
+void hv_reset_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *regs);
+/* A guest in its INIT state starts at the SIPI vector's page. */
+enum hv_exit_result hv_start_at_sipi_vector(UINT32 vector);
+
+/* icr_emulation.c (option apic_icr_emulation): an EPT violation that is a
+ * store to the local APIC page, done for the guest; FALSE: not one. */
+BOOLEAN hv_icr_emulate_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs);
+/* ... and this CPU's logical APIC destination, read before launch. */
+void hv_icr_emulation_prepare(struct hv_cpu *cpu);
+
 #endif /* UEFI_HV_EXITS_H */

@@ -15,6 +15,7 @@
  */
 #include "hv.h"
 #include "cpu.h"
+#include "exits.h"
 #include "interrupts.h"
 #if HV_ACTION_DISPATCH_IDT
 
@@ -28,8 +29,6 @@
 #define INTR_TYPE_SOFT_EXC      6 /* INT3, INTO */
 #define RFLAGS_IF               (1ULL << 9)
 #define BLOCKING_BY_STI_MOV_SS  3ULL /* interruptibility state bits 0-1 */
-#define ACTIVITY_ACTIVE         0
-#define ACTIVITY_HLT            1
 
 /* One CPU's share: written only by that CPU, in VMX root with interrupts off. */
 struct hv_irq_state {
@@ -214,12 +213,12 @@ void hv_irq_before_entry(struct hv_cpu *cpu)
     UINT64 activity = vmread(GUEST_ACTIVITY_STATE);
     if ((vmread(VM_ENTRY_INTR_INFO_FIELD) & INTR_INFO_VALID) || !(vmread(GUEST_RFLAGS) & RFLAGS_IF) ||
         (vmread(GUEST_INTERRUPTIBILITY_INFO) & BLOCKING_BY_STI_MOV_SS) ||
-        (activity != ACTIVITY_ACTIVE && activity != ACTIVITY_HLT)) {
+        (activity != HV_ACTIVITY_ACTIVE && activity != HV_ACTIVITY_HLT)) {
         set_window(s, TRUE); /* SDM 26.7.5: exits as soon as it can */
         return;
     }
-    if (activity == ACTIVITY_HLT)
-        vmwrite(GUEST_ACTIVITY_STATE, ACTIVITY_ACTIVE);
+    if (activity == HV_ACTIVITY_HLT)
+        vmwrite(GUEST_ACTIVITY_STATE, HV_ACTIVITY_ACTIVE);
     s->pending[vector >> 6] &= ~(1ULL << (vector & 63));
     vmwrite(VM_ENTRY_INTR_INFO_FIELD, (UINT32)vector | INTR_TYPE_EXTERNAL << 8 | INTR_INFO_VALID);
     /* More waiting: the window opens again once this one is delivered. */

@@ -9,6 +9,7 @@
  */
 #include "hv.h"
 #include "cpu.h"
+#include "exits.h"
 #include "vmcs_setup.h"
 
 UINT64 hv_constant_host_state[HV_HOST_FIELD_COUNT];
@@ -106,9 +107,19 @@ BOOLEAN hv_prepare_cpu(struct hv_cpu *cpu)
 {
     if (!enable_vmx(cpu) || !adjust_controls(cpu))
         return FALSE;
+#if HV_ACTION_INIT
+    /* The `init` action holds a CPU in wait-for-SIPI, an activity state the
+     * CPU must support (IA32_VMX_MISC[8], SDM A.6). */
+    if (!(rdmsr(MSR_IA32_VMX_MISC) & (1ULL << 8)))
+        return fail(cpu, "IA32_VMX_MISC[8] is 0: this CPU cannot hold a guest in the wait-for-SIPI activity "
+                         "state, which `exit init_signal -> init` needs");
+#endif
     UINT32 r[4];
     cpuid(1, 0, r);
     cpu->apic_id = r[1] >> 24;
+#if HV_APIC_ICR_EMULATION
+    hv_icr_emulation_prepare(cpu);
+#endif
     hv_spec_host_state(cpu); /* host_state.c, from the spec */
     hv_constant_host_state_ready = TRUE;
     if (!hv_run_time_checks(cpu)) {
@@ -230,10 +241,10 @@ static UINT8 write_controls(struct hv_cpu *cpu)
         cpu->controls[HV_CTL_ENTRY] |= HV_ENTRY_IA32E_MODE_GUEST;
     else
         cpu->controls[HV_CTL_ENTRY] &= ~HV_ENTRY_IA32E_MODE_GUEST;
-#if HV_ACTION_INIT
+#if HV_APIC_ICR_EMULATION
     /* An AP idles in "cli; hlt" between MP calls, and in a MONITOR/MWAIT
      * loop after ExitBootServices: both exit, so that the CPU can take the
-     * emulated INIT-SIPI (exits.c). */
+     * emulated INIT-SIPI (icr_emulation.c). */
     if (!cpu->is_bsp)
         cpu->controls[HV_CTL_PROC] |= HV_PROC_HLT_EXITING | HV_PROC_MWAIT_EXITING;
 #endif
@@ -256,6 +267,23 @@ static UINT8 write_controls(struct hv_cpu *cpu)
         W(VIRTUAL_PROCESSOR_ID, cpu->index + 1); /* VPID 0 is the host's */
 #undef W
     return err;
+}
+
+/* Guest translations cached under this CPU's VPID (or, `all`, under every
+ * VPID and EPTP) are dropped, as INIT and VMXON on a CPU that may hold stale
+ * ones require (SDM 29.4.3.3 "Guidelines for Use of the INVVPID
+ * Instruction"). Each type only where IA32_VMX_EPT_VPID_CAP reports it. */
+void hv_invalidate_guest_tlb(struct hv_cpu *cpu, BOOLEAN all)
+{
+    UINT64 cap = hv.ept_vpid_cap;
+    if (all && (cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_EPT) && (cap >> 20 & 1) && (cap >> 26 & 1))
+        invept(2, 0);
+    if (!(cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_VPID) || !(cap >> 32 & 1))
+        return;
+    if (!all && (cap >> 41 & 1))
+        invvpid(1, (UINT16)(cpu->index + 1));
+    else if (cap >> 42 & 1)
+        invvpid(2, 0);
 }
 
 static UINT8 write_host_state(struct hv_cpu *cpu)
@@ -296,6 +324,8 @@ BOOLEAN hv_launch_cpu(struct hv_cpu *cpu)
         return fail(cpu, "VMCLEAR/VMPTRLD of the VMCS failed");
     }
     UINT8 err = write_controls(cpu) | write_host_state(cpu) | write_guest_state(cpu);
+    if (!err)
+        hv_invalidate_guest_tlb(cpu, TRUE); /* whatever an earlier VMX user left */
     if (err) {
         UINT32 number = (UINT32)vmread(VM_INSTRUCTION_ERROR);
         hv_vmx_off(cpu);

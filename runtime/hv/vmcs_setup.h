@@ -43,4 +43,7 @@ extern BOOLEAN hv_constant_host_state_ready;
 #define ONCE(slot, value) \
     (hv_constant_host_state_ready ? hv_constant_host_state[slot] : (hv_constant_host_state[slot] = (value)))
 
+/* INVVPID (and, `all`, INVEPT) where the CPU supports it: INIT and VMXON. */
+void hv_invalidate_guest_tlb(struct hv_cpu *cpu, BOOLEAN all);
+
 #endif /* UEFI_HV_VMCS_SETUP_H */

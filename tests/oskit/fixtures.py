@@ -42,3 +42,9 @@ def initramfs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def osmodel_efi(tmp_path_factory) -> Path:
     return build_osmodel(tmp_path_factory.mktemp("osmodel") / "osmodel.efi")
+
+
+@pytest.fixture(scope="session")
+def osmodel_x2apic_efi(tmp_path_factory) -> Path:
+    """The OS model that starts the APs in x2APIC mode (ICR = MSR 0x830)."""
+    return build_osmodel(tmp_path_factory.mktemp("osmodel-x2apic") / "osmodel.efi", x2apic=True)

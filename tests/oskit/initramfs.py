@@ -49,13 +49,17 @@ def probe_defines(spec: Path = DEFAULT_SPEC) -> list[str]:
     """The -D options hvprobe.h needs, for the hypervisor built from `spec`."""
     from uefi_hv.parse import load_spec
 
-    signature = load_spec(str(spec)).identity.signature
+    parsed = load_spec(str(spec))
+    signature = parsed.identity.signature
     if len(signature) != 12 or not signature.isascii() or '"' in signature or "\\" in signature:
         raise UserError(f"error: {spec}: signature {signature!r} is not 12 plain ASCII bytes")
     ping, pong = vmcall_numbers()
     return [f'-DOSKIT_SIGNATURE="{signature}"', f"-DOSKIT_VMCALL_PING={ping:#x}ULL",
             f"-DOSKIT_VMCALL_PONG={pong:#x}ULL",
-            f"-DOSKIT_VMCALL_GET_RESIDENT_RANGES={vmcall_rax('GET_RESIDENT_RANGES'):#x}ULL"]
+            f"-DOSKIT_VMCALL_GET_RESIDENT_RANGES={vmcall_rax('GET_RESIDENT_RANGES'):#x}ULL",
+            f"-DOSKIT_VMCALL_GET_EXIT_COUNT={vmcall_rax('GET_EXIT_COUNT'):#x}ULL",
+            f"-DOSKIT_EXIT_REASON_INIT={parsed.exit_reasons['init_signal'].number}",
+            f"-DOSKIT_EXIT_REASON_SIPI={parsed.exit_reasons['sipi'].number}"]
 
 
 def build_oscheck(output: Path, spec: Path = DEFAULT_SPEC) -> Path:

@@ -22,11 +22,15 @@ MECHANICS_PASS = "OSMODEL: MECHANICS PASS, hypervisor absent"
 FAIL = "OSMODEL: FAIL"
 
 
-def build_osmodel(output: Path, spec: Path = DEFAULT_SPEC, fault_test: bool = False) -> Path:
+def build_osmodel(output: Path, spec: Path = DEFAULT_SPEC, fault_test: bool = False,
+                  x2apic: bool = False) -> Path:
     """Build the OS model for the hypervisor of `spec` (its signature and
     the VMCALL numbers) into the EFI application `output`. `fault_test`:
-    it executes UD2 once it runs on its own IDT (the exception report's test)."""
-    flags = probe_defines(spec) + (["-DOSMODEL_FAULT_TEST"] if fault_test else [])
+    it executes UD2 once it runs on its own IDT (the exception report's test).
+    `x2apic`: it switches the BSP's local APIC to x2APIC mode before it starts
+    the APs, so that INIT and SIPI go through MSR 0x830."""
+    flags = probe_defines(spec) + (["-DOSMODEL_FAULT_TEST"] if fault_test else []) \
+        + (["-DOSMODEL_X2APIC"] if x2apic else [])
     return build_efi(list(SOURCES), Path(output), include_dirs=[OSKIT], extra_cflags=flags)
 
 
@@ -52,3 +56,23 @@ def assert_aps_started_twice(serial: str, cpus: int, hypervisor: bool = False) -
             for cpu in range(1, cpus):
                 assert (f"OSMODEL: AP round {round_}: VMCALL ping answered, hypervisor CPU {cpu}"
                         in serial), (round_, cpu)
+
+
+def init_sipi_exits(serial: str) -> dict[tuple[int, int], tuple[int, int]]:
+    """(round, APIC id) -> (INIT exits, SIPI exits) the hypervisor counted on
+    that AP when it ran in that round (VMCALL GET_EXIT_COUNT)."""
+    found = re.findall(r"^OSMODEL: AP round (\d+): APIC (\d+): the hypervisor saw INIT exits (\d+), "
+                       r"SIPI exits (\d+) on this CPU$", serial, re.M)
+    return {(int(r), int(a)): (int(i), int(s)) for r, a, i, s in found}
+
+
+def assert_real_init_sipi_exits(serial: str, cpus: int) -> None:
+    """Each of the model's INIT-SIPI-SIPI reached each AP as exactly one INIT
+    VM exit and one SIPI VM exit (the second SIPI finds the AP running, and
+    a running CPU ignores it), counted between the two rounds."""
+    exits = init_sipi_exits(serial)
+    for apic in range(1, cpus):
+        assert (1, apic) in exits and (2, apic) in exits, (apic, exits)
+        (init1, sipi1), (init2, sipi2) = exits[1, apic], exits[2, apic]
+        assert init1 >= 1 and sipi1 >= 1, (apic, exits)
+        assert (init2 - init1, sipi2 - sipi1) == (1, 1), (apic, exits)

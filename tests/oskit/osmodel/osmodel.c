@@ -315,6 +315,14 @@ static int check_cpu(const char *who, struct hvprobe *p)
     return failed;
 }
 
+/* GET_EXIT_COUNT (docs/vmcall.md): the calling CPU's exits of `reason`. */
+static UINT64 vmcall_exit_count(UINT64 reason)
+{
+    UINT64 rax = OSKIT_VMCALL_GET_EXIT_COUNT, rbx = reason, rcx = ~0ULL, rdx = 0;
+    __asm__ volatile("vmcall" : "+a"(rax), "+b"(rbx), "+c"(rcx), "+d"(rdx) : : "memory");
+    return rax == 0 ? rbx : ~0ULL;
+}
+
 static void load_idt(void)
 {
     struct table_register idtr = { sizeof(idt) - 1, (UINT64)idt };
@@ -334,6 +342,9 @@ static void ap_main(UINT64 round)
     efer = rdmsr(0xC0000080);
     say("OSMODEL: %s: in long mode (CR0 0x%lx, CR4 0x%lx, EFER 0x%lx)\n", who, cr0, cr4, efer);
     int failed = check_cpu(who, &p);
+    if (p.ours)
+        say("OSMODEL: %s: APIC %u: the hypervisor saw INIT exits %lu, SIPI exits %lu on this CPU\n", who,
+            apic_id(), vmcall_exit_count(OSKIT_EXIT_REASON_INIT), vmcall_exit_count(OSKIT_EXIT_REASON_SIPI));
     if (p.ours != bsp_probe.ours) {
         say("OSMODEL: %s: check failed: the AP %s the hypervisor, the BSP %s\n", who,
             p.ours ? "sees" : "does not see", bsp_probe.ours ? "does" : "does not");
@@ -653,6 +664,22 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
 
     take_over_machine_state();
     say("OSMODEL: own GDT, IDT and page tables loaded (CR3 0x%lx)\n", (UINT64)pml4);
+#ifdef OSMODEL_X2APIC
+    /* As Linux does on a machine with x2APIC: the BSP's local APIC goes to
+     * x2APIC mode (EN and EXTD, SDM Vol. 3A 11.12.1), and the ICR becomes
+     * MSR 0x830 for the INIT-SIPI-SIPI below. */
+    if (!x2apic) {
+        unsigned int r[4];
+        hvprobe_cpuid(1, 0, r);
+        if (!(r[2] & (1U << 21))) {
+            say("OSMODEL: FAIL: no x2APIC on this CPU (CPUID.1:ECX[21] = 0)\n");
+            halt_forever();
+        }
+        wrmsr(MSR_IA32_APIC_BASE, rdmsr(MSR_IA32_APIC_BASE) | APIC_BASE_X2APIC);
+        x2apic = (rdmsr(MSR_IA32_APIC_BASE) & APIC_BASE_X2APIC) != 0;
+        say("OSMODEL: BSP: local APIC switched to %s\n", x2apic ? "x2APIC mode" : "nothing: EXTD stays 0");
+    }
+#endif
 #ifdef OSMODEL_FAULT_TEST
     /* The tests' proof that the model's IDT reports what goes wrong: #UD. */
     say("OSMODEL: fault test: UD2 next\n");
