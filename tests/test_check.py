@@ -99,7 +99,7 @@ def test_the_shipped_specs_satisfy_every_check(spec):
 
 
 @pytest.mark.parametrize("text", [
-    # SS may be 0 in a 64-bit host (SDM 26.2.3)
+    # SS may be 0 in a 64-bit host (SDM 28.2.3)
     variant([("HOST_SS_SELECTOR = HOST_DS", "HOST_SS_SELECTOR = 0")]),
     # a high-half address is canonical
     variant([("HOST_FS_BASE           = 0", "HOST_FS_BASE = 0xFFFF800000000000")]),
@@ -183,7 +183,7 @@ def test_cli_check_exit_statuses(tmp_path):
     (tmp_path / "bad.hv").write_text(VIOLATIONS["HOST-TR-NONZERO"])
     bad = run_cli("check", str(tmp_path / "bad.hv"))
     assert bad.returncode == 1
-    assert re.search(r"bad\.hv:\d+:\d+: error\[HOST-TR-NONZERO, SDM 26\.2\.3\]", bad.stderr)
+    assert re.search(r"bad\.hv:\d+:\d+: error\[HOST-TR-NONZERO, SDM 28\.2\.3\]", bad.stderr)
     assert "Traceback" not in bad.stderr
     missing = run_cli("check", str(tmp_path / "nothere.hv"))
     assert missing.returncode == 2 and "no such spec file" in missing.stderr
@@ -192,7 +192,7 @@ def test_cli_check_exit_statuses(tmp_path):
 def test_cli_explain_prints_the_rule_with_its_section():
     out = run_cli("explain", "host-sel-rpl-ti")
     assert out.returncode == 0
-    assert out.stdout.startswith("HOST-SEL-RPL-TI (SDM 26.2.3, error)")
+    assert out.stdout.startswith("HOST-SEL-RPL-TI (SDM 28.2.3, error)")
     assert "RPL" in out.stdout
     unknown = run_cli("explain", "HOST-SEL")
     assert unknown.returncode == 2 and "did you mean 'HOST-SEL-RPL-TI'" in unknown.stderr

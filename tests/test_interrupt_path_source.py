@@ -13,7 +13,7 @@ from uefi_hv import DSL_DIR
 from uefi_hv.generate import generate_hypervisor, runtime_sources
 
 SPEC = DSL_DIR / "examples" / "interrupts.hv"
-HOST_IDTR_BASE = 0x6C0E                    # SDM Appendix B.4.4, index 7
+HOST_IDTR_BASE = 0x6C0E                    # SDM Appendix B.4.4 "Natural-Width Host-State Fields", index 7
 
 #: A VMREAD of HOST_IDTR_BASE in C, by name or by encoding.
 C_VMREAD = re.compile(r"vmread\s*\(\s*(HOST_IDTR_BASE|0x0*6c0e)\b", re.I)

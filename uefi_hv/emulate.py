@@ -571,9 +571,11 @@ BOCHS_KNOWN_PANICS = {
         "CR0.WP=0; the write and the dirty bit happen as on hardware",
     "VMEXIT CR4 is broken": "Bochs 3 refuses a CR4.LA57 change while EFER.LMA=1 even "
         "when a VM exit loads the host's CR4 (cpu/vmx.cc), then loads it anyway; "
-        "on hardware a VM exit may change CR4.LA57 (SDM Vol. 3C 28.5.1)",
+        "on hardware a VM exit may change CR4.LA57 (SDM 29.5.1 'Loading Host Control Registers, "
+        "Debug Registers, MSRs')",
     "VMENTER CR4 is broken": "the same check on VM entry into a guest with 5-level "
-        "paging (SDM Vol. 3C 27.3.2.1 lets VM entry change CR4.LA57)",
+        "paging (SDM 28.3.2.1 'Loading Guest Control Registers, Debug Registers, and MSRs' "
+        "lets VM entry change CR4.LA57)",
 }
 
 #: MSRs the firmware of an Intel PC sets and Bochs does not model

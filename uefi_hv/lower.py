@@ -66,7 +66,7 @@ SYMBOL_EXPRESSIONS = {
     "per_cpu_data": "(UINT64)cpu",
 }
 
-#: The SDM's tables of host-state fields (Appendix B), by field width.
+#: The SDM's tables of host-state fields (Appendix B "Field Encoding in VMCS"), by field width.
 HOST_GROUPS = (("16", "16-Bit Host-State Fields"), ("64", "64-Bit Host-State Fields"),
                ("32", "32-Bit Host-State Fields"), ("natural", "Natural-Width Host-State Fields"))
 
@@ -207,7 +207,8 @@ def lower(spec: model.Spec) -> Plan:
             required[bit.group] |= bit.mask
     secondary = spec.controls.get("proc.activate_secondary_controls")
     if secondary and wanted["proc2"]:
-        # SDM 25.6.2: the secondary controls are used only when this is 1.
+        # SDM 26.6.2 "Processor-Based VM-Execution Controls": the secondary
+        # controls are used only when this is 1.
         wanted["proc"] |= secondary.mask
         if required["proc2"]:
             required["proc"] |= secondary.mask

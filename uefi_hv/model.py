@@ -5,7 +5,7 @@ Transformer) builds these objects; nothing here knows about Lark or Jinja.
 Every object that came from a spec carries a `Loc` so that a diagnostic can
 point at the line.
 
-Encodings follow SDM Vol. 3 Appendix B ("Field Encoding in VMCS"):
+Encodings follow SDM Appendix B "Field Encoding in VMCS":
     bit 0 access type (0 full, 1 high), bits 9:1 index, bits 11:10 type,
     bits 14:13 width.
 """
@@ -95,7 +95,7 @@ class ControlBit:
 
 @dataclass(frozen=True)
 class ExitReason:
-    number: int                    # SDM Appendix C, e.g. 10
+    number: int                    # SDM Appendix C "VMX Basic Exit Reasons", e.g. 10
     name: str                      # e.g. "cpuid"
     description: str = ""
     loc: Optional[Loc] = None
@@ -232,7 +232,7 @@ class Spec:
 
 @dataclass(frozen=True)
 class VmInstructionError:
-    """SDM Vol. 3C 30.4 "VM Instruction Error Numbers": read from
+    """SDM 32.4 "VM Instruction Error Numbers": read from
     VM_INSTRUCTION_ERROR after a VMX instruction fails with ZF=1."""
 
     number: int
@@ -358,7 +358,7 @@ class RuntimeRule:
     values it is about to write, just before VMLAUNCH."""
 
     id: str                        # e.g. "HOST-SEL-RPL-TI:HOST_CS_SELECTOR"
-    section: str                   # e.g. "SDM 26.2.3"
+    section: str                   # e.g. "SDM 28.2.3" (check.SDM_SECTIONS has the titles)
     title: str
     kind: str                      # key of RUNTIME_RULE_KINDS
     args: dict = field(default_factory=dict, hash=False)

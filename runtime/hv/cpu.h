@@ -1,6 +1,6 @@
 /*
  * The processor instructions the hypervisor needs, as inline functions.
- * VMX instructions report failure in RFLAGS (SDM 31.2 "Conventions"):
+ * VMX instructions report failure in RFLAGS (SDM 32.2 "Conventions"):
  * CF=1 is VMfailInvalid (no current VMCS), ZF=1 VMfailValid (the reason is
  * in VM_INSTRUCTION_ERROR). Each wrapper returns 0, 1 (CF) or 2 (ZF).
  */
