@@ -281,8 +281,8 @@ static EFI_GUID mp_guid = MP_SERVICES_GUID;
 
 void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
 {
-    /* The firmware's timer, every tick of which is now an external-interrupt
-     * exit: a 10 ms periodic event fires about 20 times while a 200 ms
+    /* The firmware's timer, every tick of which is an external-interrupt exit
+     * under the hypervisor: a 10 ms periodic event fires about 20 times while a 200 ms
      * one-shot timer runs (10..40: the firmware's granularity is its 10 ms
      * tick). The window is timed by the firmware's timer, not by Stall: in
      * Bochs OVMF's Stall(200 ms) lasts a twentieth of that (also without the
