@@ -456,25 +456,6 @@ def check_msr_overlap(ctx: Ctx):
 
 # --- exits and the seed's interrupt path ----------------------------------------------
 
-# control -> the exit reasons it makes happen
-_CAUSES = {
-    "pin.external_interrupt_exiting": ("external_interrupt",),
-    "pin.nmi_exiting": ("exception_or_nmi",),
-    "pin.activate_vmx_preemption_timer": ("vmx_preemption_timer",),
-    "proc.interrupt_window_exiting": ("interrupt_window",),
-    "proc.nmi_window_exiting": ("nmi_window",),
-    "proc.hlt_exiting": ("hlt",), "proc.invlpg_exiting": ("invlpg",), "proc.mwait_exiting": ("mwait",),
-    "proc.rdpmc_exiting": ("rdpmc",), "proc.rdtsc_exiting": ("rdtsc",),
-    "proc.cr3_load_exiting": ("cr_access",), "proc.cr3_store_exiting": ("cr_access",),
-    "proc.cr8_load_exiting": ("cr_access",), "proc.cr8_store_exiting": ("cr_access",),
-    "proc.mov_dr_exiting": ("dr_access",), "proc.unconditional_io_exiting": ("io_instruction",),
-    "proc.use_io_bitmaps": ("io_instruction",), "proc.monitor_trap_flag": ("monitor_trap_flag",),
-    "proc.monitor_exiting": ("monitor",), "proc.pause_exiting": ("pause",),
-    "proc2.enable_ept": ("ept_violation", "ept_misconfig"),
-    "proc2.descriptor_table_exiting": ("gdtr_idtr_access", "ldtr_tr_access"),
-    "proc2.wbinvd_exiting": ("wbinvd",), "proc2.rdrand_exiting": ("rdrand",),
-    "proc2.rdseed_exiting": ("rdseed",), "proc2.pause_loop_exiting": ("pause",),
-}
 
 
 @check("EXIT-UNHANDLED", sdm("27.1.3"), "exits the requested controls cause have handlers", severity="warning")
@@ -482,12 +463,36 @@ def check_exits_handled(ctx: Ctx):
     """A control that causes VM exits (HLT exiting, enable EPT, ...) makes
     those exits happen; without a handler the generated code can only log
     them and stop."""
-    for control, reasons in _CAUSES.items():
+    for control, reasons in m.EXIT_CAUSES.items():
         if not ctx.wants(control):
             continue
         for reason in reasons:
             if reason in ctx.spec.exit_reasons and reason not in ctx.handlers:
                 yield f"{control} causes {reason} exits, which have no handler", ctx.req_loc(control)
+
+
+@check("EXIT-CONTROL", sdm("27.1.3", "26.7.1"), "a handled exit happens: the controls its action needs are asked for")
+def check_exit_controls(ctx: Ctx):
+    """An exit that only a control causes (RDTSC with "RDTSC exiting", HLT
+    with "HLT exiting", EPT violations with "enable EPT" ...) never happens
+    unless the spec's `controls` block requires or prefers that control, and
+    some actions need a control of their own (`dispatch_idt` reads the vector
+    that "acknowledge interrupt on exit" leaves in VM_EXIT_INTR_INFO). Each
+    action's entry in model.EXIT_ACTIONS says which (`needs`, and `sets` for
+    the exiting controls the runtime sets itself); the exiting controls come
+    from model.EXIT_CAUSES."""
+    for h in ctx.spec.exits:
+        info = m.EXIT_ACTIONS.get(h.action)
+        if info is None or h.reason not in ctx.spec.exit_reasons:
+            continue
+        causes = info.causing_controls(h.reason)
+        if causes and not any(ctx.wants(c) for c in causes):
+            which = causes[0] if len(causes) == 1 else "one of " + ", ".join(causes)
+            yield (f"`exit {h.reason}` never runs: {h.reason} exits happen only with {which}; "
+                   f"add `prefer {causes[0]}` (or `require`) to controls", h.loc)
+        for c in info.needs:
+            if not ctx.wants(c):
+                yield f"{h.action} needs {c}; add `require {c}` to controls", h.loc
 
 
 @check("EXTINT-DISPATCH", sdm("29.2.2"), "acknowledged interrupts are dispatched to the host")
@@ -765,12 +770,15 @@ _OPTION_SYNTAX = {"flag": "{}", "names": "{} = NAME, ...", "global": "{} = GLOBA
 
 def actions_markdown() -> str:
     """The table of exit actions for docs/dsl.md, from model.EXIT_ACTIONS."""
-    rows = ["| action | handles | options | what it does |", "|---|---|---|---|"]
+    rows = ["| action | handles | options | what it does | controls it needs |", "|---|---|---|---|---|"]
     for a in m.EXIT_ACTIONS.values():
         if a.internal:
             continue
         options = "; ".join(f"`{_OPTION_SYNTAX[kind].format(name)}`" for name, kind in a.options.items())
-        rows.append(f"| `{a.name}` | {', '.join(a.reasons) or 'any'} | {options} | {a.text} |")
+        needs = [" or ".join(f"`{c}`" for c in a.causing_controls(r)) for r in a.reasons if a.causing_controls(r)]
+        needs += [f"`{c}`" for c in a.needs]
+        rows.append(f"| `{a.name}` | {', '.join(a.reasons) or 'any'} | {options} | {a.text} | "
+                    f"{'; '.join(needs) or '-'} |")
     return "\n".join(rows) + "\n"
 
 
