@@ -112,7 +112,7 @@ class Ctx:
         self.reqs: dict[str, m.ControlReq] = {}
         for r in spec.control_reqs:
             self.reqs.setdefault(r.control, r)
-        self.globals = {}
+        self.globals: dict[str, m.Global] = {}
         for g in spec.globals:
             self.globals.setdefault(g.name, g)
         self.handlers: dict[str, m.ExitHandler] = {}
@@ -449,7 +449,8 @@ def check_msr_overlap(ctx: Ctx):
     for i in ctx.spec.msr_intercepts:
         for j in seen:
             if i.access == j.access and i.first <= j.last and j.first <= i.last:
-                yield f"{i.access} of MSR {max(i.first, j.first):#x} is already intercepted at line {j.loc.line}", i.loc
+                line = j.loc.line if j.loc else "?"
+                yield f"{i.access} of MSR {max(i.first, j.first):#x} is already intercepted at line {line}", i.loc
                 break
         seen.append(i)
 
@@ -523,7 +524,7 @@ def check_idt_global(ctx: Ctx):
             continue
         name = h.options.get("idt_base")
         g = ctx.globals.get(name) if name else None
-        if g is None or g.source != m.ReadReg("sidt.base"):
+        if name is None or g is None or g.source != m.ReadReg("sidt.base"):
             yield (f"dispatch_idt takes the IDT base from '{name}', which is not a global captured "
                    f"from sidt.base; define `global host_idt_base = sidt.base` and use it", h.loc)
             continue
@@ -571,7 +572,7 @@ def check_duplicates(ctx: Ctx):
                              (spec.globals, lambda g: g.name, "global"),
                              (spec.control_reqs, lambda r: r.control, "control"),
                              (spec.exits, lambda h: h.reason, "exit reason")):
-        first: dict[str, m.Loc] = {}
+        first: dict[str, Optional[m.Loc]] = {}
         for it in items:
             k = key(it)
             if k in first:
@@ -620,7 +621,7 @@ def check_global_unused(ctx: Ctx):
     """A global is captured to be read; one nobody reads is dead code."""
     used = {a.source.name for a in ctx.spec.host_state if isinstance(a.source, m.GlobalRef)}
     used |= {g.source.name for g in ctx.spec.globals if isinstance(g.source, m.GlobalRef)}
-    used |= {h.options.get("idt_base") for h in ctx.spec.exits}
+    used |= {h.options["idt_base"] for h in ctx.spec.exits if "idt_base" in h.options}
     for g in ctx.spec.globals:
         if g.name not in used:
             yield f"global {g.name} is never read", g.loc
@@ -661,8 +662,7 @@ def check_log_rate(ctx: Ctx):
     lines of 80 characters a second, and every line is written with the
     guest stopped); the burst at most 1000 and not below the rate."""
     s, locs = ctx.spec.settings, ctx.spec.setting_locs
-    rate = s.get("log_rate", m.SETTING_DEFAULTS["log_rate"])
-    burst = s.get("log_burst", m.SETTING_DEFAULTS["log_burst"])
+    rate, burst = ctx.spec.int_setting("log_rate"), ctx.spec.int_setting("log_burst")
     if not 1 <= rate <= LOG_RATE_MAX:
         yield (f"option log_rate = {rate}: lines a second from 1 to {LOG_RATE_MAX} "
                f"(COM1 carries about 140 a second)"), locs.get("log_rate")

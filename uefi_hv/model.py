@@ -216,6 +216,13 @@ class Spec:
     file_order: dict[str, tuple] = field(default_factory=dict, repr=False)  # file -> lines of its import chain
     sources: dict[str, str] = field(default_factory=dict, repr=False)   # file -> text (for diagnostics)
 
+    def int_setting(self, name: str) -> int:
+        """An int setting (SETTINGS), its default where the spec leaves it out."""
+        value = self.settings.get(name, SETTING_DEFAULTS[name])
+        if not isinstance(value, int):
+            raise TypeError(f"setting {name} is {value!r}, not a number")
+        return value
+
     def msr_number(self, name: Optional[str]) -> Optional[int]:
         """The number of a catalogue MSR (None for None); a catalogue without
         it is the spec's error, named as such."""
