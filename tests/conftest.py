@@ -43,7 +43,7 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
 EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
 {
     /* An empty IDT: INT3 faults (#GP), the #GP cannot be delivered (#DF),
-     * and neither can the #DF: a triple fault (SDM Vol. 3A 6.15, #DF). */
+     * and neither can the #DF: a triple fault (SDM 7.15 "Exception and Interrupt Reference", #DF). */
     struct { UINT16 limit; UINT64 base; } __attribute__((packed)) idtr = { 0, 0 };
 
     InitializeLib(image, systab);

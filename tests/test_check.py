@@ -58,6 +58,7 @@ VIOLATIONS = {
     "MSR-HANDLER": variant([("exit rdmsr, wrmsr -> msr", "")]),
     "MSR-OVERLAP": variant(append="msr_bitmap { read IA32_VMX_MISC = inject_gp }"),
     "EXIT-UNHANDLED": variant(append="controls { prefer proc.hlt_exiting }"),
+    "EXIT-CONTROL": variant(append="exit rdtsc -> inject_ud"),
     "EXTINT-DISPATCH": variant(
         append="controls { require pin.external_interrupt_exiting, exit.ack_interrupt_on_exit }"),
     "EXTINT-WINDOW": variant(append="controls { require pin.external_interrupt_exiting, exit.ack_interrupt_on_exit }\n"
@@ -94,13 +95,53 @@ def test_a_spec_breaking_the_rule_fails_with_the_check_id_section_and_line(check
         assert text.splitlines()[-1].strip() == "^"
 
 
-@pytest.mark.parametrize("spec", ["default.hv", "examples/interrupts.hv"])
+SHIPPED_SPECS = sorted(str(p.relative_to(DSL_DIR)) for p in DSL_DIR.rglob("*.hv") if p.name != "vmcs.hv")
+
+
+def test_the_shipped_specs_are_found():
+    assert {"default.hv", "examples/interrupts.hv"} <= set(SHIPPED_SPECS)
+
+
+@pytest.mark.parametrize("spec", SHIPPED_SPECS)
 def test_the_shipped_specs_satisfy_every_check(spec):
     assert check_spec(load_spec(DSL_DIR / spec)) == []
 
 
+def test_a_handled_exit_needs_its_causing_control_asked_for():
+    diags = [d for d in diagnose(VIOLATIONS["EXIT-CONTROL"]) if d.check_id == "EXIT-CONTROL"]
+    assert [d.severity for d in diags] == ["error"]
+    assert "proc.rdtsc_exiting" in diags[0].message and "`prefer proc.rdtsc_exiting`" in diags[0].message
+    assert diagnose(variant(append="controls { prefer proc.rdtsc_exiting }\nexit rdtsc -> inject_ud")) == []
+
+
+def test_an_action_needs_the_controls_its_entry_names():
+    text = variant(append="controls { require pin.external_interrupt_exiting }\n"
+                          "exit external_interrupt -> dispatch_idt { idt_base = host_idt_base }\n"
+                          "exit interrupt_window -> inject_pending")
+    diags = [d for d in diagnose(text) if d.check_id == "EXIT-CONTROL"]
+    assert len(diags) == 1 and "require exit.ack_interrupt_on_exit" in diags[0].message
+
+
+def test_an_exit_with_other_causes_or_a_control_the_runtime_sets_needs_none():
+    assert m.EXIT_ACTIONS["cr_access"].causing_controls("cr_access") == ()
+    assert m.EXIT_ACTIONS["inject_pending"].causing_controls("interrupt_window") == ()
+    assert m.EXIT_ACTIONS["log_shutdown"].causing_controls("ept_violation") == ("proc2.enable_ept",)
+    assert m.EXIT_ACTIONS["cpuid"].causing_controls("cpuid") == ()
+
+
+def test_the_exit_action_registry_names_catalogue_controls_and_reasons():
+    catalogue = load_spec(DSL_DIR / "vmcs.hv")
+    for control, reasons in m.EXIT_CAUSES.items():
+        assert control in catalogue.controls, control
+        assert set(reasons) <= set(catalogue.exit_reasons), control
+    assert set(m.EXIT_OTHER_CAUSES) <= {r for rs in m.EXIT_CAUSES.values() for r in rs}
+    for a in m.EXIT_ACTIONS.values():
+        assert set(a.needs) | set(a.sets) <= set(catalogue.controls), a.name
+        assert set(a.sets) <= set(m.EXIT_CAUSES), a.name
+
+
 @pytest.mark.parametrize("text", [
-    # SS may be 0 in a 64-bit host (SDM 26.2.3)
+    # SS may be 0 in a 64-bit host (SDM 28.2.3)
     variant([("HOST_SS_SELECTOR = HOST_DS", "HOST_SS_SELECTOR = 0")]),
     # a high-half address is canonical
     variant([("HOST_FS_BASE           = 0", "HOST_FS_BASE = 0xFFFF800000000000")]),
@@ -184,7 +225,7 @@ def test_cli_check_exit_statuses(tmp_path):
     (tmp_path / "bad.hv").write_text(VIOLATIONS["HOST-TR-NONZERO"])
     bad = run_cli("check", str(tmp_path / "bad.hv"))
     assert bad.returncode == 1
-    assert re.search(r"bad\.hv:\d+:\d+: error\[HOST-TR-NONZERO, SDM 26\.2\.3\]", bad.stderr)
+    assert re.search(r"bad\.hv:\d+:\d+: error\[HOST-TR-NONZERO, SDM 28\.2\.3\]", bad.stderr)
     assert "Traceback" not in bad.stderr
     missing = run_cli("check", str(tmp_path / "nothere.hv"))
     assert missing.returncode == 2 and "no such spec file" in missing.stderr
@@ -193,7 +234,7 @@ def test_cli_check_exit_statuses(tmp_path):
 def test_cli_explain_prints_the_rule_with_its_section():
     out = run_cli("explain", "host-sel-rpl-ti")
     assert out.returncode == 0
-    assert out.stdout.startswith("HOST-SEL-RPL-TI (SDM 26.2.3, error)")
+    assert out.stdout.startswith("HOST-SEL-RPL-TI (SDM 28.2.3, error)")
     assert "RPL" in out.stdout
     unknown = run_cli("explain", "HOST-SEL")
     assert unknown.returncode == 2 and "did you mean 'HOST-SEL-RPL-TI'" in unknown.stderr

@@ -149,7 +149,8 @@ GUEST_APPS = {
         Print(L"guest: triple fault next\n");
         __asm__ volatile("cli; lidt %0; int3" : : "m"(idtr));
     """,
-    # INVD exits unconditionally (SDM 26.1.2); the spec below has no handler.
+    # INVD exits unconditionally (SDM 27.1.2 "Instructions That Cause VM Exits
+    # Unconditionally"); the spec below has no handler.
     "invd": r"""
         Print(L"guest: INVD next\n");
         __asm__ volatile("invd" ::: "memory");

@@ -1,5 +1,6 @@
 """The sources read clean: ruff, with the rules in pyproject.toml, finds
-nothing in the Python, and the runtime's C is as .clang-format lays it out
+nothing in the Python, mypy (configured there too) finds no type error in
+uefi_hv, and the runtime's C is as .clang-format lays it out
 (clang-format pinned in pyproject.toml, so Debian 12 and 13 agree)."""
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from uefi_hv import RUNTIME_DIR, ROOT
 def test_ruff_finds_nothing():
     run = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache",
                           "uefi_hv", "tests", "benchmarks"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_mypy_finds_no_type_error():
+    run = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental"],
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
 

@@ -128,7 +128,7 @@ def build_efi(sources: list[Path], output: Path, include_dirs: Iterable[Path] = 
 
 # --- PE32+ header -----------------------------------------------------------
 
-def pe_header(image: bytes) -> dict:
+def pe_header(image: bytes | bytearray) -> dict:
     """The few PE32+ header fields a test or a check needs:
     magic (0x20B for PE32+), subsystem, timestamp, checksum, machine."""
     if image[:2] != b"MZ":
@@ -145,7 +145,7 @@ def pe_header(image: bytes) -> dict:
             "timestamp_offset": pe + 8, "checksum_offset": opt + 64}
 
 
-def pe_checksum(image: bytes, checksum_offset: int) -> int:
+def pe_checksum(image: bytes | bytearray, checksum_offset: int) -> int:
     """The PE optional header's CheckSum (the imagehlp algorithm): 16-bit
     one's-complement-style sum of the file, skipping the field itself, plus
     the file length."""

@@ -1,9 +1,7 @@
 """check: the Intel SDM's rules that can be decided from a spec, one small
 function each, with a stable id and the SDM section it comes from.
 
-Section numbers follow SDM Vol. 3C of the 2016-2022 editions (chapter 26
-"VM Entries", 26.2 "Checks on VMX Controls and Host-State Area"); later
-editions number the same sections one chapter higher (27.2 ...).
+Every section is one of `SDM_SECTIONS`, numbered as in `SDM_EDITION`.
 
 What only the CPU can decide (fixed CR0/CR4 bits, allowed control settings
 from the capability MSRs) is returned by `runtime_rules()` as data; the
@@ -32,10 +30,58 @@ __all__ = ["CHECKS", "CheckInfo", "Diagnostic", "SpecError", "check_spec", "load
            "runtime_rules", "checks_markdown", "cmd_check", "cmd_fields", "cmd_explain"]
 
 
+#: The one edition of the Intel SDM whose section numbers the project cites.
+SDM_EDITION = ("Intel 64 and IA-32 Architectures Software Developer's Manual, combined volumes "
+               "(order number 325462), the 2025 numbering: VMX in Vol. 3C chapters 25-32, "
+               "28 \"VM Entries\", 29 \"VM Exits\"")
+
+#: The SDM sections the checks and run-time rules cite -> their titles.
+SDM_SECTIONS = {
+    "3.3.7.1": "Canonical Addressing",
+    "25.8": "Restrictions on VMX Operation",
+    "26.6.2": "Processor-Based VM-Execution Controls",
+    "26.6.9": "MSR-Bitmap Address",
+    "26.7.1": "VM-Exit Controls",
+    "27.1.3": "Instructions That Cause VM Exits Conditionally",
+    "28.2.1": "Checks on VMX Controls",
+    "28.2.1.1": "VM-Execution Control Fields",
+    "28.2.1.2": "VM-Exit Control Fields",
+    "28.2.1.3": "VM-Entry Control Fields",
+    "28.2.2": "Checks on Host Control Registers, MSRs, and SSP",
+    "28.2.3": "Checks on Host Segment and Descriptor-Table Registers",
+    "28.2.4": "Checks Related to Address-Space Size",
+    "28.7.5": "Interrupt-Window Exiting and Virtual-Interrupt Delivery",
+    "29.2.2": "Information for VM Exits Due to Vectored Events",
+    "29.5": "Loading Host State",
+    "29.5.2": "Loading Host Segment and Descriptor-Table Registers",
+    "Appendix A.3": "VM-Execution Controls",
+    "Appendix A.4": "VM-Exit Controls",
+    "Appendix A.5": "VM-Entry Controls",
+    "Appendix B": "Field Encoding in VMCS",
+}
+
+
+def sdm(*numbers: str) -> str:
+    """The section string of a check or rule: "SDM 28.2.3" (several: "SDM 25.8, 28.2.2").
+    Each number must be in SDM_SECTIONS, so that its title is known."""
+    unknown = [n for n in numbers if n not in SDM_SECTIONS]
+    if unknown:
+        raise KeyError(f"SDM section {', '.join(unknown)} is not in check.SDM_SECTIONS")
+    return "SDM " + ", ".join(numbers)
+
+
+def cited(section: str) -> str:
+    """A section with its titles, as docs and `uefi-hv explain` show it:
+    'SDM 28.2.3 "Checks on Host Segment and Descriptor-Table Registers"'."""
+    if not section.startswith("SDM "):
+        return section
+    return "SDM " + ", ".join(f'{n} "{SDM_SECTIONS[n]}"' for n in section[4:].split(", "))
+
+
 @dataclass(frozen=True)
 class CheckInfo:
     id: str                 # stable: tests, docs and `uefi-hv explain` use it
-    section: str            # "SDM 26.2.3", or "docs/dsl.md" for the language's own rules
+    section: str            # sdm("28.2.3"), or "docs/dsl.md#..." for the language's own rules
     title: str
     text: str               # the rule in words (the function's docstring)
     fn: Callable
@@ -66,7 +112,7 @@ class Ctx:
         self.reqs: dict[str, m.ControlReq] = {}
         for r in spec.control_reqs:
             self.reqs.setdefault(r.control, r)
-        self.globals = {}
+        self.globals: dict[str, m.Global] = {}
         for g in spec.globals:
             self.globals.setdefault(g.name, g)
         self.handlers: dict[str, m.ExitHandler] = {}
@@ -121,18 +167,18 @@ PAT_TYPES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB", 7: "UC-"}
 
 
 def canonical(value: int) -> bool:
-    """48-bit linear addresses: bits 63:47 all equal (SDM 3.3.7.1). A CPU with
+    """48-bit linear addresses: bits 63:47 all equal (SDM 3.3.7.1 "Canonical Addressing"). A CPU with
     5-level paging allows more; a spec that is canonical here is canonical there."""
     top = value >> 47
     return top == 0 or top == (1 << 17) - 1
 
 
-# --- host state: SDM 26.2.2 - 26.2.4, 27.5 ----------------------------------------
+# --- host state: SDM 28.2.2 - 28.2.4, 29.5 ----------------------------------------
 
-@check("HOST-SOURCE", "SDM 27.5", "every host-state field has a source")
+@check("HOST-SOURCE", sdm("29.5"), "every host-state field has a source")
 def check_host_sources(ctx: Ctx):
     """Every VM exit loads the processor's state from the host-state area
-    (SDM 27.5 "Loading Host State"), so every host-state field the CPU will use
+    (SDM 29.5 "Loading Host State"), so every host-state field the CPU will use
     must be given a value in `host_state`: all unconditional ones, and those
     whose control the spec asks for (e.g. HOST_IA32_EFER with exit.load_ia32_efer)."""
     missing = [name for name, f in ctx.spec.fields.items()
@@ -142,7 +188,7 @@ def check_host_sources(ctx: Ctx):
                f"{'it' if len(missing) == 1 else 'them'} (add `{missing[0]} = ...`)", ctx.host_block_loc())
 
 
-@check("HOST-SEL-RPL-TI", "SDM 26.2.3", "host selectors have RPL and TI zero")
+@check("HOST-SEL-RPL-TI", sdm("28.2.3"), "host selectors have RPL and TI zero")
 def check_selector_rpl_ti(ctx: Ctx):
     """In the selector fields for ES, CS, SS, DS, FS, GS and TR, the RPL
     (bits 1:0) and the TI flag (bit 2) must be 0: the host runs at CPL 0 from
@@ -155,21 +201,21 @@ def check_selector_rpl_ti(ctx: Ctx):
                    f"use {v & ~7:#x}", ctx.loc(name))
 
 
-@check("HOST-CS-NONZERO", "SDM 26.2.3", "host CS selector is not 0")
+@check("HOST-CS-NONZERO", sdm("28.2.3"), "host CS selector is not 0")
 def check_cs_nonzero(ctx: Ctx):
     """The selector field for CS cannot be 0000H."""
     if ctx.value("HOST_CS_SELECTOR") == 0:
         yield "HOST_CS_SELECTOR is 0; give the host's code segment (e.g. 0x08)", ctx.loc("HOST_CS_SELECTOR")
 
 
-@check("HOST-TR-NONZERO", "SDM 26.2.3", "host TR selector is not 0")
+@check("HOST-TR-NONZERO", sdm("28.2.3"), "host TR selector is not 0")
 def check_tr_nonzero(ctx: Ctx):
     """The selector field for TR cannot be 0000H: the host needs a TSS."""
     if ctx.value("HOST_TR_SELECTOR") == 0:
         yield "HOST_TR_SELECTOR is 0; give the selector of the host TSS", ctx.loc("HOST_TR_SELECTOR")
 
 
-@check("HOST-SS-NULL", "SDM 26.2.3", "host SS is 0 only in a 64-bit host")
+@check("HOST-SS-NULL", sdm("28.2.3"), "host SS is 0 only in a 64-bit host")
 def check_ss_null(ctx: Ctx):
     """The selector field for SS may be 0000H only if the "host address-space
     size" VM-exit control is 1."""
@@ -178,7 +224,7 @@ def check_ss_null(ctx: Ctx):
                "require it or give a data selector", ctx.loc("HOST_SS_SELECTOR"))
 
 
-@check("HOST-64BIT", "SDM 26.2.4", "the 64-bit host has host-address-space-size set")
+@check("HOST-64BIT", sdm("28.2.4"), "the 64-bit host has host-address-space-size set")
 def check_host_64bit(ctx: Ctx):
     """uefi-hv runs as a 64-bit UEFI application, so VM exits must return to
     64-bit mode: the "host address-space size" VM-exit control must be 1. It
@@ -192,7 +238,7 @@ def check_host_64bit(ctx: Ctx):
         yield "exit.host_address_space_size must be `require`, not `prefer`: the host is 64-bit", r.loc
 
 
-@check("HOST-CR4-PAE", "SDM 26.2.4", "a 64-bit host has CR4.PAE set")
+@check("HOST-CR4-PAE", sdm("28.2.4"), "a 64-bit host has CR4.PAE set")
 def check_cr4_pae(ctx: Ctx):
     """If the "host address-space size" VM-exit control is 1, bit 5 of the
     CR4 field (CR4.PAE) must be 1. Checked here when HOST_CR4 is a constant,
@@ -202,7 +248,7 @@ def check_cr4_pae(ctx: Ctx):
         yield f"HOST_CR4 = {v:#x} lacks PAE (bit 5); a 64-bit host needs it: {v | CR4_PAE:#x}", ctx.loc("HOST_CR4")
 
 
-@check("HOST-CR3-WIDTH", "SDM 26.2.2", "host CR3 fits the physical-address width")
+@check("HOST-CR3-WIDTH", sdm("28.2.2"), "host CR3 fits the physical-address width")
 def check_cr3_width(ctx: Ctx):
     """The CR3 field must be such that bits 63:52 are 0 (no processor's
     physical-address width exceeds 52 bits; the CPU's own width is checked by
@@ -219,28 +265,28 @@ def _canonical_fields(ctx: Ctx, names) -> Iterator:
             yield f"{name} = {v:#x} is not canonical (bits 63:47 must all equal bit 47)", ctx.loc(name)
 
 
-@check("HOST-BASE-CANONICAL", "SDM 26.2.3", "host FS/GS/GDTR/IDTR/TR bases are canonical")
+@check("HOST-BASE-CANONICAL", sdm("28.2.3"), "host FS/GS/GDTR/IDTR/TR bases are canonical")
 def check_bases_canonical(ctx: Ctx):
     """On a processor that supports Intel 64, the base-address fields for
     FS, GS, GDTR, IDTR and TR must contain canonical addresses."""
     yield from _canonical_fields(ctx, BASES)
 
 
-@check("HOST-SYSENTER-CANONICAL", "SDM 26.2.2", "host SYSENTER ESP/EIP are canonical")
+@check("HOST-SYSENTER-CANONICAL", sdm("28.2.2"), "host SYSENTER ESP/EIP are canonical")
 def check_sysenter_canonical(ctx: Ctx):
     """The IA32_SYSENTER_ESP and IA32_SYSENTER_EIP fields must each contain a
     canonical address."""
     yield from _canonical_fields(ctx, SYSENTER)
 
 
-@check("HOST-RIP-CANONICAL", "SDM 26.2.4", "host RIP is canonical")
+@check("HOST-RIP-CANONICAL", sdm("28.2.4"), "host RIP is canonical")
 def check_rip_canonical(ctx: Ctx):
     """If the "host address-space size" VM-exit control is 1, the RIP field
     must contain a canonical address."""
     yield from _canonical_fields(ctx, ("HOST_RIP",))
 
 
-@check("HOST-EFER", "SDM 26.2.2", "host IA32_EFER is consistent with a 64-bit host")
+@check("HOST-EFER", sdm("28.2.2"), "host IA32_EFER is consistent with a 64-bit host")
 def check_efer(ctx: Ctx):
     """If the "load IA32_EFER" VM-exit control is 1, the IA32_EFER field's
     reserved bits must be 0 and its LMA (bit 10) and LME (bit 8) bits must
@@ -260,7 +306,7 @@ def check_efer(ctx: Ctx):
                    f"{int(host64)}; they must be equal", ctx.loc("HOST_IA32_EFER"))
 
 
-@check("HOST-PAT", "SDM 26.2.2", "host IA32_PAT holds valid memory types")
+@check("HOST-PAT", sdm("28.2.2"), "host IA32_PAT holds valid memory types")
 def check_pat(ctx: Ctx):
     """If the "load IA32_PAT" VM-exit control is 1, each of the 8 bytes of the
     IA32_PAT field must be a valid memory type: 0 (UC), 1 (WC), 4 (WT),
@@ -274,7 +320,7 @@ def check_pat(ctx: Ctx):
                f"5 (WP), 6 (WB), 7 (UC-)", ctx.loc("HOST_IA32_PAT"))
 
 
-# --- VM-execution, VM-exit and VM-entry controls: SDM 24.6 - 24.8, 26.2.1 ---------
+# --- VM-execution, VM-exit and VM-entry controls: SDM 26.6 - 26.8, 28.2.1 ---------
 
 def _needs(ctx: Ctx, control: str, needed: str, why: str = ""):
     """`control` asked for without `needed`, or required while `needed` is only preferred."""
@@ -287,7 +333,7 @@ def _needs(ctx: Ctx, control: str, needed: str, why: str = ""):
                f"require both or prefer both", ctx.req_loc(control))
 
 
-@check("CTL-SECONDARY", "SDM 24.6.2", "secondary controls need activate-secondary-controls")
+@check("CTL-SECONDARY", sdm("26.6.2"), "secondary controls need activate-secondary-controls")
 def check_secondary_active(ctx: Ctx):
     """The secondary processor-based controls (EPT, VPID, unrestricted guest,
     RDTSCP, INVPCID, XSAVES ...) are used only if the "activate secondary
@@ -297,7 +343,7 @@ def check_secondary_active(ctx: Ctx):
             yield from _needs(ctx, r.control, "proc.activate_secondary_controls")
 
 
-@check("CTL-UG-EPT", "SDM 26.2.1.1", "unrestricted guest needs EPT")
+@check("CTL-UG-EPT", sdm("28.2.1.1"), "unrestricted guest needs EPT")
 def check_ug_needs_ept(ctx: Ctx):
     """If the "unrestricted guest" VM-execution control is 1, the "enable EPT"
     control must be 1. (The generated code drops unrestricted guest at run
@@ -305,7 +351,7 @@ def check_ug_needs_ept(ctx: Ctx):
     yield from _needs(ctx, "proc2.unrestricted_guest", "proc2.enable_ept")
 
 
-@check("CTL-ACK-EXTINT", "SDM 24.7.1", "ack-interrupt-on-exit without external-interrupt exiting",
+@check("CTL-ACK-EXTINT", sdm("26.7.1"), "ack-interrupt-on-exit without external-interrupt exiting",
        severity="warning")
 def check_ack_without_extint(ctx: Ctx):
     """"Acknowledge interrupt on exit" only affects VM exits caused by external
@@ -315,7 +361,7 @@ def check_ack_without_extint(ctx: Ctx):
                ctx.req_loc("exit.ack_interrupt_on_exit"))
 
 
-@check("CTL-VIRTUAL-NMI", "SDM 26.2.1.1", "virtual NMIs need NMI exiting; NMI-window exiting needs virtual NMIs")
+@check("CTL-VIRTUAL-NMI", sdm("28.2.1.1"), "virtual NMIs need NMI exiting; NMI-window exiting needs virtual NMIs")
 def check_virtual_nmis(ctx: Ctx):
     """If "NMI exiting" is 0, "virtual NMIs" must be 0; if "virtual NMIs" is
     0, "NMI-window exiting" must be 0."""
@@ -323,7 +369,7 @@ def check_virtual_nmis(ctx: Ctx):
     yield from _needs(ctx, "proc.nmi_window_exiting", "pin.virtual_nmis")
 
 
-@check("CTL-POSTED-INTR", "SDM 26.2.1.1", "posted interrupts need virtual-interrupt delivery and ack-on-exit")
+@check("CTL-POSTED-INTR", sdm("28.2.1.1"), "posted interrupts need virtual-interrupt delivery and ack-on-exit")
 def check_posted_interrupts(ctx: Ctx):
     """If "process posted interrupts" is 1, "virtual-interrupt delivery" and
     the "acknowledge interrupt on exit" VM-exit control must be 1."""
@@ -331,7 +377,7 @@ def check_posted_interrupts(ctx: Ctx):
     yield from _needs(ctx, "pin.process_posted_interrupts", "exit.ack_interrupt_on_exit")
 
 
-@check("CTL-APIC-VIRT", "SDM 26.2.1.1", "APIC virtualization controls and their prerequisites")
+@check("CTL-APIC-VIRT", sdm("28.2.1.1"), "APIC virtualization controls and their prerequisites")
 def check_apic_virtualization(ctx: Ctx):
     """If "use TPR shadow" is 0, "virtualize x2APIC mode", "APIC-register
     virtualization" and "virtual-interrupt delivery" must be 0; if
@@ -346,14 +392,14 @@ def check_apic_virtualization(ctx: Ctx):
                ctx.req_loc("proc2.virtualize_x2apic_mode"))
 
 
-@check("CTL-PREEMPT-SAVE", "SDM 26.2.1.2", "saving the preemption timer needs the timer")
+@check("CTL-PREEMPT-SAVE", sdm("28.2.1.2"), "saving the preemption timer needs the timer")
 def check_preemption_save(ctx: Ctx):
     """If "activate VMX-preemption timer" is 0, the "save VMX-preemption timer
     value" VM-exit control must be 0."""
     yield from _needs(ctx, "exit.save_vmx_preemption_timer_value", "pin.activate_vmx_preemption_timer")
 
 
-@check("CTL-ENTRY-SMM", "SDM 26.2.1.3", "no entry to SMM outside SMM")
+@check("CTL-ENTRY-SMM", sdm("28.2.1.3"), "no entry to SMM outside SMM")
 def check_entry_smm(ctx: Ctx):
     """VM entry from outside SMM requires the "entry to SMM" and "deactivate
     dual-monitor treatment" VM-entry controls to be 0; uefi-hv never runs in SMM."""
@@ -362,9 +408,9 @@ def check_entry_smm(ctx: Ctx):
             yield f"{c} must be 0: VM entry from outside SMM fails with it", ctx.req_loc(c)
 
 
-# --- MSR bitmap: SDM 24.6.9 -------------------------------------------------------
+# --- MSR bitmap: SDM 26.6.9 -------------------------------------------------------
 
-@check("MSR-BITMAP-CONTROL", "SDM 24.6.9", "msr_bitmap intercepts need use-MSR-bitmaps")
+@check("MSR-BITMAP-CONTROL", sdm("26.6.9"), "msr_bitmap intercepts need use-MSR-bitmaps")
 def check_msr_bitmap_control(ctx: Ctx):
     """The MSR bitmaps are consulted only if "use MSR bitmaps" is 1; without
     it every RDMSR and WRMSR exits and the intercept list means nothing."""
@@ -373,7 +419,7 @@ def check_msr_bitmap_control(ctx: Ctx):
             ctx.spec.msr_intercepts[0].loc
 
 
-@check("MSR-BITMAP-RANGE", "SDM 24.6.9", "intercepted MSRs lie in the bitmap's ranges", severity="warning")
+@check("MSR-BITMAP-RANGE", sdm("26.6.9"), "intercepted MSRs lie in the bitmap's ranges", severity="warning")
 def check_msr_ranges(ctx: Ctx):
     """The MSR bitmaps cover MSRs 0-1FFFH and C0000000H-C0001FFFH; RDMSR and
     WRMSR of any other MSR always exit, so listing it changes nothing."""
@@ -403,40 +449,22 @@ def check_msr_overlap(ctx: Ctx):
     for i in ctx.spec.msr_intercepts:
         for j in seen:
             if i.access == j.access and i.first <= j.last and j.first <= i.last:
-                yield f"{i.access} of MSR {max(i.first, j.first):#x} is already intercepted at line {j.loc.line}", i.loc
+                line = j.loc.line if j.loc else "?"
+                yield f"{i.access} of MSR {max(i.first, j.first):#x} is already intercepted at line {line}", i.loc
                 break
         seen.append(i)
 
 
 # --- exits and the seed's interrupt path ----------------------------------------------
 
-# control -> the exit reasons it makes happen
-_CAUSES = {
-    "pin.external_interrupt_exiting": ("external_interrupt",),
-    "pin.nmi_exiting": ("exception_or_nmi",),
-    "pin.activate_vmx_preemption_timer": ("vmx_preemption_timer",),
-    "proc.interrupt_window_exiting": ("interrupt_window",),
-    "proc.nmi_window_exiting": ("nmi_window",),
-    "proc.hlt_exiting": ("hlt",), "proc.invlpg_exiting": ("invlpg",), "proc.mwait_exiting": ("mwait",),
-    "proc.rdpmc_exiting": ("rdpmc",), "proc.rdtsc_exiting": ("rdtsc",),
-    "proc.cr3_load_exiting": ("cr_access",), "proc.cr3_store_exiting": ("cr_access",),
-    "proc.cr8_load_exiting": ("cr_access",), "proc.cr8_store_exiting": ("cr_access",),
-    "proc.mov_dr_exiting": ("dr_access",), "proc.unconditional_io_exiting": ("io_instruction",),
-    "proc.use_io_bitmaps": ("io_instruction",), "proc.monitor_trap_flag": ("monitor_trap_flag",),
-    "proc.monitor_exiting": ("monitor",), "proc.pause_exiting": ("pause",),
-    "proc2.enable_ept": ("ept_violation", "ept_misconfig"),
-    "proc2.descriptor_table_exiting": ("gdtr_idtr_access", "ldtr_tr_access"),
-    "proc2.wbinvd_exiting": ("wbinvd",), "proc2.rdrand_exiting": ("rdrand",),
-    "proc2.rdseed_exiting": ("rdseed",), "proc2.pause_loop_exiting": ("pause",),
-}
 
 
-@check("EXIT-UNHANDLED", "SDM 25.1.3", "exits the requested controls cause have handlers", severity="warning")
+@check("EXIT-UNHANDLED", sdm("27.1.3"), "exits the requested controls cause have handlers", severity="warning")
 def check_exits_handled(ctx: Ctx):
     """A control that causes VM exits (HLT exiting, enable EPT, ...) makes
     those exits happen; without a handler the generated code can only log
     them and stop."""
-    for control, reasons in _CAUSES.items():
+    for control, reasons in m.EXIT_CAUSES.items():
         if not ctx.wants(control):
             continue
         for reason in reasons:
@@ -444,7 +472,31 @@ def check_exits_handled(ctx: Ctx):
                 yield f"{control} causes {reason} exits, which have no handler", ctx.req_loc(control)
 
 
-@check("EXTINT-DISPATCH", "SDM 27.2.2", "acknowledged interrupts are dispatched to the host")
+@check("EXIT-CONTROL", sdm("27.1.3", "26.7.1"), "a handled exit happens: the controls its action needs are asked for")
+def check_exit_controls(ctx: Ctx):
+    """An exit that only a control causes (RDTSC with "RDTSC exiting", HLT
+    with "HLT exiting", EPT violations with "enable EPT" ...) never happens
+    unless the spec's `controls` block requires or prefers that control, and
+    some actions need a control of their own (`dispatch_idt` reads the vector
+    that "acknowledge interrupt on exit" leaves in VM_EXIT_INTR_INFO). Each
+    action's entry in model.EXIT_ACTIONS says which (`needs`, and `sets` for
+    the exiting controls the runtime sets itself); the exiting controls come
+    from model.EXIT_CAUSES."""
+    for h in ctx.spec.exits:
+        info = m.EXIT_ACTIONS.get(h.action)
+        if info is None or h.reason not in ctx.spec.exit_reasons:
+            continue
+        causes = info.causing_controls(h.reason)
+        if causes and not any(ctx.wants(c) for c in causes):
+            which = causes[0] if len(causes) == 1 else "one of " + ", ".join(causes)
+            yield (f"`exit {h.reason}` never runs: {h.reason} exits happen only with {which}; "
+                   f"add `prefer {causes[0]}` (or `require`) to controls", h.loc)
+        for c in info.needs:
+            if not ctx.wants(c):
+                yield f"{h.action} needs {c}; add `require {c}` to controls", h.loc
+
+
+@check("EXTINT-DISPATCH", sdm("29.2.2"), "acknowledged interrupts are dispatched to the host")
 def check_extint_dispatch(ctx: Ctx):
     """With "external-interrupt exiting" and "acknowledge interrupt on exit",
     the interrupt is acknowledged by the VM exit itself (its vector is in
@@ -458,13 +510,13 @@ def check_extint_dispatch(ctx: Ctx):
                    "`exit external_interrupt -> dispatch_idt { idt_base = host_idt_base }`", where)
 
 
-@check("SEED-IDT-GLOBAL", "SDM 27.5.2", "the interrupt path reads the IDT base from the SIDT global")
+@check("SEED-IDT-GLOBAL", sdm("29.5.2"), "the interrupt path reads the IDT base from the SIDT global")
 def check_idt_global(ctx: Ctx):
     """The seed (KVM 2342080cd675): the host IDT base is read once, with SIDT,
     into a global; both HOST_IDTR_BASE and the interrupt path (`dispatch_idt`,
     which calls the handler in the gate at idt_base + 16 * vector) read that
     global. The handler's idt_base must be a global captured from sidt.base,
-    and HOST_IDTR_BASE (loaded into IDTR by every VM exit, SDM 27.5.2) must be
+    and HOST_IDTR_BASE (loaded into IDTR by every VM exit, SDM 29.5.2) must be
     the same global, so that the handler called is the handler of the IDT
     the host runs with."""
     for h in ctx.spec.exits:
@@ -472,7 +524,7 @@ def check_idt_global(ctx: Ctx):
             continue
         name = h.options.get("idt_base")
         g = ctx.globals.get(name) if name else None
-        if g is None or g.source != m.ReadReg("sidt.base"):
+        if name is None or g is None or g.source != m.ReadReg("sidt.base"):
             yield (f"dispatch_idt takes the IDT base from '{name}', which is not a global captured "
                    f"from sidt.base; define `global host_idt_base = sidt.base` and use it", h.loc)
             continue
@@ -482,7 +534,7 @@ def check_idt_global(ctx: Ctx):
                    f"HOST_IDTR_BASE = {name}", a.loc if a else h.loc)
 
 
-@check("EXTINT-WINDOW", "SDM 26.7.5", "interrupts queued for the guest have an interrupt-window handler")
+@check("EXTINT-WINDOW", sdm("28.7.5"), "interrupts queued for the guest have an interrupt-window handler")
 def check_extint_window(ctx: Ctx):
     """`dispatch_idt` queues an interrupt the guest cannot take yet (RFLAGS.IF
     clear, STI or MOV SS blocking, an event already being injected) and sets
@@ -500,7 +552,7 @@ def check_extint_window(ctx: Ctx):
 
 # --- the language's own rules ----------------------------------------------------
 
-@check("VALUE-WIDTH", "SDM App. B", "constant values fit their field's width")
+@check("VALUE-WIDTH", sdm("Appendix B"), "constant values fit their field's width")
 def check_value_widths(ctx: Ctx):
     """A field is 16, 32 or 64 bits wide (natural width is 64 bits in a 64-bit
     host); a value that does not fit would be truncated by VMWRITE."""
@@ -520,7 +572,7 @@ def check_duplicates(ctx: Ctx):
                              (spec.globals, lambda g: g.name, "global"),
                              (spec.control_reqs, lambda r: r.control, "control"),
                              (spec.exits, lambda h: h.reason, "exit reason")):
-        first: dict[str, m.Loc] = {}
+        first: dict[str, Optional[m.Loc]] = {}
         for it in items:
             k = key(it)
             if k in first:
@@ -569,7 +621,7 @@ def check_global_unused(ctx: Ctx):
     """A global is captured to be read; one nobody reads is dead code."""
     used = {a.source.name for a in ctx.spec.host_state if isinstance(a.source, m.GlobalRef)}
     used |= {g.source.name for g in ctx.spec.globals if isinstance(g.source, m.GlobalRef)}
-    used |= {h.options.get("idt_base") for h in ctx.spec.exits}
+    used |= {h.options["idt_base"] for h in ctx.spec.exits if "idt_base" in h.options}
     for g in ctx.spec.globals:
         if g.name not in used:
             yield f"global {g.name} is never read", g.loc
@@ -610,8 +662,7 @@ def check_log_rate(ctx: Ctx):
     lines of 80 characters a second, and every line is written with the
     guest stopped); the burst at most 1000 and not below the rate."""
     s, locs = ctx.spec.settings, ctx.spec.setting_locs
-    rate = s.get("log_rate", m.SETTING_DEFAULTS["log_rate"])
-    burst = s.get("log_burst", m.SETTING_DEFAULTS["log_burst"])
+    rate, burst = ctx.spec.int_setting("log_rate"), ctx.spec.int_setting("log_burst")
     if not 1 <= rate <= LOG_RATE_MAX:
         yield (f"option log_rate = {rate}: lines a second from 1 to {LOG_RATE_MAX} "
                f"(COM1 carries about 140 a second)"), locs.get("log_rate")
@@ -679,7 +730,7 @@ def runtime_rules(spec: m.Spec) -> list[m.RuntimeRule]:
     R = m.RuntimeRule
     ctx = Ctx(spec)
     rules = [
-        R(f"{reg.upper()}-FIXED", "SDM 23.8, 26.2.2",
+        R(f"{reg.upper()}-FIXED", sdm("25.8", "28.2.2"),
           f"{reg.upper()} meets IA32_VMX_{reg.upper()}_FIXED0/1", "cr_fixed",
           {"reg": reg, "fixed0_msr": spec.msr_number(f"IA32_VMX_{reg.upper()}_FIXED0"),
            "fixed1_msr": spec.msr_number(f"IA32_VMX_{reg.upper()}_FIXED1")})
@@ -689,25 +740,25 @@ def runtime_rules(spec: m.Spec) -> list[m.RuntimeRule]:
         cap, true = spec.msr_number(cap_name), spec.msr_number(true_name)
         if group == "proc2" and not ctx.wants("proc.activate_secondary_controls"):
             continue
-        rules.append(R(f"CTL-ALLOWED:{group}", "SDM 26.2.1, App. A.3-A.5",
+        rules.append(R(f"CTL-ALLOWED:{group}", sdm("28.2.1", "Appendix A.3", "Appendix A.4", "Appendix A.5"),
                        f"{fieldname} within the allowed-0/allowed-1 settings", "control_allowed",
                        {"group": group, "capability_msr": cap, "true_msr": true}))
     for f in SELECTORS:
-        rules.append(R(f"HOST-SEL-RPL-TI:{f}", "SDM 26.2.3", f"{f} has RPL and TI 0",
+        rules.append(R(f"HOST-SEL-RPL-TI:{f}", sdm("28.2.3"), f"{f} has RPL and TI 0",
                        "host_selector_rpl_ti", {"field": f}))
     for f in ("HOST_CS_SELECTOR", "HOST_TR_SELECTOR"):
-        rules.append(R(f"HOST-{f.split('_')[1]}-NONZERO", "SDM 26.2.3", f"{f} is not 0",
+        rules.append(R(f"HOST-{f.split('_')[1]}-NONZERO", sdm("28.2.3"), f"{f} is not 0",
                        "host_selector_nonzero", {"field": f}))
-    rules.append(R("HOST-64BIT", "SDM 26.2.4", "host-address-space-size is 1 and CR4.PAE is 1",
+    rules.append(R("HOST-64BIT", sdm("28.2.4"), "host-address-space-size is 1 and CR4.PAE is 1",
                    "host_64bit", {}))
-    for f, section in [(f, "SDM 26.2.3") for f in BASES] + [(f, "SDM 26.2.2") for f in SYSENTER] + \
-            [("HOST_RIP", "SDM 26.2.4")]:
+    for f, section in [(f, sdm("28.2.3")) for f in BASES] + [(f, sdm("28.2.2")) for f in SYSENTER] + \
+            [("HOST_RIP", sdm("28.2.4"))]:
         rules.append(R(f"CANONICAL:{f}", section, f"{f} is canonical", "canonical", {"field": f}))
     if ctx.wants("exit.load_ia32_pat"):
-        rules.append(R("HOST-PAT", "SDM 26.2.2", "HOST_IA32_PAT holds valid memory types", "pat_valid",
+        rules.append(R("HOST-PAT", sdm("28.2.2"), "HOST_IA32_PAT holds valid memory types", "pat_valid",
                        {"field": "HOST_IA32_PAT"}))
     if ctx.wants("exit.load_ia32_efer"):
-        rules.append(R("HOST-EFER", "SDM 26.2.2", "HOST_IA32_EFER reserved bits 0, LMA = LME = 1",
+        rules.append(R("HOST-EFER", sdm("28.2.2"), "HOST_IA32_EFER reserved bits 0, LMA = LME = 1",
                        "efer_consistent", {"field": "HOST_IA32_EFER"}))
     return rules
 
@@ -720,10 +771,11 @@ DOC_END = "<!-- checks:end -->"
 
 def checks_markdown() -> str:
     """The table of checks for docs/dsl.md, from the registry."""
-    rows = ["| id | section | severity | rule |", "|---|---|---|---|"]
+    rows = [f"Sections are numbered as in the {SDM_EDITION}.", "",
+            "| id | section | severity | rule |", "|---|---|---|---|"]
     for c in CHECKS.values():
         text = " ".join(c.text.split()).replace("|", "\\|")
-        rows.append(f"| `{c.id}` | {c.section} | {c.severity} | {text} |")
+        rows.append(f"| `{c.id}` | {cited(c.section)} | {c.severity} | {text} |")
     return "\n".join(rows) + "\n"
 
 
@@ -738,12 +790,15 @@ _OPTION_SYNTAX = {"flag": "{}", "names": "{} = NAME, ...", "global": "{} = GLOBA
 
 def actions_markdown() -> str:
     """The table of exit actions for docs/dsl.md, from model.EXIT_ACTIONS."""
-    rows = ["| action | handles | options | what it does |", "|---|---|---|---|"]
+    rows = ["| action | handles | options | what it does | controls it needs |", "|---|---|---|---|---|"]
     for a in m.EXIT_ACTIONS.values():
         if a.internal:
             continue
         options = "; ".join(f"`{_OPTION_SYNTAX[kind].format(name)}`" for name, kind in a.options.items())
-        rows.append(f"| `{a.name}` | {', '.join(a.reasons) or 'any'} | {options} | {a.text} |")
+        needs = [" or ".join(f"`{c}`" for c in a.causing_controls(r)) for r in a.reasons if a.causing_controls(r)]
+        needs += [f"`{c}`" for c in a.needs]
+        rows.append(f"| `{a.name}` | {', '.join(a.reasons) or 'any'} | {options} | {a.text} | "
+                    f"{'; '.join(needs) or '-'} |")
     return "\n".join(rows) + "\n"
 
 
@@ -818,6 +873,8 @@ def cmd_explain(args) -> int:
                          f"'uefi-hv explain' knows: {', '.join(CHECKS)}")
     print(f"{info.id} ({info.section}, {info.severity}): {info.title}\n")
     print(info.text)
+    if info.section.startswith("SDM "):
+        print(f"\n{cited(info.section)}; {SDM_EDITION}")
     return 0
 
 

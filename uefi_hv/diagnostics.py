@@ -21,7 +21,7 @@ class Diagnostic:
     message: str
     loc: Optional[m.Loc] = None
     check_id: Optional[str] = None  # e.g. "HOST-SEL-RPL-TI" (None: a language error)
-    section: Optional[str] = None   # e.g. "SDM 26.2.3"
+    section: Optional[str] = None   # e.g. "SDM 28.2.3"
     source_line: Optional[str] = None
 
     def __str__(self) -> str:

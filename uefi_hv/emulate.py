@@ -31,7 +31,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence, TypeVar
 
 from qemu.qmp import EventListener, QMPClient
 
@@ -234,6 +234,9 @@ def new_run_dir(emulator: str, run_dir=None) -> Path:
 
 # --- machines ---------------------------------------------------------------------------
 
+M = TypeVar("M", bound="Machine")
+
+
 class Machine:
     """What every emulated machine offers, after QEMU's own QEMUMachine: a
     context manager that starts it (start) and ends it with its whole process
@@ -248,8 +251,9 @@ class Machine:
     def close(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "Machine":
-        return self.start()
+    def __enter__(self: M) -> M:
+        self.start()
+        return self
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -257,6 +261,13 @@ class Machine:
     @property
     def pid(self) -> Optional[int]:
         return self.proc.pid if self.proc else None
+
+    @property
+    def process(self) -> subprocess.Popen:
+        """The emulator's process, between start and close."""
+        if self.proc is None:
+            raise EmulatorError(f"error: {type(self).__name__} is not started")
+        return self.proc
 
     @property
     def serial(self) -> str:
@@ -304,7 +315,7 @@ class QemuMachine(Machine):
         self.proc: Optional[subprocess.Popen] = None
         self._loop = asyncio.new_event_loop()
         self._qmp: Optional[QMPClient] = None
-        self._listener = None
+        self._listener: Optional[EventListener] = None
         self._sock_dir: Optional[tempfile.TemporaryDirectory] = None
 
     # -- life cycle
@@ -349,11 +360,11 @@ class QemuMachine(Machine):
 
     async def _connect(self, sock: Path) -> None:
         self._qmp = QMPClient("uefi-hv")
-        self._listener = EventListener()       # every event, from the start
-        self._qmp.register_listener(self._listener)
+        self._listener = listener = EventListener()       # every event, from the start
+        self._qmp.register_listener(listener)
         while True:
-            if self.proc.poll() is not None:
-                raise EmulatorError(f"error: QEMU exited at start ({self.proc.returncode}): "
+            if self.process.poll() is not None:
+                raise EmulatorError(f"error: QEMU exited at start ({self.process.returncode}): "
                                     f"{self._log_tail()}")
             try:
                 await self._qmp.connect(str(sock))
@@ -399,7 +410,7 @@ class QemuMachine(Machine):
             return ""
 
     def _drain_events(self) -> list[dict]:
-        new = [dict(e) for e in self._listener.clear()] if self._listener else []
+        new: list[dict] = [dict(e) for e in self._listener.clear()] if self._listener else []
         self.events.extend(new)
         return new
 
@@ -454,8 +465,10 @@ class QemuMachine(Machine):
                 raise EmulatorError(f"error: QEMU exited before the QMP event {name}")
             self.poll()
 
-    def qmp(self, command: str, timeout: float = 30, **arguments):
+    def qmp(self, command: str, timeout: float = 30, **arguments: Any):
         """Execute a QMP command; returns its "return" value."""
+        if self._qmp is None:
+            raise EmulatorError("error: QEMU's QMP is not connected")
         return self._run(self._qmp.execute(command, arguments or None), timeout)
 
     def query_status(self) -> dict:
@@ -470,7 +483,8 @@ class QemuMachine(Machine):
 
     def hmp(self, command: str) -> str:
         """A human monitor command through QMP, e.g. "info registers"."""
-        return self.qmp("human-monitor-command", **{"command-line": command})
+        arguments: dict[str, Any] = {"command-line": command}
+        return self.qmp("human-monitor-command", **arguments)
 
 
 def _qemu_accepts_kvm(timeout: float = 30) -> bool:
@@ -523,7 +537,7 @@ def _boot_qemu(image: Path, cpus: int, timeout: float, expect, fail, expect_shut
         result.ok, result.reason = _watch(
             poll=lambda: machine.poll(0.1), running=machine.running,
             expect=expect, fail=fail, expect_shutdown=expect_shutdown,
-            timeout=timeout, exited=lambda: f"QEMU exited ({machine.proc.returncode})",
+            timeout=timeout, exited=lambda: f"QEMU exited ({machine.process.returncode})",
             on_event=_judge_qemu_event, drain=lambda: machine.poll(0.2)[0])
         try:
             result.screenshot = machine.screendump(machine.run_dir / "screen.png")
@@ -571,9 +585,11 @@ BOCHS_KNOWN_PANICS = {
         "CR0.WP=0; the write and the dirty bit happen as on hardware",
     "VMEXIT CR4 is broken": "Bochs 3 refuses a CR4.LA57 change while EFER.LMA=1 even "
         "when a VM exit loads the host's CR4 (cpu/vmx.cc), then loads it anyway; "
-        "on hardware a VM exit may change CR4.LA57 (SDM Vol. 3C 28.5.1)",
+        "on hardware a VM exit may change CR4.LA57 (SDM 29.5.1 'Loading Host Control Registers, "
+        "Debug Registers, MSRs')",
     "VMENTER CR4 is broken": "the same check on VM entry into a guest with 5-level "
-        "paging (SDM Vol. 3C 27.3.2.1 lets VM entry change CR4.LA57)",
+        "paging (SDM 28.3.2.1 'Loading Guest Control Registers, Debug Registers, and MSRs' "
+        "lets VM entry change CR4.LA57)",
 }
 
 #: MSRs the firmware of an Intel PC sets and Bochs does not model
@@ -796,7 +812,7 @@ class BochsMachine(Machine):
 
     def _cpu_seconds(self) -> Optional[float]:
         try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime + stime
@@ -816,8 +832,8 @@ class BochsMachine(Machine):
         state = []
         for name in ("status", "wchan", "stack", "syscall"):
             try:
-                state.append(f"--- /proc/{self.proc.pid}/{name}\n"
-                             + Path(f"/proc/{self.proc.pid}/{name}").read_text(errors="replace"))
+                state.append(f"--- /proc/{self.process.pid}/{name}\n"
+                             + Path(f"/proc/{self.process.pid}/{name}").read_text(errors="replace"))
             except OSError:
                 pass
         (self.run_dir / "stall.txt").write_text("\n".join(state) + "\n")
@@ -828,7 +844,7 @@ class BochsMachine(Machine):
         """The console's last lines once Bochs has stopped (it flushes its
         serial file when it exits)."""
         try:
-            self.proc.wait(timeout=2)
+            self.process.wait(timeout=2)
         except subprocess.TimeoutExpired:
             pass
         return self.tail.poll(final=True)
@@ -868,7 +884,7 @@ def _boot_bochs_once(image: Path, cpus: int, timeout: float, expect, fail, expec
         result.ok, result.reason = _watch(
             poll=machine.poll, running=machine.running,
             expect=expect, fail=fail, expect_shutdown=expect_shutdown, timeout=timeout,
-            exited=lambda: f"Bochs exited ({machine.proc.returncode}) without powering off; "
+            exited=lambda: f"Bochs exited ({machine.process.returncode}) without powering off; "
                            f"see {machine.run_dir / 'bochs.out'}",
             on_event=lambda judged: judged, drain=machine.drain)
     finally:

@@ -95,7 +95,7 @@ def generate_hypervisor(spec_path: str, outdir: Path, check: bool = True,
     context = template_context(lower(spec), idt_base_from_vmcs=idt_base_from_vmcs)
     sources = [Path(f).name for f in (spec.files or [spec.file])]
     outdir = Path(outdir)
-    built = {"BOOTX64.EFI": [], "hvcheck.efi": []}
+    built: dict[str, list[Path]] = {"BOOTX64.EFI": [], "hvcheck.efi": []}
     for name in HV_TEMPLATES:
         built["BOOTX64.EFI"].append(render(f"hv/{name}.j2", outdir / "hv" / name, sources, **context))
     for name in HVCHECK_TEMPLATES:

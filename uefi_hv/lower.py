@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from uefi_hv import model
 from uefi_hv.errors import UserError
@@ -67,7 +68,7 @@ SYMBOL_EXPRESSIONS = {
     "per_cpu_data": "(UINT64)cpu",
 }
 
-#: The SDM's tables of host-state fields (Appendix B), by field width.
+#: The SDM's tables of host-state fields (Appendix B "Field Encoding in VMCS"), by field width.
 HOST_GROUPS = (("16", "16-Bit Host-State Fields"), ("64", "64-Bit Host-State Fields"),
                ("32", "32-Bit Host-State Fields"), ("natural", "Natural-Width Host-State Fields"))
 
@@ -196,9 +197,10 @@ def lower(spec: model.Spec) -> Plan:
     fields = [{"name": f.name, "encoding": f.encoding, "type": f.type, "width": f.width,
                "high": f.high_encoding} for f in sorted(spec.fields.values(), key=lambda f: f.encoding)]
     group_order = list(model.CONTROL_GROUPS)
-    controls = [{"macro": f"CTL_{c.group.upper()}_{c.name.upper()}", "group": c.group, "bit": c.bit,
-                 "qualname": c.qualname, "named": False}
-                for c in sorted(spec.controls.values(), key=lambda c: (group_order.index(c.group), c.bit))]
+    controls: list[dict[str, Any]] = [
+        {"macro": f"CTL_{c.group.upper()}_{c.name.upper()}", "group": c.group, "bit": c.bit,
+         "qualname": c.qualname, "named": False}
+        for c in sorted(spec.controls.values(), key=lambda c: (group_order.index(c.group), c.bit))]
 
     wanted = {g: 0 for g in group_order}
     required = {g: 0 for g in group_order}
@@ -209,7 +211,8 @@ def lower(spec: model.Spec) -> Plan:
             required[bit.group] |= bit.mask
     secondary = spec.controls.get("proc.activate_secondary_controls")
     if secondary and wanted["proc2"]:
-        # SDM 25.6.2: the secondary controls are used only when this is 1.
+        # SDM 26.6.2 "Processor-Based VM-Execution Controls": the secondary
+        # controls are used only when this is 1.
         wanted["proc"] |= secondary.mask
         if required["proc2"]:
             required["proc"] |= secondary.mask
@@ -221,13 +224,13 @@ def lower(spec: model.Spec) -> Plan:
                       for g, (field, msr, true_msr) in model.CONTROL_GROUPS.items()]
     roles = []
     for macro, qualname in CONTROL_ROLES.items():
-        bit = spec.controls.get(qualname)
-        roles.append({"macro": macro, "mask": bit.mask if bit else 0, "qualname": qualname if bit else ""})
+        role = spec.controls.get(qualname)
+        roles.append({"macro": macro, "mask": role.mask if role else 0, "qualname": qualname if role else ""})
 
     reasons = sorted(spec.exit_reasons.values(), key=lambda r: r.number)
     errors = sorted(spec.vm_instruction_errors.values(), key=lambda e: e.number)
 
-    host_fields = []
+    host_fields: list[dict[str, Any]] = []
     for assign in spec.host_state:
         f = spec.fields[assign.field]
         when = f.exists_when
@@ -241,7 +244,7 @@ def lower(spec: model.Spec) -> Plan:
             "when_macro": f"CTL_{when.upper().replace('.', '_')}" if when else "",
             "when": when or "",
         })
-    host_groups = []
+    host_groups: list[dict[str, Any]] = []
     for width, title in HOST_GROUPS:
         members = sorted((h for h in host_fields if h["width"] == width), key=lambda h: h["encoding"])
         if members:
@@ -250,7 +253,10 @@ def lower(spec: model.Spec) -> Plan:
     for slot, h in enumerate(host_fields):
         h["slot"] = slot
 
-    exits, actions, cpuid_opts, dispatch_idt_global = [], {}, {"signature": False, "hide": []}, ""
+    exits: list[dict[str, Any]] = []
+    actions: dict[str, bool] = {}
+    cpuid_opts: dict[str, Any] = {"signature": False, "hide": []}
+    dispatch_idt_global = ""
     owned_vectors = []
     for handler in spec.exits:
         exits.append({"reason": handler.reason, "action": handler.action,
@@ -323,8 +329,8 @@ def lower(spec: model.Spec) -> Plan:
                      "text": _source_text(g.source)} for g in spec.globals],
             registers=[r.replace(".", "_") for r in model.REGISTERS],
             chain=str(spec.settings.get("chain", "") or "").replace("/", "\\\\"),
-            log_rate=int(spec.settings.get("log_rate", model.SETTING_DEFAULTS["log_rate"])),
-            log_burst=int(spec.settings.get("log_burst", model.SETTING_DEFAULTS["log_burst"])),
+            log_rate=spec.int_setting("log_rate"),
+            log_burst=spec.int_setting("log_burst"),
             apic_icr_emulation=bool(spec.settings.get("apic_icr_emulation")),
             host_page_tables="host_cr3" in host_symbols,
         ),

@@ -5,7 +5,7 @@ Transformer) builds these objects; nothing here knows about Lark or Jinja.
 Every object that came from a spec carries a `Loc` so that a diagnostic can
 point at the line.
 
-Encodings follow SDM Vol. 3 Appendix B ("Field Encoding in VMCS"):
+Encodings follow SDM Appendix B "Field Encoding in VMCS":
     bit 0 access type (0 full, 1 high), bits 9:1 index, bits 11:10 type,
     bits 14:13 width.
 """
@@ -95,7 +95,7 @@ class ControlBit:
 
 @dataclass(frozen=True)
 class ExitReason:
-    number: int                    # SDM Appendix C, e.g. 10
+    number: int                    # SDM Appendix C "VMX Basic Exit Reasons", e.g. 10
     name: str                      # e.g. "cpuid"
     description: str = ""
     loc: Optional[Loc] = None
@@ -216,6 +216,13 @@ class Spec:
     file_order: dict[str, tuple] = field(default_factory=dict, repr=False)  # file -> lines of its import chain
     sources: dict[str, str] = field(default_factory=dict, repr=False)   # file -> text (for diagnostics)
 
+    def int_setting(self, name: str) -> int:
+        """An int setting (SETTINGS), its default where the spec leaves it out."""
+        value = self.settings.get(name, SETTING_DEFAULTS[name])
+        if not isinstance(value, int):
+            raise TypeError(f"setting {name} is {value!r}, not a number")
+        return value
+
     def msr_number(self, name: Optional[str]) -> Optional[int]:
         """The number of a catalogue MSR (None for None); a catalogue without
         it is the spec's error, named as such."""
@@ -232,7 +239,7 @@ class Spec:
 
 @dataclass(frozen=True)
 class VmInstructionError:
-    """SDM Vol. 3C 30.4 "VM Instruction Error Numbers": read from
+    """SDM 32.4 "VM Instruction Error Numbers": read from
     VM_INSTRUCTION_ERROR after a VMX instruction fails with ZF=1."""
 
     number: int
@@ -279,6 +286,21 @@ class ActionInfo:
     text: str = ""
     # Only implied, never named in a spec (`exit hlt -> wait_for_sipi` is refused).
     internal: bool = False
+    # Controls it needs besides the one that makes its exit happen (EXIT_CAUSES):
+    # a spec that uses it must ask for them (check EXIT-CONTROL).
+    needs: tuple = ()
+    # Exit-causing controls the runtime sets by itself for this action, so
+    # that the spec need not ask for them.
+    sets: tuple = ()
+
+    def causing_controls(self, reason: str) -> tuple:
+        """The controls, any one of which a spec handling `reason` with this
+        action must ask for so that the exit happens at all; () when it
+        happens without one, or the runtime sets the control itself."""
+        causes = tuple(c for c, reasons in EXIT_CAUSES.items() if reason in reasons)
+        if reason in EXIT_OTHER_CAUSES or set(causes) & set(self.sets):
+            return ()
+        return causes
 
 
 EXIT_ACTIONS = {a.name: a for a in (
@@ -298,18 +320,49 @@ EXIT_ACTIONS = {a.name: a for a in (
     ActionInfo("init", ("init_signal",), {}, "an INIT (xAPIC or x2APIC) puts the vCPU in its INIT state, "
                "waiting for SIPI (activity state 3), as INIT does to a CPU"),
     ActionInfo("wait_for_sipi", ("hlt",), {}, "an AP's `cli; hlt` waits in the hypervisor for its "
-               "emulated SIPI (implied by `option apic_icr_emulation`)", internal=True),
+               "emulated SIPI (implied by `option apic_icr_emulation`)", internal=True,
+               sets=("proc.hlt_exiting",)),
     ActionInfo("mwait_idle", ("mwait",), {}, "an AP's MONITOR/MWAIT loop: a recorded SIPI starts it, "
-               "else MWAIT returns (implied by `option apic_icr_emulation`)", internal=True),
+               "else MWAIT returns (implied by `option apic_icr_emulation`)", internal=True,
+               sets=("proc.mwait_exiting",)),
     ActionInfo("sipi", ("sipi",), {}, "starts the vCPU at the SIPI vector"),
     ActionInfo("dispatch_idt", ("external_interrupt",), {"idt_base": "global", "own": "vectors"},
                "calls the host handler of the acknowledged interrupt through the gate at "
                "`idt_base + 16 * vector` (the seed: `idt_base` is a global, never a VMREAD): by "
                "default one that queues it for the guest; for the vectors in `own` (32..255), "
-               "the hypervisor's (counted, EOIed, never seen by the guest). See docs/interrupts.md"),
+               "the hypervisor's (counted, EOIed, never seen by the guest). See docs/interrupts.md",
+               needs=("exit.ack_interrupt_on_exit",)),
     ActionInfo("inject_pending", ("interrupt_window",), {},
-               "injects the pending interrupt when the guest can take it"),
+               "injects the pending interrupt when the guest can take it",
+               sets=("proc.interrupt_window_exiting",)),
 )}
+
+#: Control -> the exit reasons it makes happen (SDM 27.1.3 "Instructions That
+#: Cause VM Exits Conditionally", 27.2 "Other Causes of VM Exits").
+EXIT_CAUSES = {
+    "pin.external_interrupt_exiting": ("external_interrupt",),
+    "pin.nmi_exiting": ("exception_or_nmi",),
+    "pin.activate_vmx_preemption_timer": ("vmx_preemption_timer",),
+    "proc.interrupt_window_exiting": ("interrupt_window",),
+    "proc.nmi_window_exiting": ("nmi_window",),
+    "proc.hlt_exiting": ("hlt",), "proc.invlpg_exiting": ("invlpg",), "proc.mwait_exiting": ("mwait",),
+    "proc.rdpmc_exiting": ("rdpmc",), "proc.rdtsc_exiting": ("rdtsc",),
+    "proc.cr3_load_exiting": ("cr_access",), "proc.cr3_store_exiting": ("cr_access",),
+    "proc.cr8_load_exiting": ("cr_access",), "proc.cr8_store_exiting": ("cr_access",),
+    "proc.mov_dr_exiting": ("dr_access",), "proc.unconditional_io_exiting": ("io_instruction",),
+    "proc.use_io_bitmaps": ("io_instruction",), "proc.monitor_trap_flag": ("monitor_trap_flag",),
+    "proc.monitor_exiting": ("monitor",), "proc.pause_exiting": ("pause",),
+    "proc2.enable_ept": ("ept_violation", "ept_misconfig"),
+    "proc2.descriptor_table_exiting": ("gdtr_idtr_access", "ldtr_tr_access"),
+    "proc2.wbinvd_exiting": ("wbinvd",), "proc2.rdrand_exiting": ("rdrand",),
+    "proc2.rdseed_exiting": ("rdseed",), "proc2.pause_loop_exiting": ("pause",),
+}
+
+#: Reasons of EXIT_CAUSES that also happen without any of those controls.
+EXIT_OTHER_CAUSES = {
+    "cr_access": "MOV to CR0/CR4 exits for the bits the guest/host masks own",
+    "exception_or_nmi": "exceptions exit for the vectors set in the exception bitmap",
+}
 
 #: The actions a spec may name (the others are only implied).
 SPEC_ACTIONS = tuple(a.name for a in EXIT_ACTIONS.values() if not a.internal)
@@ -372,7 +425,7 @@ class RuntimeRule:
     values it is about to write, just before VMLAUNCH."""
 
     id: str                        # e.g. "HOST-SEL-RPL-TI:HOST_CS_SELECTOR"
-    section: str                   # e.g. "SDM 26.2.3"
+    section: str                   # e.g. "SDM 28.2.3" (check.SDM_SECTIONS has the titles)
     title: str
     kind: str                      # key of RUNTIME_RULE_KINDS
     args: dict = field(default_factory=dict, hash=False)

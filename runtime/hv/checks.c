@@ -18,7 +18,7 @@ static BOOLEAN canonical(UINT64 v)
     return (UINT64)s == v;
 }
 
-/* A valid PAT memory type (SDM 13.12.2): 0, 1, 4, 5, 6 or 7; else the index. */
+/* A valid PAT memory type (SDM 13.12.2 "IA32_PAT MSR"): 0, 1, 4, 5, 6 or 7; else the index. */
 static int invalid_pat_entry(UINT64 pat)
 {
     for (int i = 0; i < 8; i++) {
@@ -38,7 +38,8 @@ static BOOLEAN rule_holds(struct hv_cpu *cpu, const struct hv_rule *rule, char *
     BOOLEAN size64 = (exit_controls & HV_EXIT_HOST_ADDRESS_SPACE_SIZE) != 0;
 
     switch (rule->kind) {
-    case HV_RULE_CR_FIXED: { /* SDM 26.2.2, Appendix A.7 and A.8 */
+    /* SDM 28.2.2 "Checks on Host Control Registers, MSRs, and SSP"; Appendix A.7, A.8 */
+    case HV_RULE_CR_FIXED: {
         UINT64 fixed0 = rdmsr(rule->msr), fixed1 = rdmsr(rule->msr2);
         if ((value | fixed0) == value && (value & fixed1) == value)
             return TRUE;
@@ -46,7 +47,7 @@ static BOOLEAN rule_holds(struct hv_cpu *cpu, const struct hv_rule *rule, char *
                     fixed1);
         return FALSE;
     }
-    case HV_RULE_CONTROL_ALLOWED: { /* SDM 26.2.1, Appendix A.3-A.5 */
+    case HV_RULE_CONTROL_ALLOWED: { /* SDM 28.2.1 "Checks on VMX Controls"; Appendix A.3-A.5 */
         BOOLEAN true_msrs = rule->msr2 && (hv.vmx_basic & VMX_BASIC_TRUE_CONTROLS);
         UINT32 msr = true_msrs ? rule->msr2 : rule->msr, controls = cpu->controls[rule->group];
         UINT64 cap = rdmsr(msr);

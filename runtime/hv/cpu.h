@@ -1,6 +1,6 @@
 /*
  * The processor instructions the hypervisor needs, as inline functions.
- * VMX instructions report failure in RFLAGS (SDM 31.2 "Conventions"):
+ * VMX instructions report failure in RFLAGS (SDM 32.2 "Conventions"):
  * CF=1 is VMfailInvalid (no current VMCS), ZF=1 VMfailValid (the reason is
  * in VM_INSTRUCTION_ERROR). Each wrapper returns 0, 1 (CF) or 2 (ZF).
  */
@@ -226,7 +226,7 @@ static inline UINT8 vmwrite(UINT32 field, UINT64 value)
     return vmx_status(cf, zf);
 }
 
-/* INVEPT and INVVPID (SDM Vol. 2B / 3C 30.3): `type` as the SDM numbers the
+/* INVEPT and INVVPID (SDM 32.3 "VMX Instructions"): `type` as the SDM numbers the
  * invalidations (1 single-context, 2 all-context), the 128-bit descriptor
  * in memory. Only where IA32_VMX_EPT_VPID_CAP says the type is supported. */
 static inline void invept(UINT64 type, UINT64 eptp)

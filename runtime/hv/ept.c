@@ -1,11 +1,10 @@
-/*
- * EPT: an identity map of guest-physical to host-physical memory (SDM 29.3),
- * read/write/execute everywhere, with the memory type of each page taken
- * from the MTRRs (SDM 11.11) so that the guest's caching is what the firmware
+/* EPT: an identity map of guest-physical to host-physical memory (SDM 30.3 "The
+ * Extended Page Table Mechanism (EPT)"), read/write/execute everywhere, with
+ * the memory type of each page taken from the MTRRs (SDM 13.11 "Memory Type
+ * Range Registers (MTRRs)") so that the guest's caching is what the firmware
  * set up. Large pages (1 GiB where IA32_VMX_EPT_VPID_CAP[17] allows, 2 MiB
  * otherwise) wherever the MTRRs give one type to the whole page; pages that
- * straddle types are split, down to 4 KiB (the fixed-range MTRRs below 1 MiB).
- */
+ * straddle types are split, down to 4 KiB (the fixed-range MTRRs below 1 MiB). */
 #include "hv.h"
 #include "cpu.h"
 
@@ -55,7 +54,7 @@ static void read_mtrrs(void)
         }
 }
 
-/* SDM 11.11.4.1 "MTRR Precedences": UC wins, WT beats WB, otherwise the
+/* SDM 13.11.4.1 "MTRR Precedences": UC wins, WT beats WB, otherwise the
  * types must agree (else undefined: treated as UC). */
 static UINT8 combine(UINT8 acc, UINT8 type)
 {
@@ -220,8 +219,9 @@ EFI_STATUS hv_build_ept(void)
         return EFI_OUT_OF_RESOURCES;
     *pte = (*pte & ~(EPT_RWX | 7ULL << EPT_TYPE_SHIFT)) | 5ULL | (UINT64)MTRR_UC << EPT_TYPE_SHIFT;
 #endif
-    /* EPTP (SDM 25.6.11): WB paging-structure type when supported
-     * (EPT_VPID_CAP[14]), page-walk length 4 (encoded 3). */
+    /* EPTP (SDM 26.6.11 "Extended-Page-Table Pointer (EPTP)"): WB
+     * paging-structure type when supported (EPT_VPID_CAP[14]), page-walk length
+     * 4 (encoded 3). */
     UINT64 walk_type = (hv.ept_vpid_cap >> 14) & 1 ? 6 : 0;
     hv.eptp = (UINT64)pml4 | 3ULL << 3 | walk_type;
     return EFI_SUCCESS;

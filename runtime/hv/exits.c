@@ -18,7 +18,7 @@
 #define VECTOR_UD       6
 #define VECTOR_GP       13
 
-/* SDM 25.8.3 "VM-Entry Controls for Event Injection": a hardware exception. */
+/* SDM 26.8.3 "VM-Entry Controls for Event Injection": a hardware exception. */
 void hv_inject_exception(UINT32 vector, BOOLEAN has_error_code, UINT32 error_code)
 {
     vmwrite(VM_ENTRY_INTR_INFO_FIELD, vector | 3U << 8 | (UINT32)has_error_code << 11 | 1U << 31);
@@ -29,7 +29,8 @@ void hv_inject_exception(UINT32 vector, BOOLEAN has_error_code, UINT32 error_cod
 void hv_advance_rip(void)
 {
     vmwrite(GUEST_RIP, vmread(GUEST_RIP) + vmread(VM_EXIT_INSTRUCTION_LEN));
-    /* The instruction completed: blocking by STI / MOV SS ends (SDM 25.4.2). */
+    /* The instruction completed: blocking by STI / MOV SS ends (SDM 26.4.2
+     * "Guest Non-Register State"). */
     UINT64 intr = vmread(GUEST_INTERRUPTIBILITY_INFO);
     if (intr & 3)
         vmwrite(GUEST_INTERRUPTIBILITY_INFO, intr & ~3ULL);
@@ -52,8 +53,9 @@ static void log_guest_state(struct hv_cpu *cpu)
 /* --- actions ------------------------------------------------------------ */
 
 #if HV_ACTION_CPUID
-/* CPUID (SDM 26.1.2: exits unconditionally). Leaf 1 says a hypervisor is
- * present (ECX[31]) and hides what the spec hides; 0x40000000 is ours. */
+/* CPUID exits unconditionally (SDM 27.1.2 "Instructions That Cause VM Exits
+ * Unconditionally"). Leaf 1 says a hypervisor is present (ECX[31]) and hides
+ * what the spec hides; 0x40000000 is ours. */
 enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     UINT32 leaf = (UINT32)regs->rax, subleaf = (UINT32)regs->rcx, r[4] = { 0, 0, 0, 0 };
@@ -81,7 +83,8 @@ enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *re
         } else if (leaf == 7 && subleaf == 0) {
             r[2] = (r[2] & ~(1U << 4)) | (UINT32)((vmread(GUEST_CR4) >> 22) & 1) << 4;
             /* WAITPKG (ECX[5]) only with "enable user wait and pause": else
-             * TPAUSE, UMONITOR and UMWAIT raise #UD in the guest (SDM 26.3). */
+             * TPAUSE, UMONITOR and UMWAIT raise #UD in the guest (SDM 27.3
+             * "Changes to Instruction Behavior in VMX Non-Root Operation"). */
             BOOLEAN secondary = (cpu->controls[HV_CTL_PROC] & HV_PROC_ACTIVATE_SECONDARY) != 0;
             if (!secondary || !(cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_USER_WAIT_AND_PAUSE))
                 r[2] &= ~(1U << 5);
@@ -116,7 +119,8 @@ static enum hv_exit_result msr_access(struct hv_cpu *cpu, struct hv_guest_regs *
         switch (hv_msr_intercepts[rule].action) {
         case MSR_FEATURE_CONTROL_LOCKED:
             /* Locked, VMX off in and outside SMX: as firmware that disabled
-             * VT-x leaves it; writing a locked MSR faults (SDM 23.7). */
+             * VT-x leaves it; writing a locked MSR faults (SDM 25.7 "Enabling
+             * and Entering VMX Operation"). */
             if (write) {
                 hv_inject_exception(VECTOR_GP, TRUE, 0);
                 return HV_RESUME_SAME;
@@ -156,7 +160,7 @@ enum hv_exit_result hv_action_msr(struct hv_cpu *cpu, struct hv_guest_regs *regs
     return msr_access(cpu, regs, (vmread(VM_EXIT_REASON) & 0xFFFF) == EXIT_REASON_WRMSR);
 }
 
-/* SDM 25.6.9: read-low at 0, read-high at 1024, write-low at 2048,
+/* SDM 26.6.9 "MSR-Bitmap Address": read-low at 0, read-high at 1024, write-low at 2048,
  * write-high at 3072 (low: 0..1FFFH, high: C0000000H..C0001FFFH). */
 static void msr_bitmap_set(UINT32 msr, BOOLEAN write)
 {
@@ -188,7 +192,7 @@ EFI_STATUS hv_build_msr_bitmap(void)
 
 #if HV_ACTION_VMCALL
 /* The VMCALL interface, docs/vmcall.md. Only CPL 0 may call it; the CPL is
- * the DPL of SS (SDM 5.5). A VMCALL that is not ours raises #UD, as it does
+ * the DPL of SS (SDM 6.5 "Privilege Levels"). A VMCALL that is not ours raises #UD, as it does
  * on a machine without a hypervisor. */
 enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
@@ -281,8 +285,9 @@ enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *r
 #endif
 
 #if HV_ACTION_XSETBV
-/* XSETBV (SDM 26.1.2: exits unconditionally): executed for the guest; an
- * invalid XCR0 value raises #GP in the host, which becomes the guest's. */
+/* XSETBV exits unconditionally (SDM 27.1.2 "Instructions That Cause VM Exits
+ * Unconditionally"): executed for the guest; an invalid XCR0 value raises #GP
+ * in the host, which becomes the guest's. */
 enum hv_exit_result hv_action_xsetbv(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)cpu;
@@ -313,7 +318,7 @@ enum hv_exit_result hv_action_invd(struct hv_cpu *cpu, struct hv_guest_regs *reg
 #endif
 
 #if HV_ACTION_INJECT_UD
-/* VMX instructions in the guest: the guest sees no VMX, so #UD (SDM 31.3). */
+/* VMX instructions in the guest: the guest sees no VMX, so #UD (SDM 32.3 "VMX Instructions"). */
 enum hv_exit_result hv_action_inject_ud(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)cpu;
@@ -347,10 +352,10 @@ enum hv_exit_result hv_action_log_shutdown(struct hv_cpu *cpu, struct hv_guest_r
 #endif
 
 #if HV_ACTION_INIT || HV_ACTION_SIPI
-/* A processor after INIT (SDM Vol. 3A 10.1.2, Table 10-1 "IA-32 and Intel 64
- * Processor States Following Power-up, Reset, or INIT"), as the guest sees
- * it: real mode at F000:FFF0. With unrestricted guest, PE and PG are exempt
- * from the CR0 fixed bits (SDM 28.3.1.1); the others still apply, behind the
+/* A processor after INIT (SDM 11.1.1 "Processor State After Reset", Table 11-1),
+ * as the guest sees it: real mode at F000:FFF0. With unrestricted guest, PE and PG are exempt
+ * from the CR0 fixed bits (SDM 28.3.1.1 "Checks on Guest Control Registers, Debug Registers, and
+ * MSRs"); the others still apply, behind the
  * read shadow. */
 static void set_segment(UINT32 sel_field, UINT32 base_field, UINT32 limit_field, UINT32 ar_field, UINT16 sel,
                         UINT64 base, UINT32 ar)
@@ -391,7 +396,7 @@ void hv_reset_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *regs)
     vmwrite(GUEST_PENDING_DBG_EXCEPTIONS, 0);
     if (cpu->controls[HV_CTL_ENTRY] & HV_ENTRY_LOAD_IA32_EFER)
         vmwrite(GUEST_IA32_EFER, 0);
-    /* Real mode is not IA-32e mode (SDM 28.2.1.3). */
+    /* Real mode is not IA-32e mode (SDM 28.2.1.3 "VM-Entry Control Fields"). */
     vmwrite(VM_ENTRY_CONTROLS, vmread(VM_ENTRY_CONTROLS) & ~(UINT64)HV_ENTRY_IA32E_MODE_GUEST);
     /* INIT flushes the TLBs; VM entry does not flush this VPID's. */
     hv_invalidate_guest_tlb(cpu, FALSE);
@@ -401,10 +406,10 @@ void hv_reset_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *regs)
     regs->rdx = r[0]; /* EDX = processor signature */
 }
 
-/* The guest leaves wait-for-SIPI at vector << 12, CS = vector << 8 (SDM Vol.
- * 3A 9.4.4.1 "Typical BSP Initialization Sequence", 11.6.1 "Interrupt
- * Command Register"). Nothing blocks a CPU that just left wait-for-SIPI (and
- * SMI blocking outside SMM is invalid guest state, SDM 28.3.1.5). */
+/* The guest leaves wait-for-SIPI at vector << 12, CS = vector << 8 (SDM
+ * 10.4.4.1 "Typical BSP Initialization Sequence", 12.6.1 "Interrupt Command
+ * Register (ICR)"). Nothing blocks a CPU that just left wait-for-SIPI (and
+ * SMI blocking outside SMM is invalid guest state, SDM 28.3.1.5 "Checks on Guest Non-Register State"). */
 enum hv_exit_result hv_start_at_sipi_vector(UINT32 vector)
 {
     vmwrite(GUEST_CS_SELECTOR, (UINT64)(vector & 0xFF) << 8);
@@ -419,11 +424,11 @@ enum hv_exit_result hv_start_at_sipi_vector(UINT32 vector)
 
 #if HV_ACTION_INIT
 /* INIT in VMX non-root operation does not reset the CPU: it exits (SDM
- * 26.2 "Other Causes of VM Exits"), in xAPIC and x2APIC mode alike, and the
+ * 27.2 "Other Causes of VM Exits"), in xAPIC and x2APIC mode alike, and the
  * hypervisor does what INIT does. An AP then waits for a SIPI in the
  * wait-for-SIPI activity state, where the SIPI exits (reason 4, `sipi`);
  * the BSP starts again at the reset vector, as after INIT on bare metal
- * (SDM Vol. 3A 9.4.1). INIT is blocked in VMX root, so one that arrives
+ * (SDM 10.4.1 "BSP and AP Processors"). INIT is blocked in VMX root, so one that arrives
  * while the hypervisor runs is held and exits at the next VM entry. */
 enum hv_exit_result hv_action_init(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
@@ -435,7 +440,7 @@ enum hv_exit_result hv_action_init(struct hv_cpu *cpu, struct hv_guest_regs *reg
 
 #if HV_ACTION_SIPI
 /* A SIPI to a guest in wait-for-SIPI: the vector is in the exit
- * qualification (SDM 28.2.1 "Basic VM-Exit Information"). */
+ * qualification (SDM 29.2.1 "Basic VM-Exit Information"). */
 enum hv_exit_result hv_action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)regs;
@@ -445,10 +450,12 @@ enum hv_exit_result hv_action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *reg
 #endif
 
 #if HV_ACTION_CR_ACCESS
-/* MOV to CR4 exits when it would change CR4.VMXE, which the guest does not
- * own (CR4_GUEST_HOST_MASK, SDM 25.6.6): the guest has no VMX, so setting
- * VMXE faults as on such a CPU; other changes are made with the VMX fixed
- * bits kept (SDM 27.1.3, exit qualification Table 28-3). */
+/* MOV to CR4 exits when it would change CR4.VMXE, which the guest does not own
+ * (CR4_GUEST_HOST_MASK, SDM 26.6.6 "Guest/Host Masks and Read Shadows for CR0
+ * and CR4"): the guest has no VMX, so setting VMXE faults as on such a CPU;
+ * other changes are made with the VMX fixed bits kept (SDM 27.1.3 "Instructions
+ * That Cause VM Exits Conditionally"; the exit qualification as 29.2.1 "Basic
+ * VM-Exit Information" gives it). */
 enum hv_exit_result hv_action_cr_access(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     UINT64 q = vmread(EXIT_QUALIFICATION);
@@ -495,7 +502,8 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
 {
     UINT32 reason = (UINT32)vmread(VM_EXIT_REASON);
     if (reason & EXIT_REASON_ENTRY_FAILURE) {
-        /* SDM 26.8: a VM entry that failed after loading guest state. */
+        /* SDM 28.8 "VM-Entry Failures During or After Loading Guest State": a
+         * VM entry that failed after loading guest state. */
         hv_log_fatal("uefi-hv: cpu %u: VM entry failed: exit reason %u (%s), qualification 0x%lx\n",
                      cpu->index, reason & 0xFFFF, hv_exit_reason_name(reason), vmread(EXIT_QUALIFICATION));
         log_guest_state(cpu);

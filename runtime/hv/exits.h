@@ -35,7 +35,7 @@ struct hv_cpuid_bit {
 };
 extern const struct hv_cpuid_bit hv_cpuid_hidden[];
 
-/* Guest activity states (SDM 25.4.2 "Guest Non-Register State"). */
+/* Guest activity states (SDM 26.4.2 "Guest Non-Register State"). */
 #define HV_ACTIVITY_ACTIVE        0
 #define HV_ACTIVITY_HLT           1
 #define HV_ACTIVITY_SHUTDOWN      2

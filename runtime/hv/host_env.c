@@ -1,14 +1,12 @@
-/*
- * The hypervisor's own host environment: what a VM exit switches to.
- * The firmware's GDT, IDT and page tables belong to the guest from the moment
- * of launch (the guest may rewrite them), so the host has its own:
- *   - per CPU, a GDT: null, 64-bit code 0x08, data 0x10, a 16-byte TSS
- *     descriptor at 0x18 (HOST_TR_SELECTOR must not be 0, SDM 26.2.3);
- *   - one IDT whose exception handlers log and halt (vmexit.S);
- *   - identity-mapped page tables (1 GiB pages when CPUID.80000001H:EDX[26]
- *     says so, 2 MiB pages otherwise), when the spec asks for host_cr3.
- * All of it is EfiRuntimeServicesData (memory.c).
- */
+/* The hypervisor's own host environment: what a VM exit switches to. The
+ * firmware's GDT, IDT and page tables belong to the guest from the moment of
+ * launch (the guest may rewrite them), so the host has its own: - per CPU, a
+ * GDT: null, 64-bit code 0x08, data 0x10, a 16-byte TSS descriptor at 0x18
+ * (HOST_TR_SELECTOR must not be 0, SDM 28.2.3 "Checks on Host Segment and
+ * Descriptor-Table Registers"); - one IDT whose exception handlers log and halt
+ * (vmexit.S); - identity-mapped page tables (1 GiB pages when
+ * CPUID.80000001H:EDX[26] says so, 2 MiB pages otherwise), when the spec asks
+ * for host_cr3. All of it is EfiRuntimeServicesData (memory.c). */
 #include "hv.h"
 #include "cpu.h"
 #include "interrupts.h"
@@ -29,7 +27,7 @@ struct hv_shared hv;
 
 static void set_gate(UINT64 *idt, UINT32 vector, UINT64 handler)
 {
-    /* 64-bit interrupt gate (SDM 6.14.1): present, DPL 0, type 0xE, IST 0. */
+    /* 64-bit interrupt gate (SDM 7.14.1 "64-Bit Mode IDT"): present, DPL 0, type 0xE, IST 0. */
     idt[vector * 2] =
         (handler & 0xFFFF) | (UINT64)HOST_CS << 16 | 0x8EULL << 40 | ((handler >> 16) & 0xFFFF) << 48;
     idt[vector * 2 + 1] = handler >> 32;
@@ -107,7 +105,8 @@ EFI_STATUS hv_build_cpu_host_environment(struct hv_cpu *cpu)
     cpu->host_gdt[4] = tss >> 32;
 
     /* HOST_RSP: 16-byte aligned; the slot at the top holds this CPU's data,
-     * where vmexit.S finds it (SDM 27.5.3: RSP is loaded from HOST_RSP). */
+     * where vmexit.S finds it (RSP is loaded from HOST_RSP, SDM 29.5.3 "Loading
+     * Host RIP, RSP, RFLAGS, and SSP"). */
     cpu->host_stack_top = ((UINT64)cpu->host_stack + HV_HOST_STACK_SIZE - 16) & ~15ULL;
     *(struct hv_cpu **)cpu->host_stack_top = cpu;
     return EFI_SUCCESS;

@@ -30,12 +30,12 @@
 #define RFLAGS_IF    (1ULL << 9)
 #define VECTOR_GP    13
 
-/* Local APIC registers (SDM Vol. 3A 11.4.1, Table 11-1). */
+/* Local APIC registers (SDM 12.4.1 "The Intel APIC Architecture", Table 12-1). */
 #define APIC_LDR      0x0D0
 #define APIC_DFR      0x0E0
 #define APIC_ICR_LOW  0x300
 #define APIC_ICR_HIGH 0x310
-/* ICR fields (SDM Vol. 3A 11.6.1, Figure 11-12). */
+/* ICR fields (SDM 12.6.1 "Interrupt Command Register (ICR)"). */
 #define ICR_MODE(icr)      (((icr) >> 8) & 7)
 #define ICR_MODE_INIT      5
 #define ICR_MODE_SIPI      6
@@ -49,7 +49,7 @@
 /* --- the guest's addresses ------------------------------------------------- */
 
 /* Guest-linear to guest-physical through the guest's own page tables, in
- * every paging mode (SDM Vol. 3A 4.1.1 "Four Paging Modes"): none, 32-bit,
+ * every paging mode (SDM 4.1 "Paging Modes and Control Bits"): none, 32-bit,
  * PAE, 4-level and 5-level. EPT and the host's page tables are identity
  * maps, so a guest-physical address is read directly. Access rights are not
  * checked: the CPU checked them when it fetched and stored. (PAE paging uses
@@ -101,7 +101,7 @@ static BOOLEAN guest_physical(UINT64 linear, UINT64 *pa)
 }
 
 /* The default operand and address size of the guest's code: 64 (CS.L in
- * IA-32e mode), else CS.D: 32 or 16 (SDM Vol. 3A 3.4.5 "Segment
+ * IA-32e mode), else CS.D: 32 or 16 (SDM 3.4.5 "Segment
  * Descriptors"); real mode is 16. */
 static UINT32 code_size(void)
 {
@@ -119,7 +119,8 @@ struct insn {
 static BOOLEAN next_byte(struct insn *insn, UINT8 *byte)
 {
     UINT64 pa;
-    if (insn->n >= 15 || !guest_physical(insn->rip + insn->n, &pa)) /* 15: SDM Vol. 2A 2.3.11 */
+    if (insn->n >= 15 || !guest_physical(insn->rip + insn->n,
+                                         &pa)) /* 15 bytes at most: SDM Vol. 2A 2.1 "Instruction Format" */
         return FALSE;
     *byte = *(volatile UINT8 *)pa;
     insn->n++;
@@ -127,7 +128,7 @@ static BOOLEAN next_byte(struct insn *insn, UINT8 *byte)
 }
 
 /* The store's ModR/M memory operand: only its length matters, the address
- * is the exit's guest-physical address (SDM Vol. 2A 2.1.5, Tables 2-1 and 2-2). */
+ * is the exit's guest-physical address (SDM Vol. 2A 2.1.5 "Addressing-Mode Encoding of ModR/M and SIB Bytes"). */
 static BOOLEAN skip_memory_operand(struct insn *insn, UINT8 modrm, UINT32 address_size)
 {
     UINT32 mod = modrm >> 6, rm = modrm & 7;
@@ -215,7 +216,7 @@ static BOOLEAN decode_store(struct hv_guest_regs *regs, UINT32 *value, UINTN *le
 /* --- the ICR ------------------------------------------------------------------ */
 
 /* Whether the IPI in `icr` (with `dest` from ICR bits 63:56) is for CPU `c`
- * (SDM Vol. 3A 11.6.2 "Determining IPI Destination"). */
+ * (SDM 12.6.2 "Determining IPI Destination"). */
 static BOOLEAN is_destination(const struct hv_cpu *self, const struct hv_cpu *c, UINT32 icr, UINT32 dest)
 {
     switch (ICR_SHORTHAND(icr)) {

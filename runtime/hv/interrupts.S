@@ -10,11 +10,12 @@
     .text
 
 # ---------------------------------------------------------------------------
-# void hv_irq_call_handler(UINT64 handler)
-# As KVM's vmx_do_interrupt_irqoff(): the frame an interrupt in 64-bit mode
-# would push (SDM 6.14.2: RSP aligned to 16, then SS, RSP, RFLAGS, CS, RIP),
-# the RIP pushed by the CALL. The handler's IRETQ pops all five and comes back
-# here with RFLAGS as they were (IF clear: a VM exit clears it, SDM 27.5.3).
+# void hv_irq_call_handler(UINT64 handler) As KVM's vmx_do_interrupt_irqoff():
+# the frame an interrupt in 64-bit mode would push (SDM 7.14.2 "64-Bit Mode
+# Stack Frame": RSP aligned to 16, then SS, RSP, RFLAGS, CS, RIP), the RIP
+# pushed by the CALL. The handler's IRETQ pops all five and comes back here with
+# RFLAGS as they were (IF clear: a VM exit clears it, SDM 29.5.3 "Loading Host
+# RIP, RSP, RFLAGS, and SSP").
 # ---------------------------------------------------------------------------
     .globl hv_irq_call_handler
 hv_irq_call_handler:

@@ -1,25 +1,22 @@
-/*
- * The seed's interrupt path (docs/interrupts.md).
- *
- * With "external-interrupt exiting" and "acknowledge interrupt on exit" an
- * interrupt that arrives while the guest runs causes a VM exit, and the exit
- * itself acknowledges the interrupt controller: the vector is in
- * VM_EXIT_INTR_INFO (SDM 27.2.2) and the interrupt is this CPU's to handle.
- * As KVM's vmx_do_interrupt_irqoff() does, the hypervisor calls the handler
- * that its host IDT holds for the vector, with an interrupt frame built by
- * hand (interrupts.S). Every host gate from 32 up points at a stub that
- * queues the vector for the guest (unless the spec owns the vector: `own`,
- * then it ends in the hypervisor): a 256-bit pending bitmap per CPU, drained
- * at the tail of every exit, highest vector first, when the guest can take
- * an interrupt, and at the interrupt-window exit otherwise.
- */
+/* The seed's interrupt path (docs/interrupts.md). With "external-interrupt
+ * exiting" and "acknowledge interrupt on exit" an interrupt that arrives while
+ * the guest runs causes a VM exit, and the exit itself acknowledges the
+ * interrupt controller: the vector is in VM_EXIT_INTR_INFO (SDM 29.2.2
+ * "Information for VM Exits Due to Vectored Events") and the interrupt is this
+ * CPU's to handle. As KVM's vmx_do_interrupt_irqoff() does, the hypervisor
+ * calls the handler that its host IDT holds for the vector, with an interrupt
+ * frame built by hand (interrupts.S). Every host gate from 32 up points at a
+ * stub that queues the vector for the guest (unless the spec owns the vector:
+ * `own`, then it ends in the hypervisor): a 256-bit pending bitmap per CPU,
+ * drained at the tail of every exit, highest vector first, when the guest can
+ * take an interrupt, and at the interrupt-window exit otherwise. */
 #include "hv.h"
 #include "cpu.h"
 #include "exits.h"
 #include "interrupts.h"
 #if HV_ACTION_DISPATCH_IDT
 
-#define INTR_INFO_VALID         (1U << 31) /* SDM 24.8.3, 24.9.2, 24.9.3 */
+#define INTR_INFO_VALID         (1U << 31) /* the format of SDM 26.8.3, 26.9.2 and 26.9.3 */
 #define INTR_INFO_VECTOR        0xFFU
 #define INTR_INFO_TYPE(i)       (((i) >> 8) & 7)
 #define INTR_INFO_ERROR_CODE    (1U << 11)
@@ -68,11 +65,12 @@ UINT64 hv_irq_host_gate(UINT32 vector)
 }
 #if HV_OWNED_VECTORS
 
-/* A vector the hypervisor owns ends here: the exit counted it, the guest
- * never sees it, and the in-service bit the acknowledgement set is cleared
- * with an EOI to the local APIC (SDM 10.8.5), through its MSR in x2APIC mode
- * (SDM 10.12.1). Local-APIC interrupts only (IPIs, the APIC timer, MSIs): an
- * 8259 interrupt would want the PIC's EOI. */
+/* A vector the hypervisor owns ends here: the exit counted it, the guest never
+ * sees it, and the in-service bit the acknowledgement set is cleared with an
+ * EOI to the local APIC (SDM 12.8.5 "Signaling Interrupt Servicing
+ * Completion"), through its MSR in x2APIC mode (SDM 12.12.1 "Detecting and
+ * Enabling x2APIC Mode"). Local-APIC interrupts only (IPIs, the APIC timer,
+ * MSIs): an 8259 interrupt would want the PIC's EOI. */
 void hv_irq_owned(void)
 {
     UINT64 base = rdmsr(MSR_IA32_APIC_BASE);
@@ -90,7 +88,7 @@ void hv_irq_owned(void)
  * seed (KVM 2342080cd675). An external interrupt is the hottest exit there is,
  * and a VMREAD of HOST_IDTR_BASE to find the same address would be paid on
  * every one of them. A 64-bit gate holds the handler's offset in bits 15:0,
- * 63:48 of its first quadword and 31:0 of its second (SDM 6.14.1). */
+ * 63:48 of its first quadword and 31:0 of its second (SDM 7.14.1 "64-Bit Mode IDT"). */
 void hv_irq_exit(struct hv_cpu *cpu)
 {
     UINT32 info = (UINT32)vmread(VM_EXIT_INTR_INFO);
@@ -143,12 +141,13 @@ UINT64 hv_irq_count(const struct hv_cpu *cpu, UINT32 vector)
  * the calling CPU's guest, as an external interrupt. It sets the bit an
  * acknowledged interrupt sets, so the rest is the same path: the tail of the
  * VMCALL's own exit injects it if the guest can take it, or turns on
- * interrupt-window exiting. It does not come through the local APIC: no IRR
- * or ISR bit, so the guest's handler must not EOI it (an EOI retires the
- * highest vector in service, SDM 10.8.5: another interrupt's). Vectors 0..31
- * are exceptions; the spec's own vectors never reach the guest. A vector that
- * is raised again while it waits is delivered once, as a second edge on a set
- * IRR bit is: callers use a vector no device uses. */
+ * interrupt-window exiting. It does not come through the local APIC: no IRR or
+ * ISR bit, so the guest's handler must not EOI it (an EOI retires the highest
+ * vector in service, SDM 12.8.5 "Signaling Interrupt Servicing Completion":
+ * another interrupt's). Vectors 0..31 are exceptions; the spec's own vectors
+ * never reach the guest. A vector that is raised again while it waits is
+ * delivered once, as a second edge on a set IRR bit is: callers use a vector no
+ * device uses. */
 BOOLEAN hv_irq_raise(struct hv_cpu *cpu, UINT32 vector)
 {
     if (vector < 32 || vector > 255)
@@ -173,7 +172,8 @@ static void set_window(struct hv_irq_state *s, BOOLEAN on)
     s->window = on;
 }
 
-/* The highest pending vector: the highest priority (SDM 10.8.3.1). */
+/* The highest pending vector: the highest priority (SDM 12.8.3.1 "Task and
+ * Processor Priorities"). */
 static INT32 highest_pending(const struct hv_irq_state *s)
 {
     for (INT32 word = 3; word >= 0; word--)
@@ -182,9 +182,10 @@ static INT32 highest_pending(const struct hv_irq_state *s)
     return -1;
 }
 
-/* SDM 27.2.4: an exit during event delivery (the guest's or one injected by
- * the last entry) leaves that event in the IDT-vectoring information; it was
- * not delivered and is injected again, before anything else. */
+/* SDM 29.2.4 "Information for VM Exits During Event Delivery": an exit during
+ * event delivery (the guest's or one injected by the last entry) leaves that
+ * event in the IDT-vectoring information; it was not delivered and is injected
+ * again, before anything else. */
 static void reinject_interrupted_event(void)
 {
     UINT32 idt = (UINT32)vmread(IDT_VECTORING_INFO_FIELD);
@@ -208,13 +209,13 @@ void hv_irq_before_entry(struct hv_cpu *cpu)
         return;
     }
     /* The guest takes an external interrupt now only if nothing else is being
-     * injected, RFLAGS.IF is set, no STI or MOV SS blocks it (SDM 24.4.2,
-     * Table 24-3) and it is active or halted (a halted CPU wakes up). */
+     * injected, RFLAGS.IF is set, no STI or MOV SS blocks it (SDM 26.4.2 "Guest
+     * Non-Register State") and it is active or halted (a halted CPU wakes up). */
     UINT64 activity = vmread(GUEST_ACTIVITY_STATE);
     if ((vmread(VM_ENTRY_INTR_INFO_FIELD) & INTR_INFO_VALID) || !(vmread(GUEST_RFLAGS) & RFLAGS_IF) ||
         (vmread(GUEST_INTERRUPTIBILITY_INFO) & BLOCKING_BY_STI_MOV_SS) ||
         (activity != HV_ACTIVITY_ACTIVE && activity != HV_ACTIVITY_HLT)) {
-        set_window(s, TRUE); /* SDM 26.7.5: exits as soon as it can */
+        set_window(s, TRUE); /* exits as soon as it can */
         return;
     }
     if (activity == HV_ACTIVITY_HLT)

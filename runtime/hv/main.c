@@ -135,7 +135,8 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
         return EFI_UNSUPPORTED;
     }
 
-    /* 2. IA32_FEATURE_CONTROL (SDM 23.7): a firmware setting when locked. */
+    /* 2. IA32_FEATURE_CONTROL (SDM 25.7 "Enabling and Entering VMX Operation"):
+     * a firmware setting when locked. */
     UINT64 fc = rdmsr(MSR_IA32_FEATURE_CONTROL);
     if ((fc & FEATURE_CONTROL_LOCK) && !(fc & FEATURE_CONTROL_VMX_OUTSIDE_SMX)) {
         hv_say("uefi-hv: IA32_FEATURE_CONTROL is locked with VMX disabled: VT-x is switched off "

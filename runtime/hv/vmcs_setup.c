@@ -38,7 +38,7 @@ UINT64 hv_host_value(const struct hv_cpu *cpu, UINT32 encoding)
     return 0;
 }
 
-/* SDM 24.7 / 23.7 "Enabling and Entering VMX Operation". */
+/* SDM 25.7 "Enabling and Entering VMX Operation". */
 static BOOLEAN enable_vmx(struct hv_cpu *cpu)
 {
     UINT32 r[4];
@@ -52,7 +52,8 @@ static BOOLEAN enable_vmx(struct hv_cpu *cpu)
         return fail(cpu, "IA32_FEATURE_CONTROL is locked with VMX outside SMX disabled: "
                          "VMX (VT-x) is switched off in the firmware settings; enable it there");
     }
-    /* SDM A.7/A.8: bits set in FIXED0 must be 1, bits clear in FIXED1 must be 0. */
+    /* SDM Appendix A.7 "VMX-Fixed Bits in CR0", A.8 "VMX-Fixed Bits in CR4":
+     * bits set in FIXED0 must be 1, bits clear in FIXED1 must be 0. */
     cpu->firmware_cr0 = read_cr0();
     cpu->firmware_cr4 = read_cr4();
     cpu->cr0 = (cpu->firmware_cr0 | rdmsr(MSR_IA32_VMX_CR0_FIXED0)) & rdmsr(MSR_IA32_VMX_CR0_FIXED1);
@@ -60,9 +61,10 @@ static BOOLEAN enable_vmx(struct hv_cpu *cpu)
     return TRUE;
 }
 
-/* SDM A.3-A.5: allowed-0 settings in bits 31:0 (1 = must be 1), allowed-1
- * settings in bits 63:32 (0 = must be 0); the TRUE_* MSRs when
- * IA32_VMX_BASIC[55] says they exist. */
+/* SDM Appendix A.3 "VM-Execution Controls" to A.5 "VM-Entry Controls":
+ * allowed-0 settings in bits 31:0 (1 = must be 1), allowed-1 settings in bits
+ * 63:32 (0 = must be 0); the TRUE_* MSRs when IA32_VMX_BASIC[55] says they
+ * exist. */
 static BOOLEAN adjust_controls(struct hv_cpu *cpu)
 {
     BOOLEAN true_msrs = (hv.vmx_basic & VMX_BASIC_TRUE_CONTROLS) != 0;
@@ -88,7 +90,7 @@ static BOOLEAN adjust_controls(struct hv_cpu *cpu)
         }
         cpu->controls[g] = value;
     }
-    /* SDM 26.2.1.1: unrestricted guest needs EPT. */
+    /* Unrestricted guest needs EPT (SDM 28.2.1.1 "VM-Execution Control Fields"). */
     if (!(cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_EPT))
         cpu->controls[HV_CTL_PROC2] &= ~HV_PROC2_UNRESTRICTED_GUEST;
     return TRUE;
@@ -109,7 +111,7 @@ BOOLEAN hv_prepare_cpu(struct hv_cpu *cpu)
         return FALSE;
 #if HV_ACTION_INIT
     /* The `init` action holds a CPU in wait-for-SIPI, an activity state the
-     * CPU must support (IA32_VMX_MISC[8], SDM A.6). */
+     * CPU must support (IA32_VMX_MISC[8], SDM Appendix A.6 "Miscellaneous Data"). */
     if (!(rdmsr(MSR_IA32_VMX_MISC) & (1ULL << 8)))
         return fail(cpu, "IA32_VMX_MISC[8] is 0: this CPU cannot hold a guest in the wait-for-SIPI activity "
                          "state, which `exit init_signal -> init` needs");
@@ -138,12 +140,12 @@ static UINT64 descriptor_base(UINT64 gdt_base, UINT16 sel, BOOLEAN system)
         return 0;
     UINT64 d = *(UINT64 *)(gdt_base + (sel & ~7U));
     UINT64 base = ((d >> 16) & 0xFFFFFF) | ((d >> 56) & 0xFF) << 24;
-    if (system) /* 16-byte descriptors (SDM 7.2.3) */
+    if (system) /* 16-byte descriptors (SDM 9.2.3 "TSS Descriptor in 64-bit mode") */
         base |= *(UINT64 *)(gdt_base + (sel & ~7U) + 8) << 32;
     return base;
 }
 
-/* Access rights in the VMCS format (SDM 25.4.1, Table 25-2): LAR's bits
+/* Access rights in the VMCS format (SDM 26.4.1 "Guest Register State"): LAR's bits
  * 23:8 shifted down; unusable (bit 16) for a null selector. */
 static UINT32 access_rights(UINT16 sel)
 {
@@ -173,8 +175,9 @@ static UINT8 write_guest_state(struct hv_cpu *cpu)
         W(GUEST_##SEG##_LIMIT, segment_limit(sel));    \
         W(GUEST_##SEG##_AR_BYTES, access_rights(sel)); \
     } while (0)
-    /* Guest control registers. CR4.VMXE stays set under VMX (fixed bit);
-     * the guest reads its own value from the shadow (SDM 25.6.6). */
+    /* Guest control registers. CR4.VMXE stays set under VMX (fixed bit); the
+     * guest reads its own value from the shadow (SDM 26.6.6 "Guest/Host Masks
+     * and Read Shadows for CR0 and CR4"). */
     W(GUEST_CR0, cpu->cr0);
     W(GUEST_CR3, read_cr3());
     W(GUEST_CR4, cpu->cr4);
@@ -184,7 +187,7 @@ static UINT8 write_guest_state(struct hv_cpu *cpu)
     W(CR4_READ_SHADOW, cpu->firmware_cr4);
     W(GUEST_DR7, read_dr7());
 
-    /* Segment registers (SDM 25.4.1). */
+    /* Segment registers (SDM 26.4.1 "Guest Register State"). */
     UINT16 cs = read_cs(), ss = read_ss(), ds = read_ds(), es = read_es();
     UINT16 fs = read_fs(), gs = read_gs(), ldtr = read_ldtr(), tr = read_tr();
     SEGMENT(ES, es, descriptor_base(gdtr.base, es, FALSE));
@@ -197,8 +200,9 @@ static UINT8 write_guest_state(struct hv_cpu *cpu)
     if (tr & ~7U) {
         SEGMENT(TR, tr, descriptor_base(gdtr.base, tr, TRUE));
     } else {
-        /* Firmware without a TSS: SDM 26.3.1.2 still wants a usable, busy
-         * 64-bit TSS in TR; the guest never uses it without loading its own. */
+        /* Firmware without a TSS: SDM 28.3.1.2 "Checks on Guest Segment
+         * Registers" still wants a usable, busy 64-bit TSS in TR; the guest
+         * never uses it without loading its own. */
         W(GUEST_TR_SELECTOR, 0);
         W(GUEST_TR_BASE, 0);
         W(GUEST_TR_LIMIT, 0x67);
@@ -209,7 +213,7 @@ static UINT8 write_guest_state(struct hv_cpu *cpu)
     W(GUEST_IDTR_BASE, idtr.base);
     W(GUEST_IDTR_LIMIT, idtr.limit);
 
-    /* MSRs (SDM 25.4.2). */
+    /* MSRs (SDM 26.4.1 "Guest Register State"). */
     W(GUEST_IA32_DEBUGCTL, rdmsr(MSR_IA32_DEBUGCTL));
     W(GUEST_SYSENTER_CS, rdmsr(MSR_IA32_SYSENTER_CS));
     W(GUEST_SYSENTER_ESP, rdmsr(MSR_IA32_SYSENTER_ESP));
@@ -219,7 +223,7 @@ static UINT8 write_guest_state(struct hv_cpu *cpu)
     if (cpu->controls[HV_CTL_ENTRY] & HV_ENTRY_LOAD_IA32_EFER)
         W(GUEST_IA32_EFER, rdmsr(MSR_IA32_EFER));
 
-    /* Non-register state (SDM 25.4.2). */
+    /* Non-register state (SDM 26.4.2 "Guest Non-Register State"). */
     W(VMCS_LINK_POINTER, ~0ULL);
     W(GUEST_ACTIVITY_STATE, 0);
     W(GUEST_INTERRUPTIBILITY_INFO, 0);
@@ -233,10 +237,11 @@ static UINT8 write_controls(struct hv_cpu *cpu)
 {
     UINT8 err = 0;
 #define W(field, value) (err |= vmwrite(field, (UINT64)(value)))
-    /* IA-32e mode guest must equal the guest's EFER.LMA (SDM 26.2.1.3); the
-     * firmware runs in long mode. From the first VM exit on, the processor
-     * keeps it in step with EFER.LMA itself (SDM 28.2 "IA-32e mode guest"
-     * is saved on VM exit), which the INIT/SIPI path relies on. */
+    /* IA-32e mode guest must equal the guest's EFER.LMA (SDM 28.2.1.3 "VM-Entry
+     * Control Fields"); the firmware runs in long mode. From the first VM exit
+     * on, the processor keeps it in step with EFER.LMA itself ("IA-32e mode
+     * guest" is saved on VM exit, SDM 29.2 "Recording VM-Exit Information and
+     * Updating VM-Entry Control Fields"), which the INIT/SIPI path relies on. */
     if (rdmsr(MSR_IA32_EFER) & (1ULL << 10))
         cpu->controls[HV_CTL_ENTRY] |= HV_ENTRY_IA32E_MODE_GUEST;
     else
@@ -271,7 +276,7 @@ static UINT8 write_controls(struct hv_cpu *cpu)
 
 /* Guest translations cached under this CPU's VPID (or, `all`, under every
  * VPID and EPTP) are dropped, as INIT and VMXON on a CPU that may hold stale
- * ones require (SDM 29.4.3.3 "Guidelines for Use of the INVVPID
+ * ones require (SDM 30.4.3.3 "Guidelines for Use of the INVVPID
  * Instruction"). Each type only where IA32_VMX_EPT_VPID_CAP reports it. */
 void hv_invalidate_guest_tlb(struct hv_cpu *cpu, BOOLEAN all)
 {
@@ -307,7 +312,8 @@ BOOLEAN hv_launch_cpu(struct hv_cpu *cpu)
 {
     UINT64 flags = read_rflags();
     cli();
-    UINT32 revision = (UINT32)(hv.vmx_basic & 0x7FFFFFFF); /* SDM A.1 */
+    /* Bits 30:0 of IA32_VMX_BASIC (SDM Appendix A.1 "Basic VMX Information"). */
+    UINT32 revision = (UINT32)(hv.vmx_basic & 0x7FFFFFFF);
     *(UINT32 *)cpu->vmxon_region = revision;
     *(UINT32 *)cpu->vmcs = revision;
     write_cr0(cpu->cr0);
@@ -340,7 +346,8 @@ BOOLEAN hv_launch_cpu(struct hv_cpu *cpu)
     if (rc == 0)
         return TRUE; /* in VMX non-root operation now */
 
-    /* SDM 31.3 VMLAUNCH: VMfailValid leaves the reason in VM_INSTRUCTION_ERROR. */
+    /* VMLAUNCH (SDM 32.3 "VMX Instructions"): VMfailValid leaves the reason in
+     * VM_INSTRUCTION_ERROR. */
     UINT32 number = rc == VMX_FAIL_VALID ? (UINT32)vmread(VM_INSTRUCTION_ERROR) : 0;
     cpu->vm_instruction_error = number;
     hv_vmx_off(cpu);
@@ -388,7 +395,7 @@ void hv_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
     lgdt(&gdtr);
     lidt(&idtr);
     if (tr & ~7U) {
-        /* LTR faults on a busy TSS descriptor: the guest's is busy (SDM 7.2.4). */
+        /* LTR faults on a busy TSS descriptor: the guest's is busy (SDM 9.2.4 "Task Register"). */
         *(UINT64 *)(gdtr.base + (tr & ~7U)) &= ~(1ULL << 41);
         __asm__ volatile("ltr %0" : : "r"(tr) : "memory");
     }

@@ -7,10 +7,11 @@
     .text
 
 # ---------------------------------------------------------------------------
-# hv_vmexit_entry: HOST_RIP. The processor arrives here with RSP = HOST_RSP
-# (SDM 27.5.3); the slot at HOST_RSP holds this CPU's struct hv_cpu *.
-# Guest GPRs are saved in the x86 register-number order (struct
-# hv_guest_regs), the guest's SSE state with FXSAVE (the C code may use it).
+# hv_vmexit_entry: HOST_RIP. The processor arrives here with RSP = HOST_RSP (SDM
+# 29.5.3 "Loading Host RIP, RSP, RFLAGS, and SSP"); the slot at HOST_RSP holds
+# this CPU's struct hv_cpu *. Guest GPRs are saved in the x86 register-number
+# order (struct hv_guest_regs), the guest's SSE state with FXSAVE (the C code
+# may use it).
 # ---------------------------------------------------------------------------
     .globl hv_vmexit_entry
 hv_vmexit_entry:
@@ -24,7 +25,7 @@ hv_vmexit_entry:
     add $512, %rsp
     POP_GUEST_REGS
     vmresume
-    # VMRESUME failed (SDM 31.3: VMfailInvalid/VMfailValid): report it.
+    # VMRESUME failed (VMfailInvalid/VMfailValid, SDM 32.3 "VMX Instructions"): report it.
     mov (%rsp), %rdi
     call hv_vmresume_failed
 1:  cli
@@ -148,7 +149,7 @@ hv_safe_xsetbv:                 # (UINT32 xcr, UINT64 value)
 
 # ---------------------------------------------------------------------------
 # Host IDT: 32 exception stubs, 16 bytes apart. Those whose exception pushes
-# no error code push 0 (SDM 6.13), so every frame has the same shape.
+# no error code push 0 (SDM 7.13 "Error Code"), so every frame has the same shape.
 # ---------------------------------------------------------------------------
     .globl hv_host_exception_stubs
     .balign 16

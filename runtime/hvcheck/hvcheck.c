@@ -125,7 +125,8 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     record(r, "VMCALL ping", out[0] == 0 && out[1] == VMCALL_PONG && out[2] == number, "status 0x%x, cpu %u",
            out[0], out[2]);
 
-    /* CPUID always exits (SDM 26.1.2): exactly 5 more between two reads. */
+    /* CPUID always exits (SDM 27.1.2 "Instructions That Cause VM Exits
+     * Unconditionally"): exactly 5 more between two reads. */
     UINT64 before = exit_count(EXIT_CPUID);
     for (int i = 0; i < 5; i++)
         cpuid(0, c);
@@ -142,10 +143,13 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
            before);
 
     /* The guest's debug state survives VM exits: a VM exit sets DR7 to 0x400
-     * and clears IA32_DEBUGCTL (SDM 28.5.1, 28.3.1); VM entry loads the
-     * guest's only with "load debug controls" (SDM 26.3.2.1), which must find
-     * what "save debug controls" saved. The DR7 value enables no breakpoint
-     * (R/W0 = 11b, L0 = G0 = 0); DEBUGCTL bit 0 (LBR) only records branches. */
+     * and clears IA32_DEBUGCTL (SDM 29.5.1 "Loading Host Control Registers,
+     * Debug Registers, MSRs"; 29.3.1 "Saving Control Registers, Debug
+     * Registers, and MSRs"); VM entry loads the guest's only with "load debug
+     * controls" (SDM 28.3.2.1 "Loading Guest Control Registers, Debug
+     * Registers, and MSRs"), which must find what "save debug controls" saved.
+     * The DR7 value enables no breakpoint (R/W0 = 11b, L0 = G0 = 0); DEBUGCTL
+     * bit 0 (LBR) only records branches. */
     UINT64 dr7, dr7_seen;
     __asm__ volatile("mov %%dr7, %0" : "=r"(dr7));
     __asm__ volatile("mov %0, %%dr7" ::"r"(0x30400ULL));
@@ -193,9 +197,10 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
            after - before);
 
     /* WAITPKG (CPUID.7.0:ECX[5]): where CPUID shows it, TPAUSE works in the
-     * guest. In VMX non-root it raises #UD unless "enable user wait and
-     * pause" is set (SDM 26.3, 25.6.2), so the hypervisor sets the control
-     * or hides the feature. */
+     * guest. In VMX non-root it raises #UD unless "enable user wait and pause"
+     * is set (SDM 27.3 "Changes to Instruction Behavior in VMX Non-Root
+     * Operation"; 26.6.2 "Processor-Based VM-Execution Controls"), so the
+     * hypervisor sets the control or hides the feature. */
     UINT32 c7[4];
     __asm__ volatile("cpuid" : "=a"(c7[0]), "=b"(c7[1]), "=c"(c7[2]), "=d"(c7[3]) : "a"(7), "c"(0));
     if (c7[2] & (1U << 5)) {
@@ -209,8 +214,9 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
         record(r, "WAITPKG not shown by CPUID (no TPAUSE to try)", TRUE, "ECX 0x%x", c7[2], 0);
     }
 
-    /* XSETBV exits (SDM 26.1.2) and is done for the guest: write XCR0 back
-     * (with CR4.OSXSAVE set for the test when the firmware left it clear). */
+    /* XSETBV exits (SDM 27.1.2 "Instructions That Cause VM Exits
+     * Unconditionally") and is done for the guest: write XCR0 back (with
+     * CR4.OSXSAVE set for the test when the firmware left it clear). */
     cpuid(1, c);
     if (c[2] & (1U << 26)) { /* CPUID.1:ECX.XSAVE */
         UINT64 cr4;

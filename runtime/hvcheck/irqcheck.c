@@ -39,13 +39,14 @@ __asm__("    .text\n"
         "    pop %rax\n"
         "    iretq\n");
 
-/* The guest's handler of the vector hvcheck raises with VMCALL RAISE_VECTOR:
- * a count, IRETQ, and no EOI. The hypervisor injects that vector itself; it
- * never went through the local APIC, which has no in-service bit for it. An
- * EOI retires the highest vector in service (SDM 10.8.5), so here it would
- * retire another interrupt's -- the one whose handler was interrupted, or
- * one that is still being handled -- and open the APIC to interrupts of its
- * priority class before that handler's own EOI. */
+/* The guest's handler of the vector hvcheck raises with VMCALL RAISE_VECTOR: a
+ * count, IRETQ, and no EOI. The hypervisor injects that vector itself; it never
+ * went through the local APIC, which has no in-service bit for it. An EOI
+ * retires the highest vector in service (SDM 12.8.5 "Signaling Interrupt
+ * Servicing Completion"), so here it would retire another interrupt's -- the
+ * one whose handler was interrupted, or one that is still being handled -- and
+ * open the APIC to interrupts of its priority class before that handler's own
+ * EOI. */
 volatile UINT64 hvcheck_raised_seen;
 void hvcheck_raised_handler(void);
 __asm__("    .text\n"
@@ -87,9 +88,10 @@ static UINT64 irq_count(UINT64 vector, UINT64 cpu)
     return out[0] == 0 ? out[1] : 0;
 }
 
-/* N self-IPIs (fixed, shorthand "self", SDM 10.6.1), each timed from the ICR
- * write to the handler's first instruction, then N CPUIDs for comparison.
- * Interrupts on (the guest must be able to take it), each CPU by itself. */
+/* N self-IPIs (fixed, shorthand "self", SDM 12.6.1 "Interrupt Command Register
+ * (ICR)"), each timed from the ICR write to the handler's first instruction,
+ * then N CPUIDs for comparison. Interrupts on (the guest must be able to take
+ * it), each CPU by itself. */
 static void self_ipis(struct ipi_result *r)
 {
     UINT32 lo, hi, eax, ebx, ecx, edx;
@@ -144,11 +146,12 @@ static void self_ipis(struct ipi_result *r)
         __asm__ volatile("pause" ::: "memory");
     r->exits = irq_count(IPI_VECTOR, ~0ULL) - before;
 
-    /* One more with interrupts off: it must not reach the guest before STI
-     * (and the STI shadow, SDM 24.4.2), then arrive once. On a CPU it exits
-     * at once (external-interrupt exiting ignores IF, SDM 25.2), is queued and
-     * injected at the interrupt-window exit; Bochs 2.7 holds the exit itself
-     * back until IF is set, so there the window count stays 0. */
+    /* One more with interrupts off: it must not reach the guest before STI (and
+     * the STI shadow, SDM 26.4.2 "Guest Non-Register State"), then arrive once.
+     * On a CPU it exits at once (external-interrupt exiting ignores IF, SDM
+     * 27.2 "Other Causes of VM Exits"), is queued and injected at the
+     * interrupt-window exit; Bochs 2.7 holds the exit itself back until IF is
+     * set, so there the window count stays 0. */
     UINT64 window_before = 0, out[4], seen = hvcheck_ipi_seen, spins = 0;
     __asm__ volatile("cli" ::: "memory");
     hvcheck_vmcall(VMCALL_GET_EXIT_COUNT, EXIT_INTERRUPT_WINDOW, ~0ULL, out);
@@ -181,13 +184,14 @@ static UINT64 window_exits(void)
 /* VMCALL RAISE_VECTOR: the hypervisor delivers a vector through the queue
  * acknowledged interrupts take. With interrupts off it cannot inject it: the
  * VMCALL's exit queues it and turns interrupt-window exiting on. It must not
- * arrive before STI and the instruction after it (the STI shadow, SDM
- * 24.4.2); then the interrupt-window exit (SDM 26.7.5) injects it, once.
- * This is the queue-then-window path that an IPI sent with interrupts off
- * does not take in Bochs 2.7 (it holds the external-interrupt exit back until
- * IF is set): here the vector is queued while IF is clear, on every CPU.
- * With interrupts on, the tail of the VMCALL's own exit injects it: the
- * handler has run when the VMCALL returns, with no interrupt window. */
+ * arrive before STI and the instruction after it (the STI shadow, SDM 26.4.2);
+ * then the interrupt-window exit (SDM 28.7.5 "Interrupt-Window Exiting and
+ * Virtual-Interrupt Delivery") injects it, once. This is the queue-then-window
+ * path that an IPI sent with interrupts off does not take in Bochs 2.7 (it
+ * holds the external-interrupt exit back until IF is set): here the vector is
+ * queued while IF is clear, on every CPU. With interrupts on, the tail of the
+ * VMCALL's own exit injects it: the handler has run when the VMCALL returns,
+ * with no interrupt window. */
 static void raised_vector(struct ipi_result *r)
 {
     UINT64 flags, out[4], before;
@@ -277,8 +281,8 @@ static EFI_GUID mp_guid = MP_SERVICES_GUID;
 
 void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
 {
-    /* The firmware's timer, every tick of which is now an external-interrupt
-     * exit: a 10 ms periodic event fires about 20 times while a 200 ms
+    /* The firmware's timer, every tick of which is an external-interrupt exit
+     * under the hypervisor: a 10 ms periodic event fires about 20 times while a 200 ms
      * one-shot timer runs (10..40: the firmware's granularity is its 10 ms
      * tick). The window is timed by the firmware's timer, not by Stall: in
      * Bochs OVMF's Stall(200 ms) lasts a twentieth of that (also without the

@@ -18,7 +18,8 @@
 #endif
 
 #define HVPROBE_CPUID_HYPERVISOR_BIT 31     /* CPUID.1:ECX[31], "reserved for hypervisor use" */
-#define HVPROBE_CPUID_VMX_BIT        5      /* CPUID.1:ECX[5], VMX (SDM Vol. 3C 23.6) */
+/* CPUID.1:ECX[5], VMX (SDM 25.6 "Discovering Support for VMX") */
+#define HVPROBE_CPUID_VMX_BIT        5
 #define HVPROBE_LEAF_SIGNATURE       0x40000000U
 
 struct hvprobe {

@@ -1,11 +1,10 @@
-/* The OS model's assembly: the AP trampoline (real mode -> protected mode
- * -> long mode -> C), the exception stubs of the model's IDT, and the reload
- * of CS after the model switches to its own GDT.
- *
- * The trampoline is copied to a 4 KiB page below 1 MiB (a SIPI vector names
- * the page: SDM Vol. 3A 8.4.4.1 / 11.6.1) and runs there, at any address:
- * the BSP fills the parameter block at its end, in the copy.
- */
+/* The OS model's assembly: the AP trampoline (real mode -> protected mode ->
+ * long mode -> C), the exception stubs of the model's IDT, and the reload of CS
+ * after the model switches to its own GDT. The trampoline is copied to a 4 KiB
+ * page below 1 MiB (a SIPI vector names the page: SDM 10.4.4.1 "Typical BSP
+ * Initialization Sequence", 12.6.1 "Interrupt Command Register (ICR)") and runs
+ * there, at any address: the BSP fills the parameter block at its end, in the
+ * copy. */
 
 #define MODEL_CS64  0x08
 #define MODEL_DS    0x10
@@ -35,7 +34,8 @@
     .balign 4096
     .code16
 osmodel_trampoline_start:
-    /* After SIPI: real mode, CS = vector << 8, IP = 0 (SDM 8.4.4.1). */
+    /* After SIPI: real mode, CS = vector << 8, IP = 0 (SDM 10.4.4.1 "Typical
+     * BSP Initialization Sequence"). */
     cli
     cld
     movw %cs, %bx
@@ -56,7 +56,7 @@ tr_protected:
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
-    /* SDM Vol. 3A 9.8.5, initializing IA-32e mode: PAE, CR3, EFER.LME, PG. */
+    /* SDM 11.8.5 "Initializing IA-32e Mode": PAE, CR3, EFER.LME, PG. */
     movl %cr4, %eax
     orl $(CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT), %eax
     movl %eax, %cr4
@@ -139,9 +139,9 @@ osmodel_load_segments:
 
 /* ---- exceptions -------------------------------------------------------------- */
 
-/* One stub per vector 0-31. Vectors with an error code (SDM Vol. 3A 6.13,
- * Table 6-1: 8, 10-14, 17, 21, 29, 30) have it pushed by the CPU; the others
- * push 0 so that the frame is the same for all. */
+/* One stub per vector 0-31. Vectors with an error code (SDM 7.13 "Error Code";
+ * 7.15 "Exception and Interrupt Reference": 8, 10-14, 17, 21, 29, 30) have it
+ * pushed by the CPU; the others push 0 so that the frame is the same for all. */
     .macro exception_stub vector
     .balign 16
     .if (\vector == 8) || (\vector >= 10 && \vector <= 14) || (\vector == 17) || (\vector == 21) || (\vector == 29) || (\vector == 30)

@@ -50,7 +50,7 @@
 #define ICR_DELIVERY_PENDING (1U << 12)
 /* ICR: no destination shorthand, physical destination (the APIC id in ICR
  * bits 63:56, or 63:32 in x2APIC mode), level assert (bit 14), delivery
- * mode INIT (101b) or start-up (110b); SDM Vol. 3A 11.6.1. */
+ * mode INIT (101b) or start-up (110b); SDM 12.6.1 "Interrupt Command Register (ICR)". */
 #define ICR_LEVEL_ASSERT     (1U << 14)
 #define ICR_INIT             (5U << 8)
 #define ICR_STARTUP          (6U << 8)
@@ -276,8 +276,9 @@ static void send_ipi(UINT32 icr_low, UINT32 destination)
         __asm__ volatile("pause");
 }
 
-/* The universal start-up algorithm of SDM Vol. 3A 8.4.4.1: INIT, 10 ms,
- * SIPI, 200 us, SIPI. The second SIPI is ignored by an AP already running. */
+/* The universal start-up algorithm of SDM 10.4.4.1 "Typical BSP Initialization
+ * Sequence": INIT, 10 ms, SIPI, 200 us, SIPI. The second SIPI is ignored by an
+ * AP already running. */
 static void init_sipi_sipi(UINT32 apic, UINT64 trampoline)
 {
     send_ipi(ICR_LEVEL_ASSERT | ICR_INIT, apic);
