@@ -114,14 +114,6 @@ def test_a_handled_exit_needs_its_causing_control_asked_for():
     assert diagnose(variant(append="controls { prefer proc.rdtsc_exiting }\nexit rdtsc -> inject_ud")) == []
 
 
-def test_an_action_needs_the_controls_its_entry_names():
-    text = variant(append="controls { require pin.external_interrupt_exiting }\n"
-                          "exit external_interrupt -> dispatch_idt { idt_base = host_idt_base }\n"
-                          "exit interrupt_window -> inject_pending")
-    diags = [d for d in diagnose(text) if d.check_id == "EXIT-CONTROL"]
-    assert len(diags) == 1 and "require exit.ack_interrupt_on_exit" in diags[0].message
-
-
 def test_an_exit_with_other_causes_or_a_control_the_runtime_sets_needs_none():
     assert m.EXIT_ACTIONS["cr_access"].causing_controls("cr_access") == ()
     assert m.EXIT_ACTIONS["inject_pending"].causing_controls("interrupt_window") == ()
@@ -136,7 +128,7 @@ def test_the_exit_action_registry_names_catalogue_controls_and_reasons():
         assert set(reasons) <= set(catalogue.exit_reasons), control
     assert set(m.EXIT_OTHER_CAUSES) <= {r for rs in m.EXIT_CAUSES.values() for r in rs}
     for a in m.EXIT_ACTIONS.values():
-        assert set(a.needs) | set(a.sets) <= set(catalogue.controls), a.name
+        assert set(a.sets) <= set(catalogue.controls), a.name
         assert set(a.sets) <= set(m.EXIT_CAUSES), a.name
 
 

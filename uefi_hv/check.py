@@ -472,16 +472,13 @@ def check_exits_handled(ctx: Ctx):
                 yield f"{control} causes {reason} exits, which have no handler", ctx.req_loc(control)
 
 
-@check("EXIT-CONTROL", sdm("27.1.3", "26.7.1"), "a handled exit happens: the controls its action needs are asked for")
+@check("EXIT-CONTROL", sdm("27.1.3"), "a handled exit happens: the control that causes it is asked for")
 def check_exit_controls(ctx: Ctx):
     """An exit that only a control causes (RDTSC with "RDTSC exiting", HLT
     with "HLT exiting", EPT violations with "enable EPT" ...) never happens
-    unless the spec's `controls` block requires or prefers that control, and
-    some actions need a control of their own (`dispatch_idt` reads the vector
-    that "acknowledge interrupt on exit" leaves in VM_EXIT_INTR_INFO). Each
-    action's entry in model.EXIT_ACTIONS says which (`needs`, and `sets` for
-    the exiting controls the runtime sets itself); the exiting controls come
-    from model.EXIT_CAUSES."""
+    unless the spec's `controls` block requires or prefers that control. The
+    exiting controls come from model.EXIT_CAUSES; an action's entry in
+    model.EXIT_ACTIONS names those the runtime sets itself (`sets`)."""
     for h in ctx.spec.exits:
         info = m.EXIT_ACTIONS.get(h.action)
         if info is None or h.reason not in ctx.spec.exit_reasons:
@@ -491,9 +488,6 @@ def check_exit_controls(ctx: Ctx):
             which = causes[0] if len(causes) == 1 else "one of " + ", ".join(causes)
             yield (f"`exit {h.reason}` never runs: {h.reason} exits happen only with {which}; "
                    f"add `prefer {causes[0]}` (or `require`) to controls", h.loc)
-        for c in info.needs:
-            if not ctx.wants(c):
-                yield f"{h.action} needs {c}; add `require {c}` to controls", h.loc
 
 
 @check("EXTINT-DISPATCH", sdm("29.2.2"), "acknowledged interrupts are dispatched to the host")
@@ -796,7 +790,6 @@ def actions_markdown() -> str:
             continue
         options = "; ".join(f"`{_OPTION_SYNTAX[kind].format(name)}`" for name, kind in a.options.items())
         needs = [" or ".join(f"`{c}`" for c in a.causing_controls(r)) for r in a.reasons if a.causing_controls(r)]
-        needs += [f"`{c}`" for c in a.needs]
         rows.append(f"| `{a.name}` | {', '.join(a.reasons) or 'any'} | {options} | {a.text} | "
                     f"{'; '.join(needs) or '-'} |")
     return "\n".join(rows) + "\n"

@@ -286,9 +286,6 @@ class ActionInfo:
     text: str = ""
     # Only implied, never named in a spec (`exit hlt -> wait_for_sipi` is refused).
     internal: bool = False
-    # Controls it needs besides the one that makes its exit happen (EXIT_CAUSES):
-    # a spec that uses it must ask for them (check EXIT-CONTROL).
-    needs: tuple = ()
     # Exit-causing controls the runtime sets by itself for this action, so
     # that the spec need not ask for them.
     sets: tuple = ()
@@ -330,8 +327,7 @@ EXIT_ACTIONS = {a.name: a for a in (
                "calls the host handler of the acknowledged interrupt through the gate at "
                "`idt_base + 16 * vector` (the seed: `idt_base` is a global, never a VMREAD): by "
                "default one that queues it for the guest; for the vectors in `own` (32..255), "
-               "the hypervisor's (counted, EOIed, never seen by the guest). See docs/interrupts.md",
-               needs=("exit.ack_interrupt_on_exit",)),
+               "the hypervisor's (counted, EOIed, never seen by the guest). See docs/interrupts.md"),
     ActionInfo("inject_pending", ("interrupt_window",), {},
                "injects the pending interrupt when the guest can take it",
                sets=("proc.interrupt_window_exiting",)),
