@@ -17,11 +17,12 @@ import hashlib
 import os
 import re
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from lark import Lark, Token, Transformer, Tree, v_args
+from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.tree import Meta
 
@@ -105,7 +106,8 @@ def _syntax_error(e: UnexpectedInput, file: str, text: str) -> d.Problem:
     line = e.line if isinstance(e.line, int) and e.line > 0 else 1
     col = e.column if isinstance(e.column, int) and e.column > 0 else 1
     if isinstance(e, UnexpectedCharacters):
-        ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
+        pos = e.pos_in_stream
+        ch = text[pos] if isinstance(pos, int) and 0 <= pos < len(text) else "?"
         msg = f"unexpected character {ch!r}"
         if e.allowed:
             msg += f"; expected {_words(e.allowed)}"
@@ -149,7 +151,7 @@ _TYPE_NAMES = {"control": "control", "exit_info": "exit-info", "guest": "guest",
 
 def _up_to_oversized(entries: Iterable) -> list:
     """The entries of a block up to its first oversized literal, which ends the
-    block: what follows it is not read (nor reported)."""
+    block: what follows is not read, so one bad literal makes one report."""
     kept = []
     for entry in entries:
         kept.append(entry)
@@ -160,14 +162,34 @@ def _up_to_oversized(entries: Iterable) -> list:
 
 # --- the transformer: a file's tree -> its declarations ---------------------------
 
+@dataclass(frozen=True)
+class _FieldLine:
+    """A line of a fields block, before the block gives it its type and width."""
+
+    name: d.Name
+    index: int
+    written: Optional[d.Number]
+    when: Optional[d.Name]
+    description: str
+
+
+@dataclass(frozen=True)
+class _NumberedLine:
+    """A line of a control_bits, exit_reasons, vm_instruction_errors or msrs block."""
+
+    name: d.Name
+    number: d.Number
+    description: str
+
+
 @v_args(meta=True)
 class _Declarations(Transformer):
     """One file's tree -> its entries in order: declarations, imports, and a
     Problem in place of each declaration wrong on its own. No name is looked
     up here (another file may declare it): resolve.py does that.
 
-    Each callback gets the rule's Meta (its position) and its transformed
-    children; a value rule gives a declarations value (Number, Name, ...) or
+    Each callback gets the rule's Meta (its position: the parser propagates
+    positions) and its transformed children; a value rule gives a declarations value (Number, Name, ...) or
     the Oversized problem of its literal, which the declaration around it passes on.
     """
 
@@ -240,8 +262,8 @@ class _Declarations(Transformer):
             return d.Problem(f"option {name} takes a number, not '{written}'", loc)
         return d.OptionDecl(name, written, loc)
 
-    # -- the catalogue: a block's lines are read here, where the block's type,
-    #    width or group is known
+    # -- the catalogue: a block's lines become declarations where the block's
+    #    type, width or group is known
     def fields_block(self, meta, children) -> Union[list, d.Problem]:
         type_tok, width_tok, *lines = children
         type_, width = _TYPE_NAMES.get(str(type_tok)), str(width_tok)
@@ -250,25 +272,30 @@ class _Declarations(Transformer):
                              f"{did_you_mean(type_tok, _TYPE_NAMES)}", self._loc(type_tok))
         if width not in m.FIELD_WIDTHS:
             return d.Problem(f"unknown field width '{width}'; expected 16, 32, 64 or natural", self._loc(width_tok))
-        return _up_to_oversized(self._field(type_, width, line) for line in lines)
+        return _up_to_oversized(
+            line if isinstance(line, d.Problem) else
+            d.FieldDecl(line.name.value, type_, width, line.index, line.written, line.when, line.description,
+                        line.name.loc)
+            for line in lines)
 
-    def _field(self, type_: str, width: str, line: Tree) -> Union[d.FieldDecl, d.Problem]:
-        name, *rest = line.children
-        ints = [t for t in rest if isinstance(t, Token) and t.type == "INT"]
+    def field_def(self, meta, children) -> Union[_FieldLine, d.Problem]:
+        name, index_tok, *rest = children
+        written_tok = next((t for t in rest if isinstance(t, Token) and t.type == "INT"), None)
         when = next((t for t in rest if isinstance(t, d.Name)), None)
         desc = next((_string(t) for t in rest if isinstance(t, Token) and t.type == "STRING"), "")
-        index = self._literal(ints[0])
+        index = self._literal(index_tok)
         if isinstance(index, d.Oversized):
             return index
         if index > 0x1FF:
             return d.Problem(f"field index {index} does not fit in bits 9:1 of an encoding (at most 511)",
-                             self._loc(ints[0]))
-        written = self._literal(ints[1]) if len(ints) > 1 else None
-        if isinstance(written, d.Oversized):
-            return written
-        return d.FieldDecl(str(name), type_, width, index,
-                           d.Number(written, self._loc(ints[1])) if written is not None else None,
-                           when, desc, self._loc(name))
+                             self._loc(index_tok))
+        written = None
+        if written_tok is not None:
+            value = self._literal(written_tok)
+            if isinstance(value, d.Oversized):
+                return value
+            written = d.Number(value, self._loc(written_tok))
+        return _FieldLine(d.Name(str(name), self._loc(name)), index, written, when, desc)
 
     def control_bits(self, meta, children) -> Union[list, d.Problem]:
         group_tok, *lines = children
@@ -276,26 +303,18 @@ class _Declarations(Transformer):
         if group not in m.CONTROL_GROUPS:
             return d.Problem(f"unknown control group '{group}'; expected one of {', '.join(m.CONTROL_GROUPS)}"
                              f"{did_you_mean(group, m.CONTROL_GROUPS)}", self._loc(group_tok))
-        return _up_to_oversized(self._control_bit(group, line) for line in lines)
+        return _up_to_oversized(
+            line if isinstance(line, d.Oversized) else
+            d.Problem(f"control bit {line.number.value} is not in a 32-bit control field", line.number.loc)
+            if line.number.value > 31 else
+            d.ControlBitDecl(group, line.name.value, line.number.value, line.description, line.name.loc)
+            for line in lines)
 
-    def _control_bit(self, group: str, line: Tree) -> Union[d.ControlBitDecl, d.Problem]:
-        name, bit_tok, *desc = line.children
-        bit = self._literal(bit_tok)
-        if isinstance(bit, d.Oversized):
-            return bit
-        if bit > 31:
-            return d.Problem(f"control bit {bit} is not in a 32-bit control field", self._loc(bit_tok))
-        return d.ControlBitDecl(group, str(name), bit, _string(desc[0]) if desc else "", self._loc(name))
-
-    def _numbered(self, table: str, lines: list[Tree]) -> list:
-        return _up_to_oversized(self._numbered_line(table, line) for line in lines)
-
-    def _numbered_line(self, table: str, line: Tree) -> Union[d.NumberedDecl, d.Oversized]:
-        name, number_tok, *desc = line.children
-        number = self._literal(number_tok)
-        if isinstance(number, d.Oversized):
-            return number
-        return d.NumberedDecl(table, str(name), number, _string(desc[0]) if desc else "", self._loc(line.meta))
+    def _numbered(self, table: str, lines: list) -> list:
+        return _up_to_oversized(
+            line if isinstance(line, d.Oversized) else
+            d.NumberedDecl(table, line.name.value, line.number.value, line.description, line.name.loc)
+            for line in lines)
 
     def exit_reasons(self, meta, lines) -> list:
         return self._numbered("exit_reasons", lines)
@@ -305,6 +324,18 @@ class _Declarations(Transformer):
 
     def msrs_block(self, meta, lines) -> list:
         return self._numbered("msrs", lines)
+
+    def numbered(self, meta, children) -> Union[_NumberedLine, d.Oversized]:
+        """NAME "=" INT STRING? in exit_reasons, vm_instruction_errors and msrs;
+        NAME "bit" INT STRING? in control_bits."""
+        name, number_tok, *desc = children
+        number = self._literal(number_tok)
+        if isinstance(number, d.Oversized):
+            return number
+        return _NumberedLine(d.Name(str(name), self._loc(name)), d.Number(number, self._loc(number_tok)),
+                             _string(desc[0]) if desc else "")
+
+    bit_def = numbered
 
     # -- the hypervisor
     def host_state(self, meta, assigns) -> list:
