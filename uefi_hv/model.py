@@ -22,9 +22,10 @@ FIELD_WIDTHS = {"16": 0, "64": 1, "32": 2, "natural": 3}
 WIDTH_BITS = {"16": 16, "64": 64, "32": 32, "natural": 64}  # natural = 64 in a 64-bit host
 
 
-def encode_field(type_: str, width: str, index: int, high: bool = False) -> int:
-    """SDM Appendix B: access | index << 1 | type << 10 | width << 13."""
-    return int(high) | index << 1 | FIELD_TYPES[type_] << 10 | FIELD_WIDTHS[width] << 13
+def encode_field(type_: str, width: str, index: int) -> int:
+    """SDM Appendix B: access | index << 1 | type << 10 | width << 13, with
+    access 0 (full); Field.high_encoding sets it for the HIGH half."""
+    return index << 1 | FIELD_TYPES[type_] << 10 | FIELD_WIDTHS[width] << 13
 
 
 @dataclass(frozen=True)
