@@ -246,3 +246,20 @@ def test_did_you_mean_ignores_case(typo):
 def test_an_implied_action_cannot_be_named():
     with pytest.raises(SpecError, match=r"action wait_for_sipi is not named in a spec: an AP's `cli; hlt`"):
         parse_text("import \"vmcs.hv\"\nexit hlt -> wait_for_sipi\n", file="implied.hv")
+
+
+def test_an_imported_catalogue_is_read_once_per_version_and_each_spec_owns_its_tables(tmp_path):
+    from uefi_hv.resolve import catalogue_of
+
+    cat = tmp_path / "cat.hv"
+    cat.write_text((DSL_DIR / "vmcs.hv").read_text())
+    (tmp_path / "top.hv").write_text('import "cat.hv"\n')
+    first = load_spec(tmp_path / "top.hv")
+    built = catalogue_of.cache_info().misses
+    again = load_spec(tmp_path / "top.hv")
+    assert catalogue_of.cache_info().misses == built and again.fields == first.fields
+    again.fields.clear()
+    again.controls.clear()
+    assert load_spec(tmp_path / "top.hv").controls == first.controls and "HOST_CR3" in first.fields
+    cat.write_text(cat.read_text() + "msrs { MY_MSR = 0x1234 }\n")       # a new version on disk
+    assert load_spec(tmp_path / "top.hv").msrs["MY_MSR"].number == 0x1234

@@ -1,7 +1,7 @@
 """uefi-hv: a firmware-level Intel VMX hypervisor generated from a spec.
 
 Data flow (one module per step, docs/architecture.md):
-    parse -> model -> check -> lower -> generate -> build -> image -> emulate
+    parse -> resolve -> model -> check -> lower -> generate -> build -> image -> emulate
 and cli, the thin shell over them.
 """
 

@@ -1,7 +1,7 @@
 """The spec as plain data: what parse produces, check reads and generate renders.
 
-This is the contract between the steps. The parser (parse.py, Lark
-Transformer) builds these objects; nothing here knows about Lark or Jinja.
+This is the contract between the steps. resolve.py builds these objects
+from the declarations parse.py reads; nothing here knows about Lark or Jinja.
 Every object that came from a spec carries a `Loc` so that a diagnostic can
 point at the line.
 
@@ -22,9 +22,10 @@ FIELD_WIDTHS = {"16": 0, "64": 1, "32": 2, "natural": 3}
 WIDTH_BITS = {"16": 16, "64": 64, "32": 32, "natural": 64}  # natural = 64 in a 64-bit host
 
 
-def encode_field(type_: str, width: str, index: int, high: bool = False) -> int:
-    """SDM Appendix B: access | index << 1 | type << 10 | width << 13."""
-    return int(high) | index << 1 | FIELD_TYPES[type_] << 10 | FIELD_WIDTHS[width] << 13
+def encode_field(type_: str, width: str, index: int) -> int:
+    """SDM Appendix B: access | index << 1 | type << 10 | width << 13, with
+    access 0 (full); Field.high_encoding sets it for the HIGH half."""
+    return index << 1 | FIELD_TYPES[type_] << 10 | FIELD_WIDTHS[width] << 13
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ class Spec:
     msr_intercepts: list[MsrIntercept] = field(default_factory=list)
     exits: list[ExitHandler] = field(default_factory=list)
     settings: dict[str, object] = field(default_factory=dict)       # e.g. {"external_interrupts": True, "chain": "..."}
-    # added by the DSL step (parse.py):
+    # added by the DSL step (parse.py, resolve.py):
     vm_instruction_errors: dict[str, "VmInstructionError"] = field(default_factory=dict)  # by name
     msrs: dict[str, "Msr"] = field(default_factory=dict)            # by name
     setting_locs: dict[str, Loc] = field(default_factory=dict)      # where each setting was written

@@ -2,11 +2,13 @@
 listing every problem found, each as `file:line:col: error: ...` with the
 offending line and a caret.
 
-The grammar is dsl/grammar.lark (Lark, LALR). Parsing is two passes: every
-file (the spec and its imports, depth first) is read into raw declarations,
-then names are resolved against the whole, so a spec may use a field, control
-or constant that an import declares. Unknown names get a "did you mean".
-Only the language's own rules are decided here; the SDM's rules are check.py's.
+Two steps. Here, every file (the spec and its imports, depth first) is
+parsed with dsl/grammar.lark (Lark, LALR) and turned by a Transformer into
+raw declarations (declarations.py), each with its Loc; a declaration wrong
+on its own (an unknown field width, a literal over 64 bits) is a Problem in
+its place. Then resolve.py looks the names up across the whole, so a spec
+may use a field, control or constant that an import declares. Only the
+language's own rules are decided in the two; the SDM's rules are check.py's.
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Union
 
-from lark import Lark, Token, Tree
+from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.tree import Meta
 
 from uefi_hv import DSL_DIR
+from uefi_hv import declarations as d
 from uefi_hv import model as m
-from uefi_hv.diagnostics import Diagnostic, SpecError, did_you_mean, source_line
+from uefi_hv.diagnostics import Diagnostic, SpecError, did_you_mean
 from uefi_hv.errors import UsageError
+from uefi_hv.resolve import resolve
+
+__all__ = ["GRAMMAR", "SpecError", "did_you_mean", "load_spec", "parse_text", "parser", "read_source"]
 
 GRAMMAR = DSL_DIR / "grammar.lark"
 
@@ -94,11 +102,12 @@ def _words(terminals) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
-def _syntax_error(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
+def _syntax_error(e: UnexpectedInput, file: str, text: str) -> d.Problem:
     line = e.line if isinstance(e.line, int) and e.line > 0 else 1
     col = e.column if isinstance(e.column, int) and e.column > 0 else 1
     if isinstance(e, UnexpectedCharacters):
-        ch = text[e.pos_in_stream] if 0 <= e.pos_in_stream < len(text) else "?"
+        pos = e.pos_in_stream
+        ch = text[pos] if isinstance(pos, int) and 0 <= pos < len(text) else "?"
         msg = f"unexpected character {ch!r}"
         if e.allowed:
             msg += f"; expected {_words(e.allowed)}"
@@ -114,28 +123,20 @@ def _syntax_error(e: UnexpectedInput, file: str, text: str) -> Diagnostic:
         msg += f"; expected {_words(e.accepts or e.expected)}"
     else:  # pragma: no cover - Lark's other errors
         msg = str(e).splitlines()[0]
-    return Diagnostic("error", msg, m.Loc(file, line, col), source_line=source_line(text, line))
+    return d.Problem(msg, m.Loc(file, line, col))
 
 
 # --- literals ----------------------------------------------------------------------
 
-class _TooLarge(Exception):
-    """A literal wider than 64 bits (no VMCS field or MSR holds one)."""
-
-    def __init__(self, tok: Token):
-        self.tok = tok
-
-
-def _int(tok: Token) -> int:
-    s = str(tok).replace("_", "")
+def _int(text: str) -> Optional[int]:
+    """The value of an INT as written (0x1F, 1_000), or None when it does not fit in 64 bits."""
+    s = text.replace("_", "")
     hexa = s[:2] in ("0x", "0X")
     digits = (s[2:] if hexa else s).lstrip("0")
     if len(digits) > (16 if hexa else 20):      # before int(): Python refuses >4300 decimal digits
-        raise _TooLarge(tok)
+        return None
     value = int(digits or "0", 16 if hexa else 10)
-    if value >> 64:
-        raise _TooLarge(tok)
-    return value
+    return None if value >> 64 else value
 
 
 def _string(tok: Token) -> str:
@@ -148,599 +149,296 @@ _FALSE = {"off", "false", "no"}
 _TYPE_NAMES = {"control": "control", "exit_info": "exit-info", "guest": "guest", "host": "host"}
 
 
-# --- the loader --------------------------------------------------------------------
+def _up_to_oversized(entries: Iterable) -> list:
+    """The entries of a block up to its first oversized literal, which ends the
+    block: what follows is not read, so one bad literal makes one report."""
+    kept = []
+    for entry in entries:
+        kept.append(entry)
+        if isinstance(entry, d.Oversized):
+            break
+    return kept
 
-@dataclass
-class _Raw:
-    """A value as written: a number, a name (constant or global, resolved
-    later) or a source (read/symbol)."""
 
-    kind: str            # "number", "name", "reg", "msr", "symbol"
-    value: object
-    loc: m.Loc
+# --- the transformer: a file's tree -> its declarations ---------------------------
+
+@dataclass(frozen=True)
+class _FieldLine:
+    """A line of a fields block, before the block gives it its type and width."""
+
+    name: d.Name
+    index: int
+    written: Optional[d.Number]
+    when: Optional[d.Name]
+    description: str
 
 
-class _Loader:
-    def __init__(self):
-        self.diags: list[Diagnostic] = []
-        self.spec = m.Spec(file="")
-        self.loading: list[Path] = []       # the import chain, for cycles
-        self.loaded: set[Path] = set()
-        # raw declarations, resolved once every file is read
-        self.raw_fields: list[tuple] = []
-        self.raw_consts: list[tuple] = []
-        self.raw_globals: list[tuple] = []
-        self.raw_host: list[tuple] = []
-        self.raw_reqs: list[tuple] = []
-        self.raw_intercepts: list[tuple] = []
-        self.raw_exits: list[tuple] = []
-        self.text_of: dict[str, str] = {}
+@dataclass(frozen=True)
+class _NumberedLine:
+    """A line of a control_bits, exit_reasons, vm_instruction_errors or msrs block."""
 
-    # -- diagnostics
-    def error(self, msg: str, loc: Optional[m.Loc]):
-        line = source_line(self.text_of.get(loc.file, ""), loc.line) if loc else None
-        self.diags.append(Diagnostic("error", msg, loc, source_line=line))
+    name: d.Name
+    number: d.Number
+    description: str
 
-    def loc(self, node, file: str) -> m.Loc:
-        if isinstance(node, Token):
-            return m.Loc(file, node.line or 1, node.column or 1)
-        meta = node.meta
-        return m.Loc(file, getattr(meta, "line", 1), getattr(meta, "column", 1))
 
-    # -- files
-    def load_file(self, path: Path, shown: str, text: str, chain: tuple = (), tree=None):
-        """Read one file; `chain` is the lines of the imports that led here (it
-        orders declarations as if every import were pasted in place)."""
-        self.spec.file_order[shown] = chain
-        self.loading.append(path)
-        self.loaded.add(path)
-        self.text_of[shown] = text
-        self.spec.sources[shown] = text
-        self.spec.files.append(shown)
-        try:
-            tree = parser().parse(text) if tree is None else tree
-        except UnexpectedInput as e:
-            self.diags.append(_syntax_error(e, shown, text))
-            self.loading.pop()
-            return
-        # A catalogue read first, into an empty loader, always ends the same:
-        # replay what it did last time (vmcs.hv is 180 fields; the fuzz test
-        # and the generator load it thousands of times).
-        leaf = not any(isinstance(i, Tree) and i.data == "import_stmt" for i in tree.children)
-        cached = _imports.get(path)
-        key = (path, shown, cached[0]) if cached and cached[2] is tree and leaf and self.pristine() else None
-        if key is not None and key in _replays:
-            self.restore(_replays[key])
-            self.loading.pop()
-            return
-        try:
-            for item in tree.children:
-                if isinstance(item, Tree):
-                    try:
-                        getattr(self, "item_" + item.data)(item, shown, path, chain)
-                    except _TooLarge as e:
-                        self.error(f"{e.tok[:24]}{'...' if len(e.tok) > 24 else ''} does not fit in 64 bits",
-                                   self.loc(e.tok, shown))
-        finally:
-            self.loading.pop()
-        if key is not None:
-            _replays[key] = self.snapshot()
+@v_args(meta=True)
+class _Declarations(Transformer):
+    """One file's tree -> its entries in order: declarations, imports, and a
+    Problem in place of each declaration wrong on its own. No name is looked
+    up here (another file may declare it): resolve.py does that.
 
-    _LISTS = ("raw_fields", "raw_consts", "raw_globals", "raw_host", "raw_reqs", "raw_intercepts",
-              "raw_exits", "diags")
-    _TABLES = ("controls", "exit_reasons", "vm_instruction_errors", "msrs", "settings", "setting_locs")
+    Each callback gets the rule's Meta (its position: the parser propagates
+    positions) and its transformed children; a value rule gives a declarations value (Number, Name, ...) or
+    the Oversized problem of its literal, which the declaration around it passes on.
+    """
 
-    def pristine(self) -> bool:
-        """Nothing declared yet (only files recorded)."""
-        return (not any(getattr(self, a) for a in self._LISTS)
-                and not any(getattr(self.spec, t) for t in self._TABLES)
-                and self.spec.identity == m.Identity())
+    def __init__(self, file: str):
+        super().__init__(visit_tokens=False)
+        self.file = file
 
-    def snapshot(self) -> dict:
-        state = {a: list(getattr(self, a)) for a in self._LISTS}
-        state.update({t: dict(getattr(self.spec, t)) for t in self._TABLES})
-        state["identity"] = self.spec.identity
-        return state
+    def _loc(self, at: Union[Meta, Token]) -> m.Loc:
+        if isinstance(at, Token):
+            return m.Loc(self.file, at.line or 1, at.column or 1)
+        return m.Loc(self.file, getattr(at, "line", 1), getattr(at, "column", 1))
 
-    def restore(self, state: dict):
-        for a in self._LISTS:
-            setattr(self, a, list(state[a]))
-        for t in self._TABLES:
-            setattr(self.spec, t, dict(state[t]))
-        self.spec.identity = state["identity"]
+    def _literal(self, tok: Token) -> Union[int, d.Oversized]:
+        value = _int(str(tok))
+        if value is None:
+            return d.Oversized(f"{tok[:24]}{'...' if len(tok) > 24 else ''} does not fit in 64 bits", self._loc(tok))
+        return value
 
-    def item_import_stmt(self, node, file, path: Path, chain=()):
-        name = _string(node.children[0])
-        loc = self.loc(node, file)
-        found = None
-        if name and "\0" not in name:
-            for base in (path.parent, DSL_DIR):
-                candidate = (base / name)
-                try:
-                    if candidate.is_file():
-                        found = candidate.resolve()
-                        break
-                except (OSError, ValueError):
-                    continue
-        if found is None:
-            self.error(f"cannot import \"{name}\": no such file beside {file} or in {_shown(DSL_DIR)}", loc)
-            return
-        if found in self.loading:
-            self.error(f"\"{name}\" imports itself (import cycle)", loc)
-            return
-        if found in self.loaded:
-            return                       # imported twice: once is enough
-        if found.suffix != ".hv":
-            self.error(f"cannot import \"{name}\": a spec file ends in .hv", loc)
-            return
-        try:
-            text, tree = _read_import(found)
-        except (OSError, UnicodeDecodeError) as e:
-            self.error(f"cannot read \"{name}\": {getattr(e, 'strerror', None) or e}", loc)
-            return
-        self.load_file(found, _shown(found), text, chain + (loc.line,), tree)
+    def start(self, meta, items) -> list:
+        return [entry for item in items for entry in (item if isinstance(item, list) else [item])]
 
-    def item_hypervisor(self, node, file, path, chain=()):
-        name = _string(node.children[0])
-        props = {"name": name}
-        for prop in node.children[1:]:
-            key, value = str(prop.children[0]), _string(prop.children[1])
-            if key not in ("signature", "version"):
-                self.error(f"unknown hypervisor property '{key}'{did_you_mean(key, ['signature', 'version'])}",
-                           self.loc(prop, file))
-                continue
-            if key == "signature" and not all(" " <= c <= "~" for c in value):
+    def import_stmt(self, meta, children) -> d.ImportDecl:
+        return d.ImportDecl(_string(children[0]), self._loc(meta))
+
+    def hypervisor(self, meta, children) -> list:
+        name, *props = children
+        entries: list = []
+        given: dict[str, str] = {}
+        for key, value in props:
+            if key.value not in ("signature", "version"):
+                entries.append(d.Problem(f"unknown hypervisor property '{key.value}'"
+                                         f"{did_you_mean(key.value, ['signature', 'version'])}", key.loc))
+            elif key.value == "signature" and not all(" " <= c <= "~" for c in value.value):
                 # the generated code packs it into EBX:ECX:EDX as ASCII
-                self.error(f"the signature must be printable ASCII: \"{value}\"", self.loc(prop.children[1], file))
-                continue
-            props[key] = value
-        old = self.spec.identity
-        self.spec.identity = m.Identity(name=name, signature=props.get("signature", old.signature),
-                                        version=props.get("version", old.version), loc=self.loc(node, file))
+                entries.append(d.Problem(f"the signature must be printable ASCII: \"{value.value}\"", value.loc))
+            else:
+                given[key.value] = value.value
+        entries.append(d.HypervisorDecl(_string(name), given.get("signature"), given.get("version"),
+                                        self._loc(meta)))
+        return entries
 
-    def item_const_def(self, node, file, path, chain=()):
-        name, value = node.children
-        self.raw_consts.append((str(name), self.raw(value, file), self.loc(name, file)))
+    def hv_prop(self, meta, children) -> tuple[d.Name, d.Text]:
+        key, value = children
+        return d.Name(str(key), self._loc(meta)), d.Text(_string(value), self._loc(value))
 
-    def item_global_def(self, node, file, path, chain=()):
-        name, source = node.children
-        self.raw_globals.append((str(name), self.raw(source, file), self.loc(name, file)))
+    def const_def(self, meta, children) -> Union[d.ConstDecl, d.Oversized]:
+        name, value = children
+        return value if isinstance(value, d.Oversized) else d.ConstDecl(str(name), value, self._loc(name))
 
-    def item_option_def(self, node, file, path, chain=()):
-        name, value = node.children
-        name, loc = str(name), self.loc(node.children[0], file)
+    def global_def(self, meta, children) -> Union[d.GlobalDecl, d.Oversized]:
+        name, source = children
+        return source if isinstance(source, d.Oversized) else d.GlobalDecl(str(name), source, self._loc(name))
+
+    def option_def(self, meta, children) -> Union[d.OptionDecl, d.Problem]:
+        name_tok, value = children
+        if isinstance(value, d.Oversized):
+            return value
+        name, loc, written = str(name_tok), self._loc(name_tok), value.value
         kind = m.SETTINGS.get(name)
-        raw = self.raw_value(value, file)
         if kind is None:
-            self.error(f"unknown option '{name}'{did_you_mean(name, m.SETTINGS)}", loc)
-            return
+            return d.Problem(f"unknown option '{name}'{did_you_mean(name, m.SETTINGS)}", loc)
         if kind == "bool":
-            word = str(raw).lower() if not isinstance(raw, int) else {1: "on", 0: "off"}.get(raw, "")
+            word = str(written).lower() if not isinstance(written, int) else {1: "on", 0: "off"}.get(written, "")
             if word not in _TRUE | _FALSE:
-                self.error(f"option {name} is on or off, not '{raw}'", loc)
-                return
-            raw = word in _TRUE
-        elif kind == "string" and not (isinstance(value, Tree) and value.data == "string"):
-            self.error(f"option {name} takes a string in double quotes", loc)
-            return
-        elif kind == "int" and not isinstance(raw, int):
-            self.error(f"option {name} takes a number, not '{raw}'", loc)
-            return
-        old = self.spec.setting_locs.get(name)
-        if old is not None and old.file == file:
-            self.error(f"option {name} is set twice in this file (first at line {old.line})", loc)
-            return
-        self.spec.settings[name] = raw          # an importing file overrides its import
-        self.spec.setting_locs[name] = loc
+                return d.Problem(f"option {name} is on or off, not '{written}'", loc)
+            return d.OptionDecl(name, word in _TRUE, loc)
+        if kind == "string" and not isinstance(value, d.Text):
+            return d.Problem(f"option {name} takes a string in double quotes", loc)
+        if kind == "int" and not isinstance(value, d.Number):
+            return d.Problem(f"option {name} takes a number, not '{written}'", loc)
+        return d.OptionDecl(name, written, loc)
 
-    # -- the catalogue
-    def item_fields_block(self, node, file, path, chain=()):
-        type_tok, width_tok, *defs = node.children
-        type_ = _TYPE_NAMES.get(str(type_tok))
-        width = str(width_tok)
+    # -- the catalogue: a block's lines become declarations where the block's
+    #    type, width or group is known
+    def fields_block(self, meta, children) -> Union[list, d.Problem]:
+        type_tok, width_tok, *lines = children
+        type_, width = _TYPE_NAMES.get(str(type_tok)), str(width_tok)
         if type_ is None:
-            self.error(f"unknown field type '{type_tok}'; expected control, exit_info, guest or host"
-                       f"{did_you_mean(type_tok, _TYPE_NAMES)}", self.loc(type_tok, file))
-            return
+            return d.Problem(f"unknown field type '{type_tok}'; expected control, exit_info, guest or host"
+                             f"{did_you_mean(type_tok, _TYPE_NAMES)}", self._loc(type_tok))
         if width not in m.FIELD_WIDTHS:
-            self.error(f"unknown field width '{width}'; expected 16, 32, 64 or natural", self.loc(width_tok, file))
-            return
-        for d in defs:
-            name, *toks = d.children
-            ints, when, desc = [], None, ""
-            for t in toks:
-                if isinstance(t, Tree):
-                    when = t
-                elif t.type == "INT":
-                    ints.append(t)
-                else:
-                    desc = _string(t)
-            index = _int(ints[0])
-            loc = self.loc(name, file)
-            if index > 0x1FF:
-                self.error(f"field index {index} does not fit in bits 9:1 of an encoding (at most 511)",
-                           self.loc(ints[0], file))
-                continue
-            written = (_int(ints[1]), self.loc(ints[1], file)) if len(ints) > 1 else None
-            self.raw_fields.append((str(name), type_, width, index, written,
-                                    (str(when.children[0]), self.loc(when, file)) if when else None, desc, loc))
+            return d.Problem(f"unknown field width '{width}'; expected 16, 32, 64 or natural", self._loc(width_tok))
+        return _up_to_oversized(
+            line if isinstance(line, d.Problem) else
+            d.FieldDecl(line.name.value, type_, width, line.index, line.written, line.when, line.description,
+                        line.name.loc)
+            for line in lines)
 
-    def item_control_bits(self, node, file, path, chain=()):
-        group_tok, *defs = node.children
+    def field_def(self, meta, children) -> Union[_FieldLine, d.Problem]:
+        name, index_tok, *rest = children
+        written_tok = next((t for t in rest if isinstance(t, Token) and t.type == "INT"), None)
+        when = next((t for t in rest if isinstance(t, d.Name)), None)
+        desc = next((_string(t) for t in rest if isinstance(t, Token) and t.type == "STRING"), "")
+        index = self._literal(index_tok)
+        if isinstance(index, d.Oversized):
+            return index
+        if index > 0x1FF:
+            return d.Problem(f"field index {index} does not fit in bits 9:1 of an encoding (at most 511)",
+                             self._loc(index_tok))
+        written = None
+        if written_tok is not None:
+            value = self._literal(written_tok)
+            if isinstance(value, d.Oversized):
+                return value
+            written = d.Number(value, self._loc(written_tok))
+        return _FieldLine(d.Name(str(name), self._loc(name)), index, written, when, desc)
+
+    def control_bits(self, meta, children) -> Union[list, d.Problem]:
+        group_tok, *lines = children
         group = str(group_tok)
         if group not in m.CONTROL_GROUPS:
-            self.error(f"unknown control group '{group}'; expected one of {', '.join(m.CONTROL_GROUPS)}"
-                       f"{did_you_mean(group, m.CONTROL_GROUPS)}", self.loc(group_tok, file))
-            return
-        for d in defs:
-            name, bit = d.children[0], _int(d.children[1])
-            desc = _string(d.children[2]) if len(d.children) > 2 else ""
-            loc = self.loc(name, file)
-            if bit > 31:
-                self.error(f"control bit {bit} is not in a 32-bit control field", self.loc(d.children[1], file))
-                continue
-            cb = m.ControlBit(group, str(name), bit, desc, loc)
-            other = next((c for c in self.spec.controls.values() if c.group == group and c.bit == bit), None)
-            if cb.qualname in self.spec.controls:
-                self.error(f"control {cb.qualname} is declared twice", loc)
-            elif other:
-                self.error(f"bit {bit} of {group} is already {other.qualname}", loc)
-            else:
-                self.spec.controls[cb.qualname] = cb
+            return d.Problem(f"unknown control group '{group}'; expected one of {', '.join(m.CONTROL_GROUPS)}"
+                             f"{did_you_mean(group, m.CONTROL_GROUPS)}", self._loc(group_tok))
+        return _up_to_oversized(
+            line if isinstance(line, d.Oversized) else
+            d.Problem(f"control bit {line.number.value} is not in a 32-bit control field", line.number.loc)
+            if line.number.value > 31 else
+            d.ControlBitDecl(group, line.name.value, line.number.value, line.description, line.name.loc)
+            for line in lines)
 
-    def _numbered(self, node, file, make, table, what):
-        for d in node.children:
-            name, number = str(d.children[0]), _int(d.children[1])
-            desc = _string(d.children[2]) if len(d.children) > 2 else ""
-            loc = self.loc(d, file)
-            if name in table:
-                self.error(f"{what} '{name}' is declared twice", loc)
-            elif any(x.number == number for x in table.values()):
-                self.error(f"{what} number {number} is declared twice", loc)
-            else:
-                table[name] = make(number=number, name=name, description=desc, loc=loc)
+    def _numbered(self, table: str, lines: list) -> list:
+        return _up_to_oversized(
+            line if isinstance(line, d.Oversized) else
+            d.NumberedDecl(table, line.name.value, line.number.value, line.description, line.name.loc)
+            for line in lines)
 
-    def item_exit_reasons(self, node, file, path, chain=()):
-        self._numbered(node, file, m.ExitReason, self.spec.exit_reasons, "exit reason")
+    def exit_reasons(self, meta, lines) -> list:
+        return self._numbered("exit_reasons", lines)
 
-    def item_vm_errors(self, node, file, path, chain=()):
-        self._numbered(node, file, m.VmInstructionError, self.spec.vm_instruction_errors, "VM-instruction error")
+    def vm_errors(self, meta, lines) -> list:
+        return self._numbered("vm_instruction_errors", lines)
 
-    def item_msrs_block(self, node, file, path, chain=()):
-        self._numbered(node, file, m.Msr, self.spec.msrs, "MSR")
+    def msrs_block(self, meta, lines) -> list:
+        return self._numbered("msrs", lines)
+
+    def numbered(self, meta, children) -> Union[_NumberedLine, d.Oversized]:
+        """NAME "=" INT STRING? in exit_reasons, vm_instruction_errors and msrs;
+        NAME "bit" INT STRING? in control_bits."""
+        name, number_tok, *desc = children
+        number = self._literal(number_tok)
+        if isinstance(number, d.Oversized):
+            return number
+        return _NumberedLine(d.Name(str(name), self._loc(name)), d.Number(number, self._loc(number_tok)),
+                             _string(desc[0]) if desc else "")
+
+    bit_def = numbered
 
     # -- the hypervisor
-    def item_host_state(self, node, file, path, chain=()):
-        for a in node.children:
-            name, source, *rest = a.children
-            when = str(rest[0].children[0]) if rest else "once"
-            self.raw_host.append((str(name), self.raw(source, file), when, self.loc(name, file)))
+    def host_state(self, meta, assigns) -> list:
+        return _up_to_oversized(assigns)
 
-    def item_controls(self, node, file, path, chain=()):
-        for req in node.children:
-            required = str(req.children[0].children[0]) == "require"
-            for c in req.children[1:]:
-                self.raw_reqs.append((str(c.children[0]), required, self.loc(c, file)))
+    def assign(self, meta, children) -> Union[d.HostAssignDecl, d.Oversized]:
+        name, source, *when = children
+        if isinstance(source, d.Oversized):
+            return source
+        return d.HostAssignDecl(str(name), source, when[0] if when else "once", self._loc(name))
 
-    def item_msr_bitmap(self, node, file, path, chain=()):
-        for i in node.children:
-            access = str(i.children[0].children[0])
-            msrs = [self.raw(t, file) for t in i.children[1:-1]]
-            action = i.children[-1]
-            self.raw_intercepts.append((access, msrs, str(action), self.loc(i, file), self.loc(action, file)))
+    def controls(self, meta, reqs) -> list:
+        return [req for line in reqs for req in line]
 
-    def item_exit_def(self, node, file, path, chain=()):
-        reasons = [(str(t), self.loc(t, file)) for t in node.children if isinstance(t, Token)]
-        action = next((c for c in node.children if isinstance(c, Tree) and c.data == "action"), None)
-        block = next((c for c in node.children if isinstance(c, Tree) and c.data == "option_block"), None)
-        options = []
-        for opt in (block.children if block else []):
-            key = opt.children[0]
-            values = [(self.raw_value(v, file), v.data, self.loc(v, file)) for v in opt.children[1:]]
-            options.append((str(key), values, self.loc(key, file)))
-        self.raw_exits.append((reasons, (str(action.children[0]), self.loc(action, file)) if action else None,
-                               options, self.loc(node, file)))
+    def control_req(self, meta, children) -> list[d.ControlReqDecl]:
+        req, *names = children
+        return [d.ControlReqDecl(name.value, req == "require", name.loc) for name in names]
+
+    def msr_bitmap(self, meta, intercepts) -> list:
+        return _up_to_oversized(intercepts)
+
+    def intercept(self, meta, children) -> Union[d.InterceptDecl, d.Oversized]:
+        access, *msrs, action = children
+        oversized = next((x for x in msrs if isinstance(x, d.Oversized)), None)
+        return oversized or d.InterceptDecl(access, tuple(msrs), d.Name(str(action), self._loc(action)),
+                                            self._loc(meta))
+
+    def exit_def(self, meta, children) -> Union[d.ExitDecl, d.Oversized]:
+        reasons = tuple(d.Name(str(t), self._loc(t)) for t in children if isinstance(t, Token))
+        action = next((c for c in children if isinstance(c, d.Name)), None)
+        options = next((c for c in children if isinstance(c, list)), [])
+        oversized = next((o for o in options if isinstance(o, d.Oversized)), None)
+        return oversized or d.ExitDecl(reasons, action, tuple(options), self._loc(meta))
+
+    def option_block(self, meta, options) -> list:
+        return options
+
+    def exit_option(self, meta, children) -> Union[d.ExitOption, d.Oversized]:
+        key, *values = children
+        oversized = next((v for v in values if isinstance(v, d.Oversized)), None)
+        return oversized or d.ExitOption(str(key), tuple(values), self._loc(key))
+
+    # -- words of a declaration
+    def action(self, meta, children) -> d.Name:
+        return d.Name(str(children[0]), self._loc(meta))
+
+    def control_name(self, meta, children) -> d.Name:
+        return d.Name(str(children[0]), self._loc(meta))
+
+    def when(self, meta, children) -> str:
+        return str(children[0])
+
+    req = access = when
 
     # -- values
-    def raw_value(self, node, file):
-        """An option value: int, str, or name (str)."""
-        tok = node.children[0]
-        if node.data == "number":
-            return _int(tok)
-        if node.data == "string":
-            return _string(tok)
-        return str(tok)
+    def number(self, meta, children) -> Union[d.Number, d.Oversized]:
+        value = self._literal(children[0])
+        return value if isinstance(value, d.Oversized) else d.Number(value, self._loc(meta))
 
-    def raw(self, node, file) -> _Raw:
-        loc = self.loc(node, file)
-        if node.data == "number":
-            return _Raw("number", _int(node.children[0]), loc)
-        if node.data == "name":
-            return _Raw("name", str(node.children[0]), loc)
-        if node.data == "read_reg":
-            tok = node.children[0]
-            reg = tok.children[0] if isinstance(tok, Tree) else tok
-            return _Raw("reg", (str(reg), self.loc(reg, file)), loc)
-        if node.data == "read_msr":
-            return _Raw("msr", self.raw(node.children[0], file), loc)
-        if node.data == "symbol":
-            return _Raw("symbol", (str(node.children[0]), self.loc(node.children[0], file)), loc)
-        raise AssertionError(node.data)  # pragma: no cover - the grammar has no other sources
+    def name(self, meta, children) -> d.Name:
+        return d.Name(str(children[0]), self._loc(meta))
 
-    # -- resolution -------------------------------------------------------------------
-    def resolve(self) -> m.Spec:
-        spec = self.spec
-        self.resolve_catalogue()
-        for name, raw, loc in self.raw_consts:
-            value = self.number(raw, "a constant")
-            if value is None:
-                continue
-            if name in spec.constants:
-                first = spec.constants[name].loc
-                self.error(f"constant {name} is defined twice (first at {first})", loc)
-            elif name in spec.msrs or name in spec.fields:
-                what = "MSR" if name in spec.msrs else "field"
-                self.error(f"constant {name} has the name of a catalogue {what}", loc)
-            else:
-                spec.constants[name] = m.Constant(name, value, loc)
-        global_names = {g[0] for g in self.raw_globals}
-        for name, raw, loc in self.raw_globals:
-            if name in spec.constants:
-                self.error(f"global {name} has the name of a constant", loc)
-                continue
-            source = self.source(raw, global_names)
-            if source is not None:
-                spec.globals.append(m.Global(name, source, loc))   # duplicates: check DUP-GLOBAL
-        for name, raw, when, loc in self.raw_host:
-            fld = spec.fields.get(name)
-            if fld is None:
-                hosts = [f for f, x in spec.fields.items() if x.type == "host"]
-                self.error(f"unknown host-state field '{name}'{did_you_mean(name, hosts)}", loc)
-                continue
-            if fld.type != "host":
-                kind = {"exit-info": "a read-only exit-information",
-                        "control": "a control"}.get(fld.type, "a guest-state")
-                self.error(f"{name} is {kind} field; host_state assigns host-state fields (HOST_...)", loc)
-                continue
-            source = self.source(raw, global_names)
-            if source is not None:
-                spec.host_state.append(m.HostAssign(name, source, when, loc))
-        for name, required, loc in self.raw_reqs:
-            if self.control(name, loc):
-                spec.control_reqs.append(m.ControlReq(name, required, loc))
-        for access, msrs, action, loc, action_loc in self.raw_intercepts:
-            numbers = [self.msr_number(r) for r in msrs]
-            if None in numbers:
-                continue
-            first, last = numbers[0], numbers[-1]
-            if last < first:
-                self.error(f"MSR range {first:#x} .. {last:#x} runs backwards", loc)
-                continue
-            if last > 0xFFFFFFFF:
-                self.error(f"MSR {last:#x} is not a 32-bit MSR number", loc)
-                continue
-            if action not in m.MSR_ACTIONS:
-                self.error(f"unknown MSR action '{action}'{did_you_mean(action, m.MSR_ACTIONS)}; "
-                           f"the actions are {', '.join(sorted(m.MSR_ACTIONS))}", action_loc)
-                continue
-            spec.msr_intercepts.append(m.MsrIntercept(first, last, access, action, loc))
-        for reasons, action, options, loc in self.raw_exits:
-            self.exit_handlers(reasons, action, options, loc, global_names)
-        self.apply_settings()
-        return spec
+    def string(self, meta, children) -> d.Text:
+        return d.Text(_string(children[0]), self._loc(meta))
 
-    def resolve_catalogue(self):
-        spec = self.spec
-        by_encoding = {}
-        for name, type_, width, index, written, when, desc, loc in self.raw_fields:
-            f = m.Field(name, type_, width, index, when[0] if when else None, desc, loc)
-            if written is not None and written[0] != f.encoding:
-                self.error(f"{name}: the encoding written, {written[0]:#06x}, disagrees with type {type_}, "
-                           f"width {width}, index {index}, which give {f.encoding:#06x} (SDM Appendix B)",
-                           written[1])
-                continue
-            if name in spec.fields:
-                self.error(f"field {name} is declared twice (first at {spec.fields[name].loc})", loc)
-                continue
-            if f.encoding in by_encoding:
-                self.error(f"{name} has the encoding {f.encoding:#06x} of {by_encoding[f.encoding]}", loc)
-                continue
-            if when and not self.control(when[0], when[1]):
-                continue
-            by_encoding[f.encoding] = name
-            spec.fields[name] = f
+    def register(self, meta, children) -> Token:
+        return children[0]
 
-    def control(self, name: str, loc) -> bool:
-        if name in self.spec.controls:
-            return True
-        hint = did_you_mean(name, self.spec.controls)
-        if not hint and "." not in name:   # unqualified: find its group
-            groups = [q for q in self.spec.controls if q.split(".", 1)[1] == name]
-            hint = f"; did you mean {' or '.join(repr(g) for g in groups)}?" if groups else ""
-        self.error(f"unknown control '{name}'{hint}" +
-                   ("" if hint or "." in name else "; controls are named group.name, e.g. proc2.enable_ept"), loc)
-        return False
+    def read_reg(self, meta, children) -> d.RegisterRead:
+        reg = children[0]
+        return d.RegisterRead(str(reg), self._loc(reg), self._loc(meta))
 
-    def number(self, raw: _Raw, what: str) -> Optional[int]:
-        if raw.kind == "number":
-            return raw.value
-        if raw.kind == "name" and raw.value in self.spec.constants:
-            return self.spec.constants[raw.value].value
-        if raw.kind == "name":
-            self.error(f"unknown constant '{raw.value}'{did_you_mean(raw.value, self.spec.constants)}", raw.loc)
-        else:
-            self.error(f"{what} must be a number or a constant", raw.loc)
-        return None
+    def read_msr(self, meta, children) -> Union[d.MsrRead, d.Oversized]:
+        msr = children[0]
+        return msr if isinstance(msr, d.Oversized) else d.MsrRead(msr, self._loc(meta))
 
-    def msr_number(self, raw: _Raw) -> Optional[int]:
-        if raw.kind == "name" and raw.value in self.spec.msrs:
-            return self.spec.msrs[raw.value].number
-        if raw.kind == "name" and raw.value not in self.spec.constants:
-            names = list(self.spec.msrs) + list(self.spec.constants)
-            self.error(f"unknown MSR '{raw.value}'{did_you_mean(raw.value, names)}", raw.loc)
-            return None
-        return self.number(raw, "an MSR")
-
-    def source(self, raw: _Raw, global_names) -> Optional[m.Source]:
-        spec = self.spec
-        if raw.kind == "number":
-            return m.Const(raw.value)
-        if raw.kind == "name":
-            if raw.value in spec.constants:
-                return m.Const(spec.constants[raw.value].value)
-            if raw.value in global_names:
-                return m.GlobalRef(raw.value)
-            if raw.value in m.SYMBOLS:
-                self.error(f"'{raw.value}' is a symbol of the generated code: write symbol({raw.value})", raw.loc)
-                return None
-            if raw.value in m.REGISTERS:
-                self.error(f"to read {raw.value}, write read({raw.value})", raw.loc)
-                return None
-            names = list(spec.constants) + list(global_names)
-            self.error(f"unknown name '{raw.value}': not a constant or a global{did_you_mean(raw.value, names)}",
-                       raw.loc)
-            return None
-        if raw.kind == "reg":
-            reg, loc = raw.value
-            if reg not in m.REGISTERS:
-                self.error(f"cannot read '{reg}'{did_you_mean(reg, m.REGISTERS)}; registers: "
-                           f"{', '.join(m.REGISTERS)}", loc)
-                return None
-            return m.ReadReg(reg)
-        if raw.kind == "msr":
-            number = self.msr_number(raw.value)
-            return m.ReadMsr(number) if number is not None else None
-        if raw.kind == "symbol":
-            name, loc = raw.value
-            if name not in m.SYMBOLS:
-                self.error(f"unknown symbol '{name}'{did_you_mean(name, m.SYMBOLS)}; the generated code "
-                           f"provides {', '.join(m.SYMBOLS)}", loc)
-                return None
-            return m.Symbol(name)
-        raise AssertionError(raw.kind)  # pragma: no cover
-
-    def exit_handlers(self, reasons, action, options, loc, global_names):
-        spec = self.spec
-        ok = True
-        for name, rloc in reasons:
-            if name not in spec.exit_reasons:
-                self.error(f"unknown exit reason '{name}'{did_you_mean(name, spec.exit_reasons)}", rloc)
-                ok = False
-        if not ok:
-            return
-        if action is None:
-            names = {n for n, _ in reasons}
-            if len(names) == 1 and next(iter(names)) in m.SPEC_ACTIONS:
-                action = (next(iter(names)), loc)
-            else:
-                self.error("say what the handler does: exit REASON -> ACTION, e.g. -> inject_ud; "
-                           f"actions: {', '.join(m.SPEC_ACTIONS)}", loc)
-                return
-        act_name, aloc = action
-        info = m.EXIT_ACTIONS.get(act_name)
-        if info is not None and info.internal:
-            self.error(f"action {act_name} is not named in a spec: {info.text}", aloc)
-            return
-        if info is None:
-            self.error(f"unknown action '{act_name}'{did_you_mean(act_name, m.SPEC_ACTIONS)}; "
-                       f"actions: {', '.join(m.SPEC_ACTIONS)}", aloc)
-            return
-        for name, rloc in reasons:
-            if info.reasons and name not in info.reasons:
-                self.error(f"action {act_name} handles only {', '.join(info.reasons)} exits, not {name}", rloc)
-                return
-        opts = {}
-        for key, values, oloc in options:
-            kind = info.options.get(key)
-            if kind is None:
-                known = f"; {act_name} takes {', '.join(info.options)}" if info.options else \
-                        f"; {act_name} takes no options"
-                self.error(f"unknown option '{key}' of {act_name}{did_you_mean(key, info.options)}{known}", oloc)
-                continue
-            if key in opts:
-                self.error(f"option {key} is given twice", oloc)
-                continue
-            if kind == "flag":
-                if values:
-                    self.error(f"{key} takes no value", oloc)
-                    continue
-                opts[key] = True
-            elif kind == "names":
-                names = []
-                for value, vkind, vloc in values:
-                    if value not in m.CPUID_HIDE:
-                        self.error(f"cannot hide '{value}'{did_you_mean(str(value), m.CPUID_HIDE)}; "
-                                   f"hideable: {', '.join(m.CPUID_HIDE)}", vloc)
-                    else:
-                        names.append(value)
-                if not values:
-                    self.error(f"{key} needs a value: {key} = {next(iter(m.CPUID_HIDE))}", oloc)
-                opts[key] = names
-            elif kind == "global":
-                if len(values) != 1 or values[0][1] != "name":
-                    self.error(f"{key} names one global, e.g. {key} = host_idt_base", oloc)
-                    continue
-                if values[0][0] not in global_names:
-                    self.error(f"unknown global '{values[0][0]}'{did_you_mean(values[0][0], global_names)}",
-                               values[0][2])
-                    continue
-                opts[key] = values[0][0]
-            elif kind == "vectors":
-                # SDM 6.2: vectors 0-31 are the exceptions'; interrupts use 32-255.
-                vectors = []
-                for value, vkind, vloc in values:
-                    if vkind != "number" or not 32 <= int(value) <= 255:
-                        shown = f"{int(value):#x}" if vkind == "number" else value
-                        self.error(f"{key} lists interrupt vectors, 32 to 255 (0-31 are exceptions, "
-                                   f"SDM 6.2), e.g. {key} = 0xF8; not {shown}", vloc)
-                    elif value in vectors:
-                        self.error(f"vector {int(value):#x} is listed twice", vloc)
-                    else:
-                        vectors.append(int(value))
-                if not values:
-                    self.error(f"{key} needs at least one vector: {key} = 0xF8", oloc)
-                opts[key] = sorted(vectors)
-        for name, rloc in reasons:
-            spec.exits.append(m.ExitHandler(name, act_name, dict(opts), rloc))
-
-    def apply_settings(self):
-        """`option external_interrupts = on`: the controls and handlers of the
-        seed's interrupt path, unless the spec wrote its own."""
-        spec = self.spec
-        if not spec.settings.get("external_interrupts"):
-            return
-        loc = spec.setting_locs["external_interrupts"]
-        for name in ("pin.external_interrupt_exiting", "exit.ack_interrupt_on_exit"):
-            if name in spec.controls and not any(r.control == name for r in spec.control_reqs):
-                spec.control_reqs.append(m.ControlReq(name, True, loc))
-        handled = {h.reason for h in spec.exits}
-        idt = next((g.name for g in spec.globals if g.source == m.ReadReg("sidt.base")), None)
-        if "external_interrupt" not in handled and idt:
-            spec.exits.append(m.ExitHandler("external_interrupt", "dispatch_idt", {"idt_base": idt}, loc))
-        if "interrupt_window" not in handled:
-            spec.exits.append(m.ExitHandler("interrupt_window", "inject_pending", {}, loc))
+    def symbol(self, meta, children) -> d.SymbolUse:
+        name = children[0]
+        return d.SymbolUse(str(name), self._loc(name), self._loc(meta))
 
 
-# Imported files (the catalogue above all) parsed once per process, as long
-# as they do not change on disk. Only successfully parsed trees are kept.
-_imports: dict[Path, tuple] = {}
-_replays: dict[tuple, dict] = {}       # (path, shown, file's stat key) -> the loader's state after it
+# --- files and imports -------------------------------------------------------------
 
-
-def _read_import(path: Path):
-    """(text, tree or None) of an imported file."""
-    st = path.stat()
-    key = (st.st_mtime_ns, st.st_size)
-    cached = _imports.get(path)
-    if cached and cached[0] == key:
-        return cached[1], cached[2]
-    text = path.read_text(encoding="utf-8")
+def read_source(text: str, shown: str, path: Path) -> d.SourceFile:
+    """One file's text -> its entries (or its syntax error); `shown` names it in diagnostics."""
     try:
         tree = parser().parse(text)
-    except UnexpectedInput:
-        return text, None               # load_file parses it again and reports the error
-    _imports[path] = (key, text, tree)
-    return text, tree
+    except UnexpectedInput as e:
+        return d.SourceFile(shown, path, text, (), _syntax_error(e, shown, text))
+    return d.SourceFile(shown, path, text, tuple(_Declarations(shown).transform(tree)))
+
+
+@lru_cache(maxsize=64)
+def _read_import_version(path: Path, shown: str, mtime_ns: int, size: int) -> d.SourceFile:
+    """An imported file, read once per process for each version of it on disk
+    (vmcs.hv is 500 lines; the fuzz test and the generator import it thousands
+    of times). Its SourceFile is also the key of its catalogue (resolve.py)."""
+    return read_source(path.read_text(encoding="utf-8"), shown, path)
+
+
+def _read_import(path: Path) -> d.SourceFile:
+    st = path.stat()
+    return _read_import_version(path, _shown(path), st.st_mtime_ns, st.st_size)
 
 
 def _shown(path: Path) -> str:
@@ -752,23 +450,70 @@ def _shown(path: Path) -> str:
     return str(path) if rel.startswith("..") else rel
 
 
+class _Imports:
+    """Follows a spec's imports depth first: each file once, cycles refused."""
+
+    def __init__(self) -> None:
+        self.reading: list[Path] = []       # the import chain, for cycles
+        self.read: set[Path] = set()
+
+    def include(self, source: d.SourceFile, chain: tuple[int, ...] = ()) -> d.Included:
+        """`source` with its imports read in place; `chain` is the lines of the
+        imports that led here (it orders declarations as if every import were
+        pasted in place)."""
+        self.reading.append(source.path)
+        self.read.add(source.path)
+        entries: list = []
+        for entry in source.entries:
+            if isinstance(entry, d.ImportDecl):
+                imported = self._import(entry, source, chain)
+                if imported is not None:
+                    entries.append(imported)
+            else:
+                entries.append(entry)
+        self.reading.pop()
+        return d.Included(source, chain, tuple(entries))
+
+    def _import(self, imp: d.ImportDecl, importer: d.SourceFile,
+                chain: tuple[int, ...]) -> Union[d.Included, d.Problem, None]:
+        found = _find(imp.name, importer.path.parent)
+        if found is None:
+            return d.Problem(f"cannot import \"{imp.name}\": no such file beside {importer.shown} or in "
+                             f"{_shown(DSL_DIR)}", imp.loc)
+        if found in self.reading:
+            return d.Problem(f"\"{imp.name}\" imports itself (import cycle)", imp.loc)
+        if found in self.read:
+            return None                      # imported twice: once is enough
+        if found.suffix != ".hv":
+            return d.Problem(f"cannot import \"{imp.name}\": a spec file ends in .hv", imp.loc)
+        try:
+            source = _read_import(found)
+        except (OSError, UnicodeDecodeError) as e:
+            return d.Problem(f"cannot read \"{imp.name}\": {getattr(e, 'strerror', None) or e}", imp.loc)
+        return self.include(source, chain + (imp.loc.line,))
+
+
+def _find(name: str, beside: Path) -> Optional[Path]:
+    """The file an import names: beside the importing file, else in dsl/."""
+    if not name or "\0" in name:
+        return None
+    for base in (beside, DSL_DIR):
+        candidate = base / name
+        try:
+            if candidate.is_file():
+                return candidate.resolve()
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 # --- entry points ------------------------------------------------------------------
 
 def parse_text(text: str, file: str = "<spec>", path: Optional[Path] = None) -> m.Spec:
     """Parse spec text shown as `file`; imports resolve beside `path` (default:
     the working directory), then in dsl/. Raises SpecError with every diagnostic."""
-    loader = _Loader()
-    loader.spec.file = file
-    loader.load_file(path or Path.cwd() / "<spec>.hv", file, text)
-    # Names are resolved unless the text did not parse (then they would only
-    # echo the syntax error).
-    syntax_errors = any(d.message.startswith("unexpected") for d in loader.diags)
-    spec = loader.spec if syntax_errors else loader.resolve()
-    if not loader.diags and not spec.fields:
-        loader.error("the spec declares no VMCS fields; start it with: import \"vmcs.hv\"", m.Loc(file, 1, 1))
-    if loader.diags:
-        raise SpecError(loader.diags)
-    return spec
+    spec_file = read_source(text, file, path or Path.cwd() / "<spec>.hv")
+    return resolve(_Imports().include(spec_file))
 
 
 def load_spec(path) -> m.Spec:
