@@ -43,6 +43,7 @@ def assert_clean_error(result, status: int, *words: str) -> None:
         assert word in result.stderr
 
 
+@pytest.mark.bochs
 def test_build_image_run_the_banner_in_bochs(tmp_path, run_dir):
     built = uefi_hv("build", "--banner", "-o", tmp_path / "banner")
     assert built.returncode == 0, built.stderr
@@ -61,6 +62,7 @@ def test_build_image_run_the_banner_in_bochs(tmp_path, run_dir):
     assert processes_mentioning(str(run_dir)) == []
 
 
+@pytest.mark.qemu
 def test_run_with_expect_exits_zero_when_the_line_appears(banner_image, run_dir):
     run = uefi_hv("run", banner_image, "--emulator", "qemu", "--expect", r"vmx=[01]",
                   "--run-dir", run_dir)
@@ -68,6 +70,8 @@ def test_run_with_expect_exits_zero_when_the_line_appears(banner_image, run_dir)
     assert "marker 'vmx=[01]' seen" in run.stdout
 
 
+@pytest.mark.bochs
+@pytest.mark.qemu
 def test_auto_is_qemu_only_when_kvm_runs_vmx(banner_image, run_dir):
     run = uefi_hv("run", banner_image, "--timeout", 120, "--run-dir", run_dir)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -75,6 +79,7 @@ def test_auto_is_qemu_only_when_kvm_runs_vmx(banner_image, run_dir):
     assert f"uefi-hv: {chosen} run ok" in run.stdout
 
 
+@pytest.mark.qemu
 def test_a_timeout_exits_one_and_leaves_no_emulator(hang_image, run_dir):
     run = uefi_hv("run", hang_image, "--emulator", "qemu", "--expect", "NEVER PRINTED",
                   "--timeout", 8, "--run-dir", run_dir)
@@ -83,6 +88,7 @@ def test_a_timeout_exits_one_and_leaves_no_emulator(hang_image, run_dir):
     assert processes_mentioning(str(run_dir)) == []
 
 
+@pytest.mark.bochs
 @pytest.mark.parametrize("sig, status", [(signal.SIGINT, 130), (signal.SIGTERM, 130),
                                          (signal.SIGKILL, -signal.SIGKILL)])
 def test_stopping_the_command_stops_its_emulator(hang_image, run_dir, sig, status):
