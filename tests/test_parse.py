@@ -61,7 +61,8 @@ def test_controls_intercepts_and_exit_handlers():
     assert (i[0].first, i[0].last, i[0].access, i[0].action) == (0x3A, 0x3A, "read", "feature_control_locked")
     assert (i[2].first, i[2].last) == (0x480, 0x491)
     handlers = {h.reason: (h.action, h.options) for h in spec.exits}
-    assert handlers["cpuid"] == ("cpuid", {"hide": ["vmx"], "signature": True})
+    assert handlers["cpuid"] == ("cpuid", {"hide": ["vmx", "smx"], "signature": True})
+    assert handlers["getsec"] == ("inject_ud", {})
     assert handlers["rdmsr"] == handlers["wrmsr"] == ("msr", {})
     assert handlers["vmlaunch"] == handlers["invvpid"] == ("inject_ud", {})
     assert handlers["triple_fault"] == ("triple_fault", {})

@@ -21,6 +21,13 @@
 /* SDM 26.8.3 "VM-Entry Controls for Event Injection": a hardware exception. */
 void hv_inject_exception(UINT32 vector, BOOLEAN has_error_code, UINT32 error_code)
 {
+    /* A fault is delivered with RF set in the RFLAGS image it pushes, so that
+     * the instruction it restarts does not stop again on an instruction
+     * breakpoint (SDM 19.3.1.1 "Instruction-Breakpoint Exception Condition").
+     * An injected event pushes GUEST_RFLAGS as it is, so RF is set here for
+     * the fault-class exceptions, as KVM does; #DB, #BP and #OF are not. */
+    if (vector != 1 && vector != 3 && vector != 4)
+        vmwrite(GUEST_RFLAGS, vmread(GUEST_RFLAGS) | (1ULL << 16));
     vmwrite(VM_ENTRY_INTR_INFO_FIELD, vector | 3U << 8 | (UINT32)has_error_code << 11 | 1U << 31);
     if (has_error_code)
         vmwrite(VM_ENTRY_EXCEPTION_ERROR_CODE, error_code);
@@ -368,12 +375,13 @@ static void set_segment(UINT32 sel_field, UINT32 base_field, UINT32 limit_field,
 
 void hv_reset_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
-    UINT64 cr0 = 0x60000010ULL; /* CD, NW, ET */
-    UINT64 fixed0 = rdmsr(MSR_IA32_VMX_CR0_FIXED0) & ~(X86_CR0_PE | X86_CR0_PG);
-    vmwrite(GUEST_CR0, (cr0 | fixed0) & rdmsr(MSR_IA32_VMX_CR0_FIXED1));
+    UINT64 cr0 = 0x60000010ULL, must_be_1, must_be_0; /* CD, NW, ET */
+    hv_cr_fixed(cpu, 0, &must_be_1, &must_be_0);
+    vmwrite(GUEST_CR0, (cr0 | must_be_1) & ~must_be_0);
     vmwrite(CR0_READ_SHADOW, cr0);
     vmwrite(GUEST_CR3, 0);
-    vmwrite(GUEST_CR4, rdmsr(MSR_IA32_VMX_CR4_FIXED0) & rdmsr(MSR_IA32_VMX_CR4_FIXED1));
+    hv_cr_fixed(cpu, 4, &must_be_1, &must_be_0);
+    vmwrite(GUEST_CR4, must_be_1 & ~must_be_0);
     vmwrite(CR4_READ_SHADOW, 0);
     vmwrite(GUEST_DR7, 0x400);
     vmwrite(GUEST_RSP, 0);
@@ -450,25 +458,99 @@ enum hv_exit_result hv_action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *reg
 #endif
 
 #if HV_ACTION_CR_ACCESS
-/* MOV to CR4 exits when it would change CR4.VMXE, which the guest does not own
- * (CR4_GUEST_HOST_MASK, SDM 26.6.6 "Guest/Host Masks and Read Shadows for CR0
- * and CR4"): the guest has no VMX, so setting VMXE faults as on such a CPU;
- * other changes are made with the VMX fixed bits kept (SDM 27.1.3 "Instructions
- * That Cause VM Exits Conditionally"; the exit qualification as 29.2.1 "Basic
- * VM-Exit Information" gives it). */
+#define X86_CR0_NW          (1ULL << 29)
+#define X86_CR0_CD          (1ULL << 30)
+#define X86_CR4_PAE         (1ULL << 5)
+#define X86_EFER_LME        (1ULL << 8)
+#define X86_EFER_LMA        (1ULL << 10)
+#define CR_ACCESS_MOV_TO_CR 0
+#define CR_ACCESS_LMSW      3
+
+/* A MOV to CR0 (or LMSW) that changes a bit the hypervisor owns (hv_cr_owned:
+ * CR0.NE, and PE and PG without unrestricted guest): done as the CPU would,
+ * the guest keeping its own value in the read shadow and the VMX-fixed bits
+ * staying in GUEST_CR0. #GP where bare metal raises it (SDM Vol. 3A 2.5
+ * "Control Registers", MOV to CR0). A change of PG that comes with it
+ * switches IA-32e mode in and out (EFER.LMA, "IA-32e mode guest") and loads
+ * the PAE PDPTEs, as the instruction itself would. */
+static enum hv_exit_result mov_to_cr0(struct hv_cpu *cpu, UINT64 value)
+{
+    UINT64 must_be_1, must_be_0, old = vmread(GUEST_CR0);
+    hv_cr_fixed(cpu, 0, &must_be_1, &must_be_0);
+    if ((value >> 32) || ((value & X86_CR0_PG) && !(value & X86_CR0_PE)) ||
+        ((value & X86_CR0_NW) && !(value & X86_CR0_CD))) {
+        hv_inject_exception(VECTOR_GP, TRUE, 0);
+        return HV_RESUME_SAME;
+    }
+    if ((value ^ old) & (X86_CR0_PE | X86_CR0_PG) & must_be_1) {
+        hv_log_fatal("uefi-hv: cpu %u: the guest leaves protected mode or paging (CR0 0x%lx), which needs "
+                     "unrestricted guest (proc2.unrestricted_guest)\n",
+                     cpu->index, value);
+        return HV_STOP;
+    }
+    if (((value ^ old) & X86_CR0_PG) && (cpu->controls[HV_CTL_ENTRY] & HV_ENTRY_LOAD_IA32_EFER)) {
+        UINT64 efer = vmread(GUEST_IA32_EFER), entry = vmread(VM_ENTRY_CONTROLS);
+        if ((value & X86_CR0_PG) && (efer & X86_EFER_LME)) {
+            if (!(vmread(GUEST_CR4) & X86_CR4_PAE)) { /* IA-32e mode needs PAE */
+                hv_inject_exception(VECTOR_GP, TRUE, 0);
+                return HV_RESUME_SAME;
+            }
+            efer |= X86_EFER_LMA;
+            entry |= HV_ENTRY_IA32E_MODE_GUEST;
+        } else if (!(value & X86_CR0_PG)) {
+            efer &= ~X86_EFER_LMA;
+            entry &= ~(UINT64)HV_ENTRY_IA32E_MODE_GUEST;
+        }
+        vmwrite(GUEST_IA32_EFER, efer);
+        vmwrite(VM_ENTRY_CONTROLS, entry);
+        if ((value & X86_CR0_PG) && !(efer & X86_EFER_LMA) && (vmread(GUEST_CR4) & X86_CR4_PAE)) {
+            /* PAE paging: with EPT the PDPTEs come from the VMCS (SDM 28.3.2.4
+             * "Loading Page-Directory-Pointer-Table Entries"). */
+            volatile UINT64 *pdpte = (volatile UINT64 *)(vmread(GUEST_CR3) & 0xFFFFFFE0ULL);
+            vmwrite(GUEST_PDPTR0, pdpte[0]);
+            vmwrite(GUEST_PDPTR1, pdpte[1]);
+            vmwrite(GUEST_PDPTR2, pdpte[2]);
+            vmwrite(GUEST_PDPTR3, pdpte[3]);
+        }
+        hv_invalidate_guest_tlb(cpu, FALSE); /* a change of CR0.PG flushes the TLBs */
+    }
+    vmwrite(GUEST_CR0, (value | must_be_1) & ~must_be_0);
+    vmwrite(CR0_READ_SHADOW, value);
+    return HV_RESUME_NEXT;
+}
+
+/* A MOV to CR4 that changes a bit the hypervisor owns: VMXE (the guest has no
+ * VMX) or a bit this CPU does not have, both #GP as on such a CPU. */
+static enum hv_exit_result mov_to_cr4(struct hv_cpu *cpu, UINT64 value)
+{
+    UINT64 must_be_1, must_be_0;
+    hv_cr_fixed(cpu, 4, &must_be_1, &must_be_0);
+    if (value & (X86_CR4_VMXE | must_be_0)) {
+        hv_inject_exception(VECTOR_GP, TRUE, 0);
+        return HV_RESUME_SAME;
+    }
+    vmwrite(GUEST_CR4, (value | must_be_1) & ~must_be_0);
+    vmwrite(CR4_READ_SHADOW, value);
+    return HV_RESUME_NEXT;
+}
+
+/* Control-register accesses that exit because they change bits the
+ * hypervisor owns (CR0/CR4_GUEST_HOST_MASK, SDM 26.6.6 "Guest/Host Masks and
+ * Read Shadows for CR0 and CR4"; SDM 27.1.3 "Instructions That Cause VM Exits
+ * Conditionally"; the exit qualification, SDM 29.2.1 "Basic VM-Exit
+ * Information", Table 29-3). */
 enum hv_exit_result hv_action_cr_access(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     UINT64 q = vmread(EXIT_QUALIFICATION);
     UINT32 cr = q & 15, type = (q >> 4) & 3, reg = (q >> 8) & 15;
-    if (type == 0 && cr == 4) {
+    if (type == CR_ACCESS_MOV_TO_CR && (cr == 0 || cr == 4)) {
         UINT64 value = reg == 4 ? vmread(GUEST_RSP) : *gpr(regs, reg);
-        if (value & X86_CR4_VMXE) {
-            hv_inject_exception(VECTOR_GP, TRUE, 0);
-            return HV_RESUME_SAME;
-        }
-        vmwrite(GUEST_CR4, (value | rdmsr(MSR_IA32_VMX_CR4_FIXED0)) & rdmsr(MSR_IA32_VMX_CR4_FIXED1));
-        vmwrite(CR4_READ_SHADOW, value);
-        return HV_RESUME_NEXT;
+        return cr == 0 ? mov_to_cr0(cpu, value) : mov_to_cr4(cpu, value);
+    }
+    if (type == CR_ACCESS_LMSW) { /* PE, MP, EM, TS from the source; PE is never cleared */
+        UINT64 shadow = vmread(CR0_READ_SHADOW), mask = vmread(CR0_GUEST_HOST_MASK);
+        UINT64 cr0 = (vmread(GUEST_CR0) & ~mask) | (shadow & mask);
+        return mov_to_cr0(cpu, (cr0 & ~0xEULL) | ((q >> 16) & 0xF) | (cr0 & X86_CR0_PE));
     }
     hv_log_fatal("uefi-hv: cpu %u: unexpected control-register access, qualification 0x%lx\n", cpu->index, q);
     log_guest_state(cpu);

@@ -12,6 +12,9 @@
 #include "exits.h"
 #include "vmcs_setup.h"
 
+#define X86_CR0_PE (1ULL << 0)
+#define X86_CR0_PG (1ULL << 31)
+
 UINT64 hv_constant_host_state[HV_HOST_FIELD_COUNT];
 BOOLEAN hv_constant_host_state_ready;
 
@@ -175,15 +178,15 @@ static UINT8 write_guest_state(struct hv_cpu *cpu)
         W(GUEST_##SEG##_LIMIT, segment_limit(sel));    \
         W(GUEST_##SEG##_AR_BYTES, access_rights(sel)); \
     } while (0)
-    /* Guest control registers. CR4.VMXE stays set under VMX (fixed bit); the
-     * guest reads its own value from the shadow (SDM 26.6.6 "Guest/Host Masks
-     * and Read Shadows for CR0 and CR4"). */
+    /* Guest control registers: the bits VMX fixes (CR4.VMXE, CR0.NE, ...) are
+     * the hypervisor's, and the guest reads its own value of them from the
+     * shadow (SDM 26.6.6 "Guest/Host Masks and Read Shadows for CR0 and CR4"). */
     W(GUEST_CR0, cpu->cr0);
     W(GUEST_CR3, read_cr3());
     W(GUEST_CR4, cpu->cr4);
-    W(CR0_GUEST_HOST_MASK, 0);
+    W(CR0_GUEST_HOST_MASK, hv_cr_owned(cpu, 0));
     W(CR0_READ_SHADOW, cpu->firmware_cr0);
-    W(CR4_GUEST_HOST_MASK, 1ULL << 13);
+    W(CR4_GUEST_HOST_MASK, hv_cr_owned(cpu, 4));
     W(CR4_READ_SHADOW, cpu->firmware_cr4);
     W(GUEST_DR7, read_dr7());
 
@@ -272,6 +275,30 @@ static UINT8 write_controls(struct hv_cpu *cpu)
         W(VIRTUAL_PROCESSOR_ID, cpu->index + 1); /* VPID 0 is the host's */
 #undef W
     return err;
+}
+
+/* The bits of CR0 or CR4 that VMX operation fixes (SDM Appendix A.7 "VMX-Fixed
+ * Bits in CR0", A.8 "VMX-Fixed Bits in CR4"): those FIXED0 sets must be 1,
+ * those FIXED1 clears must be 0. Under unrestricted guest PE and PG are the
+ * guest's (SDM 28.3.1.1 "Checks on Guest Control Registers, Debug Registers,
+ * and MSRs"). */
+void hv_cr_fixed(const struct hv_cpu *cpu, UINT32 cr, UINT64 *must_be_1, UINT64 *must_be_0)
+{
+    *must_be_1 = rdmsr(cr == 0 ? MSR_IA32_VMX_CR0_FIXED0 : MSR_IA32_VMX_CR4_FIXED0);
+    *must_be_0 = ~rdmsr(cr == 0 ? MSR_IA32_VMX_CR0_FIXED1 : MSR_IA32_VMX_CR4_FIXED1) & 0xFFFFFFFFULL;
+    if (cr == 0 && (cpu->controls[HV_CTL_PROC2] & HV_PROC2_UNRESTRICTED_GUEST))
+        *must_be_1 &= ~(X86_CR0_PE | X86_CR0_PG);
+}
+
+/* Those bits are the hypervisor's (CR0/CR4_GUEST_HOST_MASK): the guest reads
+ * them from the read shadow, and a write that would change them exits, so that
+ * the guest can clear CR0.NE or set a CR4 bit the CPU lacks as on bare metal
+ * (the cr_access action). */
+UINT64 hv_cr_owned(const struct hv_cpu *cpu, UINT32 cr)
+{
+    UINT64 must_be_1, must_be_0;
+    hv_cr_fixed(cpu, cr, &must_be_1, &must_be_0);
+    return must_be_1 | must_be_0;
 }
 
 /* Guest translations cached under this CPU's VPID (or, `all`, under every
@@ -375,7 +402,9 @@ void hv_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
         vmread(GUEST_RSP),
         vmread(GUEST_SS_SELECTOR),
     };
-    UINT64 cr0 = vmread(GUEST_CR0), cr3 = vmread(GUEST_CR3);
+    UINT64 cr3 = vmread(GUEST_CR3);
+    UINT64 cr0 = (vmread(GUEST_CR0) & ~vmread(CR0_GUEST_HOST_MASK)) |
+                 (vmread(CR0_READ_SHADOW) & vmread(CR0_GUEST_HOST_MASK));
     UINT64 cr4 = (vmread(GUEST_CR4) & ~vmread(CR4_GUEST_HOST_MASK)) |
                  (vmread(CR4_READ_SHADOW) & vmread(CR4_GUEST_HOST_MASK));
     struct hv_dtr gdtr = { (UINT16)vmread(GUEST_GDTR_LIMIT), vmread(GUEST_GDTR_BASE) };

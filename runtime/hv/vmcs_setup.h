@@ -43,6 +43,11 @@ extern BOOLEAN hv_constant_host_state_ready;
 #define ONCE(slot, value) \
     (hv_constant_host_state_ready ? hv_constant_host_state[slot] : (hv_constant_host_state[slot] = (value)))
 
+/* CR0 (cr 0) or CR4 (cr 4): the bits VMX fixes, and the mask of them that the
+ * hypervisor owns through the guest/host mask and read shadow. */
+void hv_cr_fixed(const struct hv_cpu *cpu, UINT32 cr, UINT64 *must_be_1, UINT64 *must_be_0);
+UINT64 hv_cr_owned(const struct hv_cpu *cpu, UINT32 cr);
+
 /* INVVPID (and, `all`, INVEPT) where the CPU supports it: INIT and VMXON. */
 void hv_invalidate_guest_tlb(struct hv_cpu *cpu, BOOLEAN all);
 

@@ -187,6 +187,16 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     record(r, "VMXON in the guest raises #UD", ud == 1 && after - before == 1, "#UD %u, VMXON exits %u", ud,
            after - before);
 
+    /* GETSEC: SMX is hidden (CPUID.1:ECX[6]), and GETSEC raises #UD as on a
+     * CPU without SMX (natively while CR4.SMXE is clear, else by its VM exit,
+     * SDM 27.1.2 "Instructions That Cause VM Exits Unconditionally"). */
+    cpuid(1, c);
+    saved = hvcheck_set_gate(6, hvcheck_ud_handler);
+    ud = hvcheck_try_getsec();
+    hvcheck_restore_gate(6, saved);
+    record(r, "SMX hidden and GETSEC raises #UD", !((c[2] >> 6) & 1) && ud == 1, "CPUID.1:ECX 0x%x, #UD %u",
+           c[2], ud);
+
     /* Writing a VMX capability MSR faults, as on a CPU without VMX. */
     before = exit_count(EXIT_WRMSR);
     saved = hvcheck_set_gate(13, hvcheck_gp_handler);
@@ -195,6 +205,11 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     after = exit_count(EXIT_WRMSR);
     record(r, "WRMSR IA32_VMX_BASIC raises #GP", gp == 1 && after - before == 1, "#GP %u, WRMSR exits %u", gp,
            after - before);
+    /* A fault pushes RFLAGS with RF set, so that IRET back to the faulting
+     * instruction does not stop again on an instruction breakpoint (SDM 19.3.1.1
+     * "Instruction-Breakpoint Exception Condition"); an injected #GP is a fault. */
+    record(r, "the injected #GP pushes RFLAGS.RF (a fault)", gp == 1 && (hvcheck_fault_rflags >> 16) & 1,
+           "RFLAGS image 0x%x", hvcheck_fault_rflags, 0);
 
     /* WAITPKG (CPUID.7.0:ECX[5]): where CPUID shows it, TPAUSE works in the
      * guest. In VMX non-root it raises #UD unless "enable user wait and pause"
@@ -245,6 +260,21 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
         record(r, "CPUID.1:ECX.OSXSAVE follows the guest's CR4.OSXSAVE", set && !clear,
                "OSXSAVE %u with CR4.OSXSAVE set, %u with it clear", set, clear);
     }
+
+    /* CR0.NE is fixed to 1 in VMX operation (IA32_VMX_CR0_FIXED0), yet a
+     * CPU lets software clear it: the hypervisor owns the bit through the
+     * guest/host mask and read shadow, so the guest clears and sets it as on
+     * bare metal and reads back what it wrote. */
+    UINT64 cr0, ne_clear, ne_set;
+    __asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
+    __asm__ volatile("mov %0, %%cr0" ::"r"(cr0 & ~(1ULL << 5)) : "memory");
+    __asm__ volatile("mov %%cr0, %0" : "=r"(ne_clear));
+    __asm__ volatile("mov %0, %%cr0" ::"r"(cr0 | (1ULL << 5)) : "memory");
+    __asm__ volatile("mov %%cr0, %0" : "=r"(ne_set));
+    __asm__ volatile("mov %0, %%cr0" ::"r"(cr0) : "memory");
+    record(r, "CR0.NE can be cleared and set as on bare metal",
+           ne_clear == (cr0 & ~(1ULL << 5)) && ne_set == (cr0 | (1ULL << 5)),
+           "CR0 0x%x with NE cleared, 0x%x set", ne_clear, ne_set);
 
     __asm__ volatile("pushq %0; popfq" ::"r"(flags) : "memory", "cc");
 }

@@ -23,10 +23,13 @@ hvcheck_vmcall:
 
 # One #UD handler for the instructions hvcheck tries (installed in IDT vector
 # 6 for each test): the try routine returns 1, from the address it put in
-# hvcheck_ud_resume before the instruction.
+# hvcheck_ud_resume before the instruction. It and the #GP handler keep the
+# RFLAGS image of the fault in hvcheck_fault_rflags.
     .globl hvcheck_ud_handler
 hvcheck_ud_handler:
     mov $1, %eax
+    mov 16(%rsp), %rdx           # the RFLAGS image the fault pushed
+    mov %rdx, hvcheck_fault_rflags(%rip)
     mov hvcheck_ud_resume(%rip), %rdx
     mov %rdx, (%rsp)             # the saved RIP: past the instruction
     iretq
@@ -41,6 +44,20 @@ hvcheck_try_vmxon:
     movq $0, (%rsp)
     vmxon (%rsp)
 1:  add $16, %rsp
+    ret
+
+# UINT64 hvcheck_try_getsec(void): 1 when GETSEC (EAX = 0, CAPABILITIES)
+# raised #UD, else 0.
+    .globl hvcheck_try_getsec
+hvcheck_try_getsec:
+    lea 1f(%rip), %rax
+    mov %rax, hvcheck_ud_resume(%rip)
+    push %rbx
+    xor %eax, %eax
+    xor %ebx, %ebx
+    getsec
+    xor %eax, %eax
+1:  pop %rbx
     ret
 
 # UINT64 hvcheck_try_tpause(UINT64 deadline): 1 when TPAUSE raised #UD, else
@@ -75,6 +92,8 @@ hvcheck_wrmsr_faulted:
     .globl hvcheck_gp_handler
 hvcheck_gp_handler:
     add $8, %rsp                 # the error code
+    mov 16(%rsp), %rax           # the RFLAGS image the fault pushed
+    mov %rax, hvcheck_fault_rflags(%rip)
     lea hvcheck_wrmsr_faulted(%rip), %rax
     mov %rax, (%rsp)
     iretq
@@ -82,6 +101,9 @@ hvcheck_gp_handler:
     .data
     .balign 8
 hvcheck_ud_resume:
+    .quad 0
+    .globl hvcheck_fault_rflags
+hvcheck_fault_rflags:
     .quad 0
 
     .section .note.GNU-stack, "", @progbits
