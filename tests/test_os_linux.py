@@ -25,11 +25,6 @@ NOT_OURS = re.compile(r"^OSCHECK: no uefi-hv hypervisor; (\d+) CPUs online$", re
 #: only the boot CPU (the OS model proves the AP path). No ACPI, no power-off
 #: either: a run ends on /init's verdict.
 BOCHS_LINUX = dict(emulator="bochs", cpus=1, cpu_model="corei7_haswell_4770", timeout=300)
-#: What still fails on sapphire_rapids because of the hypervisor: the subject
-#: of the real-hardware issue (issue 12), which turns this into a pass.
-REAL_HARDWARE_ISSUE = ("issue 12, 'The hypervisor on the machines people boot it on': the "
-                       "ICR store decoder's guest page walk knows only 4-level paging, so "
-                       "Linux with LA57 is powered off at its first local-APIC store")
 LINUX_FAILURES = ["OSCHECK: FAIL", "OSCHECK: no uefi-hv hypervisor", "Kernel panic"]
 CHECKS = ("OSCHECK: ok: hypervisor present, CPUID.1:ECX[31] set",
           "OSCHECK: ok: signature at CPUID 0x40000000",
@@ -90,17 +85,14 @@ def test_without_vmx_the_hypervisor_declines_and_linux_boots_on_two_cpus(linux_i
     assert "OSCHECK: /init running, 2 CPUs online, expecting signature 'UefiHvUefiHv'" in m.serial
 
 
-#: The Bochs models Linux runs on; under the hypervisor, sapphire_rapids is
-#: the expected failure the real-hardware issue turns into a pass.
-BARE_MODELS = ["corei7_haswell_4770", "tigerlake", "sapphire_rapids"]
-HYPERVISOR_MODELS = ["corei7_haswell_4770", "tigerlake",
-                     pytest.param("sapphire_rapids", marks=pytest.mark.xfail(
-                         reason=REAL_HARDWARE_ISSUE, strict=True))]
+#: The Bochs models Linux runs on, bare and under the hypervisor
+#: (sapphire_rapids with 5-level paging).
+MODELS = ["corei7_haswell_4770", "tigerlake", "sapphire_rapids"]
 
 
 @pytest.mark.bochs
 @pytest.mark.slow
-@pytest.mark.parametrize("model", BARE_MODELS)
+@pytest.mark.parametrize("model", MODELS)
 def test_without_the_hypervisor_linux_boots_to_init_in_bochs(baseline_image, run_dir, model,
                                                              assert_no_leftovers):
     r = boot(baseline_image, **dict(BOCHS_LINUX, cpu_model=model), expect=[NOT_OURS.pattern],
@@ -114,7 +106,7 @@ def test_without_the_hypervisor_linux_boots_to_init_in_bochs(baseline_image, run
 
 @pytest.mark.bochs
 @pytest.mark.slow
-@pytest.mark.parametrize("model", HYPERVISOR_MODELS)
+@pytest.mark.parametrize("model", MODELS)
 def test_linux_boots_under_the_hypervisor_in_bochs(linux_image, run_dir, model,
                                                    assert_no_leftovers):
     r = boot(linux_image, **dict(BOCHS_LINUX, cpu_model=model), expect=["OSCHECK: PASS"],
