@@ -270,3 +270,19 @@ def test_the_specs_chain_option_names_the_next_image_without_chain_txt(tmp_path,
     result = boot(image, emulator="bochs", cpus=1, timeout=60, fail=["HVCHECK: FAIL"], run_dir=run_dir)
     assert "uefi-hv: starting \\EFI\\TOOLS\\HVCHECK.EFI" in result.serial, result
     assert "HVCHECK: PASS" in result.serial, result
+
+
+def test_with_nothing_chained_the_boot_manager_goes_on_to_the_next_option(tmp_path, run_dir):
+    """A stick first in the boot order, or kvm-unit-tests' way of booting:
+    the hypervisor stays, and its EFI_NOT_FOUND makes the firmware's boot
+    manager try the next boot option instead of showing its menu, as it
+    does after EFI_SUCCESS (UEFI 2.10 3.1.1)."""
+    efi = build_hypervisor(DSL_DIR / "default.hv", tmp_path)
+    image = make_image(efi["BOOTX64.EFI"], tmp_path / "alone.img")
+    result = boot(image, emulator="bochs", cpus=1, timeout=60,
+                  expect=[r"^BdsDxe: failed to start Boot0001 .*: Not Found"],
+                  fail=[r'^BdsDxe: (loading|starting) Boot0000 "UiApp"'], run_dir=run_dir)
+    assert result.ok, result
+    serial = result.serial
+    assert "uefi-hv: 1 of 1 CPU(s) virtualised" in serial
+    assert serial.index("uefi-hv: nothing to chain to") < serial.index("BdsDxe: failed to start Boot0001")

@@ -34,10 +34,13 @@ GNU_EFI_LDS = GNU_EFI_LIB / "elf_x86_64_efi.lds"
 #: no stack protector or probes), with 16-bit CHAR16 (short wchar), loaded at
 #: any address (pic), calling the firmware with the Microsoft x64 ABI
 #: (GNU_EFI_USE_MS_ABI turns uefi_call_wrapper into a direct ms_abi call).
+#: No floating-point or SIMD register is touched (-mgeneral-regs-only, as the
+#: Linux kernel builds): the hypervisor runs its exit handlers in VMX root with
+#: the guest's x87/SSE/AVX state still in the registers, and saves none of it.
 CFLAGS = (
     "-std=gnu11", "-O2",
     "-Wall", "-Wextra", "-Werror",
-    "-ffreestanding", "-fpic", "-fshort-wchar", "-mno-red-zone",
+    "-ffreestanding", "-fpic", "-fshort-wchar", "-mno-red-zone", "-mgeneral-regs-only",
     "-fno-stack-protector", "-fno-stack-check", "-fno-strict-aliasing",
     "-maccumulate-outgoing-args",
     "-DGNU_EFI_USE_MS_ABI", "-DEFI_FUNCTION_WRAPPER",

@@ -32,6 +32,7 @@ extern elf64_dyn _DYNAMIC[];
 typedef EFI_STATUS (*hv_main_fn)(EFI_HANDLE image);
 static UINTN image_pages; /* the resident copy's size, for the figures */
 static UINT64 image_copy; /* ... and where it is (GET_RESIDENT_RANGES) */
+static BOOLEAN resident;  /* a CPU runs as a guest: the copy must stay */
 static EFI_STATUS hv_main(EFI_HANDLE image);
 
 /* A copy of this image at `copy`, its absolute pointers moved by the
@@ -76,7 +77,9 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
     *(UINTN *)(copy + ((UINT8 *)&image_pages - base)) = pages;
     *(UINT64 *)(copy + ((UINT8 *)&image_copy - base)) = copy;
     status = run(image);
-    if (EFI_ERROR(status)) /* not resident: nothing runs from the copy */
+    /* The status says how the boot should go on (hv_main), not whether the
+     * hypervisor stayed: that is the copy's `resident`. */
+    if (!*(BOOLEAN *)(copy + ((UINT8 *)&resident - base))) /* nothing runs from the copy */
         uefi_call_wrapper(BS->FreePages, 2, copy, pages);
     return status;
 }
@@ -206,6 +209,7 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
         devirtualize_this_cpu(bsp);
         return give_up(image, EFI_ABORTED);
     }
+    resident = TRUE;
     for (UINT32 i = 0; i < hv.cpu_count; i++)
         hv_say("uefi-hv: cpu %u: %s\n", i,
                hv.cpus[i]->status == HV_CPU_LAUNCHED ? "virtualised" : hv.cpus[i]->error);
@@ -213,6 +217,9 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
            "code\n",
            hv.launched_count, hv.cpu_count, (unsigned)(per_cpu_pages * 4), (unsigned)(shared_pages * 4),
            (unsigned)(image_pages * 4));
-    hv_start_next_image(image);
-    return EFI_SUCCESS;
+    /* The boot manager goes on with the next boot option when an option
+     * returns an error, and shows its menu after EFI_SUCCESS (UEFI 2.10 3.1.1
+     * "Boot Manager Programming"): with nothing chained, EFI_NOT_FOUND lets
+     * the machine boot on to its disk, under the hypervisor. */
+    return hv_start_next_image(image);
 }
