@@ -157,7 +157,16 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     /* 3. The host environment, the spec's globals, per-CPU memory. */
     hv.vmx_basic = rdmsr(MSR_IA32_VMX_BASIC);
     hv.ept_vpid_cap = rdmsr(MSR_IA32_VMX_EPT_VPID_CAP);
-    hv.cpu_count = (UINT32)hv_cpu_count();
+    UINTN cpus = hv_cpu_count();
+    if (cpus > HV_MAX_CPUS) {
+        /* Half a machine virtualised is worse than none: every CPU or none. */
+        hv_say("uefi-hv: this machine has %u logical CPUs, more than the %u the hypervisor supports; "
+               "the hypervisor is not started\n",
+               (unsigned)cpus, (unsigned)HV_MAX_CPUS);
+        hv_start_next_image(image);
+        return EFI_UNSUPPORTED;
+    }
+    hv.cpu_count = (UINT32)cpus;
     UINTN bsp_number = hv_who_am_i();
     if (EFI_ERROR(hv_build_host_environment()) || EFI_ERROR(hv_build_msr_bitmap()))
         return give_up(image, EFI_OUT_OF_RESOURCES);
@@ -166,12 +175,9 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
         return give_up(image, EFI_OUT_OF_RESOURCES);
 #endif
     shared_pages = hv_allocated_pages();
-    for (UINT32 i = 0; i < hv.cpu_count; i++) {
-        hv.cpus[i] = hv_alloc_pages((sizeof(struct hv_cpu) + HV_PAGE_SIZE - 1) / HV_PAGE_SIZE);
-        if (!hv.cpus[i] || EFI_ERROR(hv_build_cpu_host_environment(hv.cpus[i])))
+    for (UINT32 i = 0; i < hv.cpu_count; i++)
+        if (!(hv.cpus[i] = hv_alloc_cpu(i)))
             return give_up(image, EFI_OUT_OF_RESOURCES);
-        hv.cpus[i]->index = i;
-    }
     UINTN per_cpu_pages = (hv_allocated_pages() - shared_pages) / hv.cpu_count;
     bsp = hv.cpus[bsp_number < hv.cpu_count ? bsp_number : 0];
     bsp->is_bsp = TRUE;
