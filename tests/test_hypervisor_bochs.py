@@ -270,3 +270,44 @@ def test_the_specs_chain_option_names_the_next_image_without_chain_txt(tmp_path,
     result = boot(image, emulator="bochs", cpus=1, timeout=60, fail=["HVCHECK: FAIL"], run_dir=run_dir)
     assert "uefi-hv: starting \\EFI\\TOOLS\\HVCHECK.EFI" in result.serial, result
     assert "HVCHECK: PASS" in result.serial, result
+
+
+def test_with_nothing_chained_the_boot_manager_goes_on_to_the_next_option(tmp_path, run_dir):
+    """A stick first in the boot order, or kvm-unit-tests' way of booting:
+    the hypervisor stays, and its EFI_NOT_FOUND makes the firmware's boot
+    manager try the next boot option instead of showing its menu, as it
+    does after EFI_SUCCESS (UEFI 2.10 3.1.1)."""
+    efi = build_hypervisor(DSL_DIR / "default.hv", tmp_path)
+    image = make_image(efi["BOOTX64.EFI"], tmp_path / "alone.img")
+    result = boot(image, emulator="bochs", cpus=1, timeout=60,
+                  expect=[r"^BdsDxe: failed to start Boot0001 .*: Not Found"],
+                  fail=[r'^BdsDxe: (loading|starting) Boot0000 "UiApp"'], run_dir=run_dir)
+    assert result.ok, result
+    serial = result.serial
+    assert "uefi-hv: 1 of 1 CPU(s) virtualised" in serial
+    assert serial.index("uefi-hv: nothing to chain to") < serial.index("BdsDxe: failed to start Boot0001")
+
+
+def test_thirty_two_cpus_are_all_virtualised(default_image, run_dir):
+    """A 24-thread desktop or a server: one allocation per CPU, so the
+    number of CPUs is bounded only by the documented maximum (HV_MAX_CPUS)."""
+    result = boot(default_image, emulator="bochs", cpus=32, timeout=240, fail=["HVCHECK: FAIL"],
+                  run_dir=run_dir)
+    assert "uefi-hv: 32 of 32 CPU(s) virtualised" in result.serial, result
+    assert "hvcheck: summary: 32 of 32 CPU(s) virtualised" in result.serial, result
+    assert "HVCHECK: PASS" in result.serial, result
+    assert result.ok, result
+
+
+def test_more_cpus_than_the_maximum_leave_the_machine_alone(tmp_path, run_dir):
+    """Above its maximum the hypervisor starts on no CPU (half a machine
+    virtualised would be worse) and says so; the chained image still runs.
+    Built with a maximum of 2 and booted on 4 CPUs."""
+    efi = build_hypervisor(DSL_DIR / "default.hv", tmp_path, cflags=["-DHV_MAX_CPUS=2"])
+    image = make_image(efi["BOOTX64.EFI"], tmp_path / "hv.img", chain=efi["hvcheck.efi"])
+    result = boot(image, emulator="bochs", cpus=4, timeout=60, expect=["HVCHECK: FAIL (no hypervisor)"],
+                  run_dir=run_dir)
+    assert result.ok, result
+    assert ("uefi-hv: this machine has 4 logical CPUs, more than the 2 the hypervisor supports; "
+            "the hypervisor is not started") in result.serial
+    assert "virtualised" not in result.serial

@@ -34,10 +34,13 @@ GNU_EFI_LDS = GNU_EFI_LIB / "elf_x86_64_efi.lds"
 #: no stack protector or probes), with 16-bit CHAR16 (short wchar), loaded at
 #: any address (pic), calling the firmware with the Microsoft x64 ABI
 #: (GNU_EFI_USE_MS_ABI turns uefi_call_wrapper into a direct ms_abi call).
+#: No floating-point or SIMD register is touched (-mgeneral-regs-only, as the
+#: Linux kernel builds): the hypervisor runs its exit handlers in VMX root with
+#: the guest's x87/SSE/AVX state still in the registers, and saves none of it.
 CFLAGS = (
     "-std=gnu11", "-O2",
     "-Wall", "-Wextra", "-Werror",
-    "-ffreestanding", "-fpic", "-fshort-wchar", "-mno-red-zone",
+    "-ffreestanding", "-fpic", "-fshort-wchar", "-mno-red-zone", "-mgeneral-regs-only",
     "-fno-stack-protector", "-fno-stack-check", "-fno-strict-aliasing",
     "-maccumulate-outgoing-args",
     "-DGNU_EFI_USE_MS_ABI", "-DEFI_FUNCTION_WRAPPER",
@@ -171,7 +174,7 @@ def _zero_timestamp(image: bytearray) -> None:
 
 # --- CLI ----------------------------------------------------------------------
 
-def build_programs(built: dict[str, list[Path]], outdir: Path) -> dict[str, Path]:
+def build_programs(built: dict[str, list[Path]], outdir: Path, cflags: Sequence[str] = ()) -> dict[str, Path]:
     """Compile each program of `built` ({"BOOTX64.EFI": [sources and
     headers], ...}, as generate returns it) into `outdir`/<name>; the folders
     of its files are its include path."""
@@ -179,16 +182,17 @@ def build_programs(built: dict[str, list[Path]], outdir: Path) -> dict[str, Path
     for name, files in sorted(built.items()):
         sources = [Path(f) for f in files if Path(f).suffix in SOURCE_SUFFIXES]
         efi[name] = build_efi(sources, Path(outdir) / name,
-                              include_dirs=sorted({Path(f).parent for f in files}))
+                              include_dirs=sorted({Path(f).parent for f in files}), extra_cflags=cflags)
     return efi
 
 
-def build_hypervisor(spec, outdir, check: bool = True, **options) -> dict[str, Path]:
+def build_hypervisor(spec, outdir, check: bool = True, cflags: Sequence[str] = (),
+                     **options) -> dict[str, Path]:
     """The whole pipeline for one spec: generate into `outdir`/src, then
     build `outdir`/BOOTX64.EFI and `outdir`/hvcheck.efi; returns
     {"BOOTX64.EFI": path, "hvcheck.efi": path}. `check=False` skips the
-    static checks (tests of the run-time checks); `options` go to
-    generate_hypervisor."""
+    static checks (tests of the run-time checks); `cflags` are added to the
+    compiler's (a test's -DHV_MAX_CPUS=2); `options` go to generate_hypervisor."""
     from uefi_hv.generate import generate_hypervisor
 
     spec = Path(spec)
@@ -196,7 +200,7 @@ def build_hypervisor(spec, outdir, check: bool = True, **options) -> dict[str, P
         raise UsageError(f"error: spec file {spec} does not exist")
     outdir = Path(outdir)
     return build_programs(generate_hypervisor(str(spec), outdir / "src", check=check, **options),
-                          outdir)
+                          outdir, cflags)
 
 
 def cmd_build(args) -> int:

@@ -83,15 +83,23 @@ EFI_STATUS hv_build_host_environment(void)
     return status;
 }
 
-EFI_STATUS hv_build_cpu_host_environment(struct hv_cpu *cpu)
+/* One CPU's memory is one allocation, whatever the number of CPUs: its
+ * struct hv_cpu, a page with its GDT and TSS, its host stack, its VMXON
+ * region and its VMCS (each page-aligned, as VMXON and VMPTRLD require). */
+#define CPU_STRUCT_PAGES ((sizeof(struct hv_cpu) + HV_PAGE_SIZE - 1) / HV_PAGE_SIZE)
+#define CPU_BLOCK_PAGES  (CPU_STRUCT_PAGES + 1 + HV_HOST_STACK_SIZE / HV_PAGE_SIZE + 2)
+
+struct hv_cpu *hv_alloc_cpu(UINT32 index)
 {
-    /* One page: the GDT at the start, the TSS after it. */
-    UINT8 *page = hv_alloc_pages(1);
-    cpu->host_stack = hv_alloc_pages(HV_HOST_STACK_SIZE / HV_PAGE_SIZE);
-    cpu->vmxon_region = hv_alloc_pages(1);
-    cpu->vmcs = hv_alloc_pages(1);
-    if (!page || !cpu->host_stack || !cpu->vmxon_region || !cpu->vmcs)
-        return EFI_OUT_OF_RESOURCES;
+    UINT8 *block = hv_alloc_pages(CPU_BLOCK_PAGES);
+    if (!block)
+        return NULL;
+    struct hv_cpu *cpu = (struct hv_cpu *)block;
+    UINT8 *page = block + CPU_STRUCT_PAGES * HV_PAGE_SIZE; /* the GDT at the start, the TSS after it */
+    cpu->index = index;
+    cpu->host_stack = page + HV_PAGE_SIZE;
+    cpu->vmxon_region = cpu->host_stack + HV_HOST_STACK_SIZE;
+    cpu->vmcs = cpu->vmxon_region + HV_PAGE_SIZE;
     cpu->host_gdt = (UINT64 *)page;
     cpu->host_tss = (struct hv_tss *)(page + 64);
     cpu->host_tss->iomap_base = sizeof(struct hv_tss); /* no I/O permission bitmap */
@@ -109,7 +117,7 @@ EFI_STATUS hv_build_cpu_host_environment(struct hv_cpu *cpu)
      * Host RIP, RSP, RFLAGS, and SSP"). */
     cpu->host_stack_top = ((UINT64)cpu->host_stack + HV_HOST_STACK_SIZE - 16) & ~15ULL;
     *(struct hv_cpu **)cpu->host_stack_top = cpu;
-    return EFI_SUCCESS;
+    return cpu;
 }
 
 /*

@@ -35,7 +35,7 @@ struct hv_irq_state {
     BOOLEAN counting;  /* the host window is open: count what arrives */
 };
 
-static struct hv_irq_state *irq_state; /* [HV_MAX_CPUS], EfiRuntimeServicesData */
+static struct hv_irq_state *irq_state; /* [hv.cpu_count], EfiRuntimeServicesData */
 
 extern UINT8 hv_irq_stubs[]; /* interrupts.S: vectors 32..255, 16 bytes apart */
 void hv_irq_call_handler(UINT64 handler);
@@ -43,7 +43,7 @@ void hv_irq_arrived(UINT64 vector, const UINT64 *frame);
 
 EFI_STATUS hv_irq_init(void)
 {
-    UINTN bytes = HV_MAX_CPUS * sizeof(struct hv_irq_state);
+    UINTN bytes = hv.cpu_count * sizeof(struct hv_irq_state);
     irq_state = hv_alloc_pages((bytes + HV_PAGE_SIZE - 1) / HV_PAGE_SIZE);
     return irq_state ? EFI_SUCCESS : EFI_OUT_OF_RESOURCES;
 }

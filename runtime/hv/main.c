@@ -32,6 +32,7 @@ extern elf64_dyn _DYNAMIC[];
 typedef EFI_STATUS (*hv_main_fn)(EFI_HANDLE image);
 static UINTN image_pages; /* the resident copy's size, for the figures */
 static UINT64 image_copy; /* ... and where it is (GET_RESIDENT_RANGES) */
+static BOOLEAN resident;  /* a CPU runs as a guest: the copy must stay */
 static EFI_STATUS hv_main(EFI_HANDLE image);
 
 /* A copy of this image at `copy`, its absolute pointers moved by the
@@ -76,7 +77,9 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
     *(UINTN *)(copy + ((UINT8 *)&image_pages - base)) = pages;
     *(UINT64 *)(copy + ((UINT8 *)&image_copy - base)) = copy;
     status = run(image);
-    if (EFI_ERROR(status)) /* not resident: nothing runs from the copy */
+    /* The status says how the boot should go on (hv_main), not whether the
+     * hypervisor stayed: that is the copy's `resident`. */
+    if (!*(BOOLEAN *)(copy + ((UINT8 *)&resident - base))) /* nothing runs from the copy */
         uefi_call_wrapper(BS->FreePages, 2, copy, pages);
     return status;
 }
@@ -154,7 +157,16 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     /* 3. The host environment, the spec's globals, per-CPU memory. */
     hv.vmx_basic = rdmsr(MSR_IA32_VMX_BASIC);
     hv.ept_vpid_cap = rdmsr(MSR_IA32_VMX_EPT_VPID_CAP);
-    hv.cpu_count = (UINT32)hv_cpu_count();
+    UINTN cpus = hv_cpu_count();
+    if (cpus > HV_MAX_CPUS) {
+        /* Half a machine virtualised is worse than none: every CPU or none. */
+        hv_say("uefi-hv: this machine has %u logical CPUs, more than the %u the hypervisor supports; "
+               "the hypervisor is not started\n",
+               (unsigned)cpus, (unsigned)HV_MAX_CPUS);
+        hv_start_next_image(image);
+        return EFI_UNSUPPORTED;
+    }
+    hv.cpu_count = (UINT32)cpus;
     UINTN bsp_number = hv_who_am_i();
     if (EFI_ERROR(hv_build_host_environment()) || EFI_ERROR(hv_build_msr_bitmap()))
         return give_up(image, EFI_OUT_OF_RESOURCES);
@@ -163,12 +175,9 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
         return give_up(image, EFI_OUT_OF_RESOURCES);
 #endif
     shared_pages = hv_allocated_pages();
-    for (UINT32 i = 0; i < hv.cpu_count; i++) {
-        hv.cpus[i] = hv_alloc_pages((sizeof(struct hv_cpu) + HV_PAGE_SIZE - 1) / HV_PAGE_SIZE);
-        if (!hv.cpus[i] || EFI_ERROR(hv_build_cpu_host_environment(hv.cpus[i])))
+    for (UINT32 i = 0; i < hv.cpu_count; i++)
+        if (!(hv.cpus[i] = hv_alloc_cpu(i)))
             return give_up(image, EFI_OUT_OF_RESOURCES);
-        hv.cpus[i]->index = i;
-    }
     UINTN per_cpu_pages = (hv_allocated_pages() - shared_pages) / hv.cpu_count;
     bsp = hv.cpus[bsp_number < hv.cpu_count ? bsp_number : 0];
     bsp->is_bsp = TRUE;
@@ -206,6 +215,7 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
         devirtualize_this_cpu(bsp);
         return give_up(image, EFI_ABORTED);
     }
+    resident = TRUE;
     for (UINT32 i = 0; i < hv.cpu_count; i++)
         hv_say("uefi-hv: cpu %u: %s\n", i,
                hv.cpus[i]->status == HV_CPU_LAUNCHED ? "virtualised" : hv.cpus[i]->error);
@@ -213,6 +223,9 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
            "code\n",
            hv.launched_count, hv.cpu_count, (unsigned)(per_cpu_pages * 4), (unsigned)(shared_pages * 4),
            (unsigned)(image_pages * 4));
-    hv_start_next_image(image);
-    return EFI_SUCCESS;
+    /* The boot manager goes on with the next boot option when an option
+     * returns an error, and shows its menu after EFI_SUCCESS (UEFI 2.10 3.1.1
+     * "Boot Manager Programming"): with nothing chained, EFI_NOT_FOUND lets
+     * the machine boot on to its disk, under the hypervisor. */
+    return hv_start_next_image(image);
 }

@@ -6,13 +6,29 @@
  */
 #include "hv.h"
 
-#define HV_MAX_ALLOCATIONS 128
+/* The shared tables, one allocation per CPU (host_env.c: hv_alloc_cpu), and
+ * the resident image copy. */
+#define HV_MAX_RECORDS (HV_MAX_CPUS + 64)
 
-static struct {
+/* Kept in address order, so that GET_RESIDENT_RANGES merges neighbours in
+ * one pass without a copy (it runs on a 16 KiB host stack). */
+static struct record {
     EFI_PHYSICAL_ADDRESS base;
     UINTN pages;
-} allocations[HV_MAX_ALLOCATIONS];
-static UINTN allocation_count;
+    BOOLEAN image; /* the image copy: main.c frees it, hv_free_all does not */
+} records[HV_MAX_RECORDS];
+static UINTN record_count;
+
+static BOOLEAN add_record(EFI_PHYSICAL_ADDRESS base, UINTN pages, BOOLEAN image)
+{
+    if (record_count == HV_MAX_RECORDS)
+        return FALSE;
+    UINTN i = record_count++;
+    for (; i > 0 && records[i - 1].base > base; i--)
+        records[i] = records[i - 1];
+    records[i] = (struct record){ base, pages, image };
+    return TRUE;
+}
 
 void hv_zero(void *p, UINTN n)
 {
@@ -33,15 +49,13 @@ void hv_copy(void *dst, const void *src, UINTN n)
 void *hv_alloc_pages(UINTN pages)
 {
     EFI_PHYSICAL_ADDRESS base = 0;
-    if (allocation_count == HV_MAX_ALLOCATIONS)
+    if (record_count == HV_MAX_RECORDS)
         return NULL;
     EFI_STATUS status =
         uefi_call_wrapper(BS->AllocatePages, 4, AllocateAnyPages, EfiRuntimeServicesData, pages, &base);
     if (EFI_ERROR(status))
         return NULL;
-    allocations[allocation_count].base = base;
-    allocations[allocation_count].pages = pages;
-    allocation_count++;
+    add_record(base, pages, FALSE);
     hv_zero((void *)base, pages * HV_PAGE_SIZE);
     return (void *)base;
 }
@@ -49,70 +63,53 @@ void *hv_alloc_pages(UINTN pages)
 UINTN hv_allocated_pages(void)
 {
     UINTN pages = 0;
-    for (UINTN i = 0; i < allocation_count; i++)
-        pages += allocations[i].pages;
+    for (UINTN i = 0; i < record_count; i++)
+        if (!records[i].image)
+            pages += records[i].pages;
     return pages;
 }
 
 /* The resident copy of the image (EfiRuntimeServicesCode, main.c). */
-static struct {
-    UINT64 base;
-    UINTN pages;
-} image;
-
 void hv_set_resident_image(UINT64 base, UINTN pages)
 {
-    image.base = base;
-    image.pages = pages;
+    add_record(base, pages, TRUE);
 }
 
 /*
  * The GET_RESIDENT_RANGES VMCALL (docs/vmcall.md): the physical memory the
  * hypervisor occupies, the image and every allocation, sorted by address and
  * merged where adjacent (AllocatePages hands out neighbouring pages, so a
- * handful of ranges cover it all). Computed on each call, into the caller's
- * stack: the records do not change once the hypervisor is resident.
+ * handful of ranges cover it all). Computed on each call from the records,
+ * which do not change once the hypervisor is resident.
  * FALSE when `index` is past the last range; *count is set either way.
  */
 BOOLEAN hv_resident_range(UINTN index, UINT64 *base, UINT64 *bytes, UINTN *count)
 {
-    struct range {
-        UINT64 start, end;
-    } r[HV_MAX_ALLOCATIONS + 1];
-    UINTN n = 0;
-    if (image.pages)
-        r[n++] = (struct range){ image.base, image.base + image.pages * HV_PAGE_SIZE };
-    for (UINTN i = 0; i < allocation_count; i++)
-        r[n++] =
-            (struct range){ allocations[i].base, allocations[i].base + allocations[i].pages * HV_PAGE_SIZE };
-    for (UINTN i = 1; i < n; i++) /* insertion sort: n <= 129 */
-        for (UINTN j = i; j > 0 && r[j - 1].start > r[j].start; j--) {
-            struct range swap = r[j];
-            r[j] = r[j - 1];
-            r[j - 1] = swap;
-        }
     UINTN merged = 0;
-    for (UINTN i = 0; i < n; i++) {
-        if (merged && r[i].start <= r[merged - 1].end) {
-            if (r[i].end > r[merged - 1].end)
-                r[merged - 1].end = r[i].end;
-        } else {
-            r[merged++] = r[i];
+    for (UINTN i = 0; i < record_count;) {
+        UINT64 start = records[i].base, end = start + records[i].pages * HV_PAGE_SIZE;
+        for (i++; i < record_count && records[i].base <= end; i++) {
+            UINT64 next_end = records[i].base + records[i].pages * HV_PAGE_SIZE;
+            if (next_end > end)
+                end = next_end;
+        }
+        if (merged++ == index) {
+            *base = start;
+            *bytes = end - start;
         }
     }
     *count = merged;
-    if (index >= merged)
-        return FALSE;
-    *base = r[index].start;
-    *bytes = r[index].end - r[index].start;
-    return TRUE;
+    return index < merged;
 }
 
 void hv_free_all(void)
 {
-    while (allocation_count) {
-        allocation_count--;
-        uefi_call_wrapper(BS->FreePages, 2, allocations[allocation_count].base,
-                          allocations[allocation_count].pages);
-    }
+    for (UINTN i = 0; i < record_count; i++)
+        if (!records[i].image)
+            uefi_call_wrapper(BS->FreePages, 2, records[i].base, records[i].pages);
+    UINTN kept = 0;
+    for (UINTN i = 0; i < record_count; i++)
+        if (records[i].image)
+            records[kept++] = records[i];
+    record_count = kept;
 }

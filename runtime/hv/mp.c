@@ -39,7 +39,7 @@ UINTN hv_cpu_count(void)
         mp = NULL;
     if (mp && EFI_ERROR(uefi_call_wrapper(mp->GetNumberOfProcessors, 3, mp, &count, &enabled)))
         count = 1;
-    return count > HV_MAX_CPUS ? HV_MAX_CPUS : count;
+    return count;
 }
 
 UINTN hv_who_am_i(void)

@@ -8,8 +8,7 @@
 #include "hvcheck.h"
 #include "mp_services.h"
 
-#define MAX_CPUS   64
-#define MAX_CHECKS 24
+#define MAX_CHECKS 32
 
 struct check {
     const char *name;
@@ -20,7 +19,7 @@ struct cpu_result {
     UINT32 count;
     struct check checks[MAX_CHECKS];
 };
-static struct cpu_result results[MAX_CPUS];
+static struct cpu_result *results; /* one per CPU, from the pool */
 
 /* A tiny formatter for APs (no UEFI there): %u and %x of 64-bit values. */
 static void fmt(char *out, UINTN size, const char *f, UINT64 a, UINT64 b)
@@ -423,8 +422,12 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
         uefi_call_wrapper(mp->GetNumberOfProcessors, 3, mp, &count, &enabled);
         uefi_call_wrapper(mp->WhoAmI, 2, mp, &bsp);
     }
-    if (count > MAX_CPUS)
-        count = MAX_CPUS;
+    results = AllocateZeroPool(count * sizeof *results);
+    if (!results) {
+        Print(L"HVCHECK: FAIL (no memory for the results of %u CPUs)\n", count);
+        power_off();
+        return EFI_OUT_OF_RESOURCES;
+    }
 
     UINT64 out[4];
     hvcheck_vmcall(VMCALL_GET_CPU_COUNT, 0, 0, out);

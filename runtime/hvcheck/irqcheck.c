@@ -12,7 +12,6 @@
 
 #if HV_ACTION_DISPATCH_IDT
 
-#define MAX_CPUS     64
 #define OWNED_COUNT  8
 #define IPI_COUNT    32
 #define CPUID_COUNT  32
@@ -72,7 +71,7 @@ struct ipi_result {
     UINT64 direct_status, direct_on_return, direct_seen, direct_exits;
     BOOLEAN refused; /* vectors < 32, > 255, owned: bad argument */
 };
-static struct ipi_result ipi_results[MAX_CPUS];
+static struct ipi_result *ipi_results; /* one per CPU, from the pool */
 
 static UINT64 rdtsc(void)
 {
@@ -330,10 +329,16 @@ void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
     Print(L"\n");
 
     /* Self-IPIs: every one delivered exactly once, on every CPU. */
+    ipi_results = AllocateZeroPool(count * sizeof *ipi_results);
+    if (!ipi_results) {
+        line(bsp, "memory for the self-IPI results of every CPU", FALSE, passed, total);
+        Print(L"\n");
+        return;
+    }
     MP *mp = NULL;
     if (count > 1 && EFI_ERROR(uefi_call_wrapper(BS->LocateProtocol, 3, &mp_guid, NULL, (VOID **)&mp)))
         mp = NULL;
-    for (UINTN i = 0; i < count && i < MAX_CPUS; i++) {
+    for (UINTN i = 0; ipi_results && i < count; i++) {
         hvcheck_ipi_seen = 0;
         if (i == bsp) {
             self_ipis(&ipi_results[i]);
@@ -380,7 +385,7 @@ void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
               r->owned_exits);
 #endif
     }
-    for (UINTN i = 0; i < count && i < MAX_CPUS; i++) {
+    for (UINTN i = 0; ipi_results && i < count; i++) {
         struct ipi_result *r = &ipi_results[i];
         if (r->ran && r->seen == IPI_COUNT)
             Print(L"hvcheck: bench: cpu %d: self-IPI to handler %ld TSC (min %ld), CPUID exit %ld TSC (min "
@@ -393,7 +398,7 @@ void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
  * not zero, as GET_IRQ_COUNT reports them. */
 void hvcheck_irq_summary(UINTN count)
 {
-    for (UINTN i = 0; i < count && i < MAX_CPUS; i++) {
+    for (UINTN i = 0; ipi_results && i < count; i++) {
         UINT64 out[4];
         UINTN shown = 0;
         Print(L"hvcheck: cpu %d external-interrupt exits by vector:", i);
