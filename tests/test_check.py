@@ -48,7 +48,7 @@ VIOLATIONS = {
                                "require proc.use_msr_bitmaps")]),
     "CTL-UG-EPT": variant([("proc2.enable_ept, ", "")]),
     "CTL-ACK-EXTINT": variant(append="controls { prefer exit.ack_interrupt_on_exit }"),
-    "CTL-VIRTUAL-NMI": variant(append="controls { prefer pin.virtual_nmis }"),
+    "CTL-VIRTUAL-NMI": variant([("    require pin.nmi_exiting\n", "")]),
     "CTL-POSTED-INTR": variant(append="controls { prefer pin.process_posted_interrupts }"),
     "CTL-APIC-VIRT": variant(append="controls { prefer proc2.virtualize_x2apic_mode }"),
     "CTL-PREEMPT-SAVE": variant(append="controls { prefer exit.save_vmx_preemption_timer_value }"),

@@ -44,6 +44,8 @@ CONTROL_ROLES = {
     "HV_PROC_USE_MSR_BITMAPS": "proc.use_msr_bitmaps",
     "HV_PROC_INTERRUPT_WINDOW_EXITING": "proc.interrupt_window_exiting",
     "HV_PROC_HLT_EXITING": "proc.hlt_exiting",
+    "HV_PROC_NMI_WINDOW_EXITING": "proc.nmi_window_exiting",
+    "HV_PIN_VIRTUAL_NMIS": "pin.virtual_nmis",
     "HV_PROC_MWAIT_EXITING": "proc.mwait_exiting",
     "HV_PROC2_ENABLE_EPT": "proc2.enable_ept",
     "HV_PROC2_ENABLE_VPID": "proc2.enable_vpid",

@@ -329,6 +329,12 @@ EXIT_ACTIONS = {a.name: a for a in (
                "`idt_base + 16 * vector` (the seed: `idt_base` is a global, never a VMREAD): by "
                "default one that queues it for the guest; for the vectors in `own` (32..255), "
                "the hypervisor's (counted, EOIed, never seen by the guest). See docs/interrupts.md"),
+    ActionInfo("nmi", ("exception_or_nmi",), {},
+               "an NMI that exits (pin.nmi_exiting) is the guest's: injected when it can take one, with "
+               "NMI-window exiting while it cannot (pin.virtual_nmis); NMIs taken in VMX root the same "
+               "(docs/runtime.md)"),
+    ActionInfo("nmi_window", ("nmi_window",), {}, "injects the pending NMI when the guest can take it",
+               sets=("proc.nmi_window_exiting",)),
     ActionInfo("inject_pending", ("interrupt_window",), {},
                "injects the pending interrupt when the guest can take it",
                sets=("proc.interrupt_window_exiting",)),

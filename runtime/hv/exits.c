@@ -621,6 +621,7 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
 #if HV_ACTION_DISPATCH_IDT
     hv_irq_before_entry(cpu);
 #endif
+    hv_nmi_before_entry(cpu); /* last: hv_host_nmi may open its window until VM entry */
 }
 
 void hv_vmresume_failed(struct hv_cpu *cpu)

@@ -22,14 +22,23 @@
 
 extern UINT8 hv_host_exception_stubs[]; /* vmexit.S: 32 stubs, 16 bytes apart */
 extern void hv_host_interrupt_stub(void);
+extern void hv_host_nmi_stub(void);
 
 struct hv_shared hv;
 
-static void set_gate(UINT64 *idt, UINT32 vector, UINT64 handler)
+/* Interrupt stack table slots (TSS.ist[n - 1]): the events that must not run on
+ * a host stack that may be the cause, or that may come at any instruction
+ * (SDM 7.14.5 "Interrupt Stack Table"). */
+#define IST_NMI    1
+#define IST_DF     2
+#define IST_MC     3
+#define IST_STACKS 3
+
+static void set_gate(UINT64 *idt, UINT32 vector, UINT64 handler, UINT32 ist)
 {
-    /* 64-bit interrupt gate (SDM 7.14.1 "64-Bit Mode IDT"): present, DPL 0, type 0xE, IST 0. */
-    idt[vector * 2] =
-        (handler & 0xFFFF) | (UINT64)HOST_CS << 16 | 0x8EULL << 40 | ((handler >> 16) & 0xFFFF) << 48;
+    /* 64-bit interrupt gate (SDM 7.14.1 "64-Bit Mode IDT"): present, DPL 0, type 0xE. */
+    idt[vector * 2] = (handler & 0xFFFF) | (UINT64)HOST_CS << 16 | (UINT64)ist << 32 | 0x8EULL << 40 |
+                      ((handler >> 16) & 0xFFFF) << 48;
     idt[vector * 2 + 1] = handler >> 32;
 }
 
@@ -39,7 +48,10 @@ static EFI_STATUS build_host_idt(void)
     if (!hv.host_idt)
         return EFI_OUT_OF_RESOURCES;
     for (UINT32 v = 0; v < 256; v++)
-        set_gate(hv.host_idt, v, v < 32 ? (UINT64)&hv_host_exception_stubs[v * 16] : hv_irq_host_gate(v));
+        set_gate(hv.host_idt, v, v < 32 ? (UINT64)&hv_host_exception_stubs[v * 16] : hv_irq_host_gate(v), 0);
+    set_gate(hv.host_idt, 2, (UINT64)hv_host_nmi_stub, IST_NMI);
+    set_gate(hv.host_idt, 8, (UINT64)&hv_host_exception_stubs[8 * 16], IST_DF);
+    set_gate(hv.host_idt, 18, (UINT64)&hv_host_exception_stubs[18 * 16], IST_MC);
     return EFI_SUCCESS;
 }
 
@@ -87,7 +99,7 @@ EFI_STATUS hv_build_host_environment(void)
  * struct hv_cpu, a page with its GDT and TSS, its host stack, its VMXON
  * region and its VMCS (each page-aligned, as VMXON and VMPTRLD require). */
 #define CPU_STRUCT_PAGES ((sizeof(struct hv_cpu) + HV_PAGE_SIZE - 1) / HV_PAGE_SIZE)
-#define CPU_BLOCK_PAGES  (CPU_STRUCT_PAGES + 1 + HV_HOST_STACK_SIZE / HV_PAGE_SIZE + 2)
+#define CPU_BLOCK_PAGES  (CPU_STRUCT_PAGES + 1 + HV_HOST_STACK_SIZE / HV_PAGE_SIZE + 2 + IST_STACKS)
 
 struct hv_cpu *hv_alloc_cpu(UINT32 index)
 {
@@ -100,9 +112,18 @@ struct hv_cpu *hv_alloc_cpu(UINT32 index)
     cpu->host_stack = page + HV_PAGE_SIZE;
     cpu->vmxon_region = cpu->host_stack + HV_HOST_STACK_SIZE;
     cpu->vmcs = cpu->vmxon_region + HV_PAGE_SIZE;
+    for (UINT32 i = 0; i < IST_STACKS; i++) {
+        /* A page each; the word at the top holds this CPU's struct hv_cpu *
+         * (the NMI stub's argument), the frame goes below it. */
+        UINT64 top = (UINT64)cpu->vmcs + (2 + i) * HV_PAGE_SIZE - 16;
+        *(struct hv_cpu **)top = cpu;
+        cpu->ist_top[i] = top;
+    }
     cpu->host_gdt = (UINT64 *)page;
     cpu->host_tss = (struct hv_tss *)(page + 64);
     cpu->host_tss->iomap_base = sizeof(struct hv_tss); /* no I/O permission bitmap */
+    for (UINT32 i = 0; i < IST_STACKS; i++)
+        cpu->host_tss->ist[i] = cpu->ist_top[i];
 
     UINT64 tss = (UINT64)cpu->host_tss, limit = sizeof(struct hv_tss) - 1;
     cpu->host_gdt[0] = 0;

@@ -98,12 +98,10 @@ void hv_irq_exit(struct hv_cpu *cpu)
          * same handlers, during a one-instruction window; the guest's
          * vectors are counted as they arrive (the hypervisor's are not: its
          * stub is not told the vector). The handler saves the
-         * general-purpose registers; the vector registers are the C code's
-         * (caller-saved), hence the clobbers. */
+         * general-purpose registers, and no code of the hypervisor uses
+         * another (-mgeneral-regs-only). */
         irq_state[cpu->index].counting = TRUE;
-        __asm__ volatile("sti; nop; cli" ::
-                             : "memory", "cc", "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7",
-                               "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+        __asm__ volatile("sti; nop; cli" ::: "memory", "cc");
         irq_state[cpu->index].counting = FALSE;
         return;
     }

@@ -414,9 +414,9 @@ void hv_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
     UINT16 tr = (UINT16)vmread(GUEST_TR_SELECTOR);
     UINT64 fs_base = vmread(GUEST_FS_BASE), gs_base = vmread(GUEST_GS_BASE);
 
+    __atomic_store_n(&cpu->status, HV_CPU_NEW, __ATOMIC_SEQ_CST); /* before: an NMI must not VMWRITE now */
     vmclear((UINT64)cpu->vmcs);
     vmxoff();
-    cpu->status = HV_CPU_NEW;
     __atomic_sub_fetch(&hv.launched_count, 1, __ATOMIC_SEQ_CST);
     write_cr4(cr4); /* VMXE off: the guest never saw it */
     __asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");

@@ -165,6 +165,52 @@ hv_host_exception_stubs:
     jmp hv_host_exception_common
     .endr
 
+# The host's NMI gate, on this CPU's NMI stack (IST 1): the NMI is the
+# guest's; hv_host_nmi() counts it, with this CPU's struct hv_cpu * from the
+# word above the interrupt frame (host_env.c puts it there).
+    .globl hv_host_nmi_stub
+    .balign 16
+hv_host_nmi_stub:
+    push %r11
+    push %r10
+    push %r9
+    push %r8
+    push %rdi
+    push %rsi
+    push %rdx
+    push %rcx
+    push %rax
+    mov 112(%rsp), %rdi         # 9 registers, then RIP CS RFLAGS RSP SS: the word above
+    call hv_host_nmi
+    pop %rax
+    pop %rcx
+    pop %rdx
+    pop %rsi
+    pop %rdi
+    pop %r8
+    pop %r9
+    pop %r10
+    pop %r11
+    iretq
+
+# void hv_iret_to_self(void): IRET to the next instruction, in the same mode
+# and stack: what unblocks NMIs after an NMI VM exit (SDM 7.7.1 "Handling
+# Multiple NMIs").
+    .globl hv_iret_to_self
+hv_iret_to_self:
+    mov %rsp, %rax
+    xor %ecx, %ecx
+    mov %ss, %cx
+    push %rcx                   # SS
+    push %rax                   # RSP, as before the frame
+    pushfq
+    mov %cs, %cx
+    push %rcx                   # CS
+    lea 1f(%rip), %rax
+    push %rax                   # RIP
+    iretq
+1:  ret
+
     .globl hv_host_interrupt_stub
     .balign 16
 hv_host_interrupt_stub:

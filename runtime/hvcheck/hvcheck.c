@@ -321,6 +321,95 @@ static UINT64 rdtsc(void)
     return (UINT64)hi << 32 | lo;
 }
 
+/* --- NMIs: a burst at a CPU busy with VM exits --------------------------- */
+#define NMI_BURST 64
+#define NMI_WAIT  50000000ULL /* TSC ticks for one NMI to arrive */
+
+struct nmi_burst {
+    UINT32 target_apic;   /* the BSP's APIC id */
+    volatile UINT32 sent; /* by the sender, one after the other arrived */
+    volatile UINT32 done;
+};
+
+/* An NMI by the local APIC's ICR (delivery mode 100b, SDM 12.6.1 "Interrupt
+ * Command Register (ICR)"), through MSR 0x830 in x2APIC mode. */
+static void send_nmi(UINT32 apic_id)
+{
+    UINT32 lo, hi;
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x1B)); /* IA32_APIC_BASE */
+    UINT32 icr = 4U << 8 | 1U << 14;                            /* NMI, assert */
+    if (lo & (1U << 10)) {
+        __asm__ volatile("wrmsr" ::"c"(0x830), "a"(icr), "d"(apic_id) : "memory");
+        return;
+    }
+    volatile UINT32 *apic = (volatile UINT32 *)(((UINT64)hi << 32 | lo) & ~0xFFFULL);
+    apic[0x310 / 4] = apic_id << 24;
+    apic[0x300 / 4] = icr;
+    while (apic[0x300 / 4] & (1U << 12)) /* delivery status */
+        __asm__ volatile("pause");
+}
+
+/* On the AP: NMI_BURST NMIs at the BSP, each once the one before arrived. */
+static VOID EFIAPI nmi_sender(VOID *arg)
+{
+    struct nmi_burst *b = arg;
+    for (UINT32 i = 0; i < NMI_BURST; i++) {
+        UINT64 before = hvcheck_nmi_count, deadline = rdtsc() + NMI_WAIT;
+        send_nmi(b->target_apic);
+        b->sent = i + 1;
+        while (hvcheck_nmi_count == before && rdtsc() < deadline)
+            __asm__ volatile("pause");
+        if (hvcheck_nmi_count == before)
+            break;
+    }
+    b->done = 1;
+}
+
+/* NMIs are the guest's wherever they find the CPU: in VMX non-root (an NMI
+ * exit) or in root (the host's NMI gate), the hypervisor injects each into
+ * the guest, here while the BSP spins on CPUID, so that many arrive during
+ * an exit. All arrive in the guest's NMI handler and nothing powers off. */
+static void check_nmis(struct cpu_result *r, UINTN bsp, UINTN count)
+{
+    UINT32 c[4];
+    cpuid(1, c);
+    struct nmi_burst burst = { c[1] >> 24, 0, 0 };
+    UINT64 nmi_exits = exit_count(EXIT_EXCEPTION_OR_NMI);
+    struct idt_gate saved = hvcheck_set_gate(2, hvcheck_nmi_handler);
+    hvcheck_nmi_count = 0;
+    EFI_EVENT done_event = NULL;
+    UINTN sender = bsp == 0 ? 1 : 0;
+    EFI_STATUS s = EFI_NOT_STARTED;
+    if (count > 1 && mp && !EFI_ERROR(uefi_call_wrapper(BS->CreateEvent, 5, 0, 0, NULL, NULL, &done_event)))
+        s = uefi_call_wrapper(mp->StartupThisAP, 7, mp, nmi_sender, sender, done_event, 0, &burst, NULL);
+    if (EFI_ERROR(s)) { /* one CPU: it sends its own NMIs, between CPUID exits */
+        for (UINT32 i = 0; i < NMI_BURST; i++) {
+            UINT64 before = hvcheck_nmi_count, deadline = rdtsc() + NMI_WAIT;
+            send_nmi(burst.target_apic);
+            burst.sent = i + 1;
+            while (hvcheck_nmi_count == before && rdtsc() < deadline)
+                cpuid(0, c);
+        }
+        burst.done = 1;
+    }
+    UINT64 deadline = rdtsc() + NMI_BURST * NMI_WAIT;
+    while (!burst.done && rdtsc() < deadline)
+        cpuid(0, c); /* a VM exit each */
+    if (done_event) {
+        UINTN index;
+        if (!EFI_ERROR(s))
+            uefi_call_wrapper(BS->WaitForEvent, 3, 1, &done_event, &index);
+        uefi_call_wrapper(BS->CloseEvent, 1, done_event);
+    }
+    hvcheck_restore_gate(2, saved);
+    nmi_exits = exit_count(EXIT_EXCEPTION_OR_NMI) - nmi_exits;
+    /* With another CPU sending, most arrive while this one is in VMX root
+     * (the host's NMI gate); sent to itself, each is an NMI exit. */
+    record(r, "a burst of NMIs at a CPU busy with exits all reach the guest",
+           burst.sent == NMI_BURST && hvcheck_nmi_count == NMI_BURST, "%u arrived, %u of them by NMI exits",
+           hvcheck_nmi_count, nmi_exits);
+}
+
 static void check_uefi(struct cpu_result *r, EFI_HANDLE image)
 {
     EFI_STATUS s =
@@ -436,6 +525,7 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
            virtualised, count);
     check_this_cpu(&results[bsp], bsp);
     check_uefi(&results[bsp], image);
+    check_nmis(&results[bsp], bsp, count);
     for (UINTN i = 0; i < count; i++) {
         if (i == bsp)
             continue;

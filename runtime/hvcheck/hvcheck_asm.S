@@ -89,6 +89,12 @@ hvcheck_wrmsr_faulted:
     mov $1, %eax
     ret
 
+# The guest's NMI handler during the NMI check: counts, nothing else.
+    .globl hvcheck_nmi_handler
+hvcheck_nmi_handler:
+    lock incq hvcheck_nmi_count(%rip)
+    iretq
+
     .globl hvcheck_gp_handler
 hvcheck_gp_handler:
     add $8, %rsp                 # the error code
@@ -101,6 +107,9 @@ hvcheck_gp_handler:
     .data
     .balign 8
 hvcheck_ud_resume:
+    .quad 0
+    .globl hvcheck_nmi_count
+hvcheck_nmi_count:
     .quad 0
     .globl hvcheck_fault_rflags
 hvcheck_fault_rflags:
