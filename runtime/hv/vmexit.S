@@ -10,19 +10,15 @@
 # hv_vmexit_entry: HOST_RIP. The processor arrives here with RSP = HOST_RSP (SDM
 # 29.5.3 "Loading Host RIP, RSP, RFLAGS, and SSP"); the slot at HOST_RSP holds
 # this CPU's struct hv_cpu *. Guest GPRs are saved in the x86 register-number
-# order (struct hv_guest_regs), the guest's SSE state with FXSAVE (the C code
-# may use it).
+# order (struct hv_guest_regs). Nothing else: the hypervisor's C touches no
+# x87/SSE/AVX register (-mgeneral-regs-only), so the guest's stay in place.
 # ---------------------------------------------------------------------------
     .globl hv_vmexit_entry
 hv_vmexit_entry:
     PUSH_GUEST_REGS
     mov %rsp, %rdi              # struct hv_guest_regs *
     mov 128(%rsp), %rsi         # struct hv_cpu *
-    sub $512, %rsp
-    fxsave64 (%rsp)
     call hv_vmexit_handler
-    fxrstor64 (%rsp)
-    add $512, %rsp
     POP_GUEST_REGS
     vmresume
     # VMRESUME failed (VMfailInvalid/VMfailValid, SDM 32.3 "VMX Instructions"): report it.
@@ -71,13 +67,11 @@ hv_vmlaunch:
 
 # ---------------------------------------------------------------------------
 # void hv_resume_native(const UINT64 frame[5], const struct hv_guest_regs *regs)
-# After VMXOFF (hv_devirtualize): the guest's SSE state (FXSAVE area just
-# below regs, see hv_vmexit_entry), its GPRs, then IRETQ to its RIP, CS,
-# RFLAGS, RSP and SS.
+# After VMXOFF (hv_devirtualize): the guest's GPRs, then IRETQ to its RIP,
+# CS, RFLAGS, RSP and SS (its x87/SSE/AVX state never left the registers).
 # ---------------------------------------------------------------------------
     .globl hv_resume_native
 hv_resume_native:
-    fxrstor64 -512(%rsi)
     pushq 32(%rdi)              # SS
     pushq 24(%rdi)              # RSP
     pushq 16(%rdi)              # RFLAGS
