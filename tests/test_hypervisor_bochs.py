@@ -315,3 +315,25 @@ def test_more_cpus_than_the_maximum_leave_the_machine_alone(tmp_path, run_dir):
     assert ("uefi-hv: this machine has 4 logical CPUs, more than the 2 the hypervisor supports; "
             "the hypervisor is not started") in result.serial
     assert "virtualised" not in result.serial
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_a_vm_entry_that_fails_on_the_guest_state_leaves_the_firmware_running(tmp_path, run_dir, cpus):
+    """VM entry checks the guest state after VMLAUNCH has succeeded as an
+    instruction, so the failure arrives as an exit (reason 33 with bit 31,
+    SDM 28.8), not as VMfail. At the launch that is the firmware's state
+    itself: VMX goes off again, the memory is freed, and the boot goes on
+    natively. Built with HV_TEST_INVALID_GUEST_STATE (an activity state no
+    CPU has), so the BSP's launch fails; hvcheck then finds no hypervisor."""
+    efi = build_hypervisor(DSL_DIR / "default.hv", tmp_path, cflags=["-DHV_TEST_INVALID_GUEST_STATE"])
+    image = make_image(efi["BOOTX64.EFI"], tmp_path / "hv.img", chain=efi["hvcheck.efi"])
+    result = boot(image, emulator="bochs", cpus=cpus, timeout=90, expect=["HVCHECK: FAIL (no hypervisor)"],
+                  tolerate=["VMENTER FAIL: VMCS guest activity state 5"], run_dir=run_dir)
+    assert result.ok, result
+    serial = result.serial
+    assert ("uefi-hv: cpu 0: VM entry failed at launch: exit reason 33 (invalid_guest_state), "
+            "qualification 0x0; VMX is off again") in serial, serial[-2000:]
+    assert ("uefi-hv: VMX is off on every CPU and the hypervisor's memory is freed; "
+            "the boot continues") in serial
+    assert "virtualised" not in serial
+    assert "VMENTER FAIL: VMCS guest activity state 5" in (run_dir / "bochs.log").read_text()

@@ -616,10 +616,13 @@ _BOCHS_VERSION = re.compile(r"Bochs x86 Emulator (\S+)")
 _FOUR_GIB = 1 << 32
 
 
-def judge_bochs_log_line(line: str) -> Optional[tuple[str, bool]]:
+def judge_bochs_log_line(line: str, tolerate: Sequence[str] = ()) -> Optional[tuple[str, bool]]:
     """What a Bochs log line means for the run: ("power-off", False), a failure
     (reason, True), or None. Bochs prefixes each line with the instruction
-    count, a level letter (i, e, p for panic) and the device."""
+    count, a level letter (i, e, p for panic) and the device. A line holding
+    one of `tolerate` is no failure (a test that causes it on purpose)."""
+    if any(t in line for t in tolerate):
+        return None
     m = _BOCHS_LOG_LINE.match(line.strip())
     level, text = (m.group(1), m.group(2)) if m else ("", line.strip())
     if BOCHS_POWER_OFF in text:
@@ -738,9 +741,10 @@ class BochsMachine(Machine):
 
     def __init__(self, image, cpus: int = 1, cpu_model: Optional[str] = None, run_dir=None,
                  bochs: Optional[str] = None, memory_mib: int = MEMORY_MIB,
-                 stream: Stream = None, check_image: bool = True):
+                 stream: Stream = None, check_image: bool = True, tolerate: Sequence[str] = ()):
         if check_image:
             check_bootable(image)
+        self.tolerate = tuple(tolerate)
         self.image = Path(image).resolve()
         self.cpus = cpus
         self.bochs = find_bochs(bochs)
@@ -805,7 +809,7 @@ class BochsMachine(Machine):
         lines (judge_bochs_log_line) that end a run."""
         time.sleep(seconds)
         judged = [verdict for line in self.log.poll()
-                  if (verdict := judge_bochs_log_line(line))]
+                  if (verdict := judge_bochs_log_line(line, self.tolerate))]
         if (stall := self.stalled()) is not None:
             judged.append((stall, True))
         return self.tail.poll(), judged
@@ -851,11 +855,11 @@ class BochsMachine(Machine):
 
 
 def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shutdown,
-                cpu_model, bochs, run_dir, stream) -> BootResult:
+                cpu_model, bochs, run_dir, stream, tolerate=()) -> BootResult:
     """One Bochs run; a run whose Bochs stalled (BOCHS_STALLED) is run again,
     at most BOCHS_STALL_RETRIES times, its files kept in run_dir/stalled-N."""
     result = _boot_bochs_once(image, cpus, timeout, expect, fail, expect_shutdown,
-                              cpu_model, bochs, run_dir, stream)
+                              cpu_model, bochs, run_dir, stream, tolerate)
     for attempt in range(1, BOCHS_STALL_RETRIES + 1):
         if result.ok or not result.reason.startswith(BOCHS_STALLED):
             break
@@ -865,7 +869,7 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
             if path.is_file():
                 path.rename(kept / path.name)
         retried = _boot_bochs_once(image, cpus, timeout, expect, fail, expect_shutdown,
-                                   cpu_model, bochs, result.run_dir, stream)
+                                   cpu_model, bochs, result.run_dir, stream, tolerate)
         retried.reason += f" (run again: the first {result.reason[0].lower()}{result.reason[1:]})"
         retried.pids = result.pids + retried.pids
         result = retried
@@ -873,10 +877,10 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
 
 
 def _boot_bochs_once(image: Path, cpus: int, timeout: float, expect, fail, expect_shutdown,
-                     cpu_model, bochs, run_dir, stream) -> BootResult:
+                     cpu_model, bochs, run_dir, stream, tolerate=()) -> BootResult:
     start = time.monotonic()
     machine = BochsMachine(image, cpus=cpus, cpu_model=cpu_model, run_dir=run_dir,
-                           bochs=bochs, stream=stream, check_image=False)
+                           bochs=bochs, stream=stream, check_image=False, tolerate=tolerate)
     result = BootResult(False, "", "bochs", machine.run_dir)
     try:
         machine.start()
@@ -954,14 +958,16 @@ def _describe(expect: Sequence[str]) -> str:
 def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
          expect: Sequence[str] = (), fail: Sequence[str] = (),
          expect_shutdown: bool = True, cpu_model: Optional[str] = None,
-         bochs: Optional[str] = None, run_dir=None, stream: Stream = None) -> BootResult:
+         bochs: Optional[str] = None, run_dir=None, stream: Stream = None,
+         tolerate: Sequence[str] = ()) -> BootResult:
     """Boot the GPT image `image` and judge the run.
 
     expect/fail: console markers (regexes or plain strings, matched per line);
     the run stops at the first one seen. With no `expect`, a clean power-off
     is the success (when `expect_shutdown`). Bochs runs also fail on a VMFAIL,
     VMENTER FAIL, triple fault or panic in its log (but the known, harmless
-    ones of BOCHS_KNOWN_PANICS). `bochs` chooses the Bochs (find_bochs). `auto` is QEMU with KVM
+    ones of BOCHS_KNOWN_PANICS, and log lines holding one of `tolerate`, for a
+    test that causes them). `bochs` chooses the Bochs (find_bochs). `auto` is QEMU with KVM
     when kvm_vmx_usable(), else Bochs. Bad input (no image, no ESP) raises a
     UserError before anything starts.
     """
@@ -981,7 +987,7 @@ def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
         return _boot_qemu(image, cpus, timeout, list(expect), list(fail), expect_shutdown,
                           run_dir, stream)
     return _boot_bochs(image, cpus, timeout, list(expect), list(fail), expect_shutdown,
-                       cpu_model, bochs, run_dir, stream)
+                       cpu_model, bochs, run_dir, stream, tolerate)
 
 
 # --- CLI --------------------------------------------------------------------------------------

@@ -589,6 +589,8 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
         hv_log_fatal("uefi-hv: cpu %u: VM entry failed: exit reason %u (%s), qualification 0x%lx\n",
                      cpu->index, reason & 0xFFFF, hv_exit_reason_name(reason), vmread(EXIT_QUALIFICATION));
         log_guest_state(cpu);
+        if (!cpu->exits_total) /* the launch itself: the firmware goes on without VMX */
+            hv_launch_entry_failed(cpu, regs);
         hv_power_off();
     }
     reason &= 0xFFFF;

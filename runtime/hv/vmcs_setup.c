@@ -231,6 +231,11 @@ static UINT8 write_guest_state(struct hv_cpu *cpu)
     W(GUEST_ACTIVITY_STATE, 0);
     W(GUEST_INTERRUPTIBILITY_INFO, 0);
     W(GUEST_PENDING_DBG_EXCEPTIONS, 0);
+#ifdef HV_TEST_INVALID_GUEST_STATE
+    /* tests/test_hypervisor_bochs.py: an activity state no CPU has, so that
+     * VM entry fails on the guest state and the failure path is seen. */
+    W(GUEST_ACTIVITY_STATE, 5);
+#endif
 #undef SEGMENT
 #undef W
     return err;
@@ -371,7 +376,11 @@ BOOLEAN hv_launch_cpu(struct hv_cpu *cpu)
     cpu->status = HV_CPU_LAUNCHED; /* set before: the guest continues below */
     UINT64 rc = hv_vmlaunch(flags);
     if (rc == 0)
-        return TRUE; /* in VMX non-root operation now */
+        return TRUE;                    /* in VMX non-root operation now */
+    if (rc == HV_LAUNCH_ENTRY_FAILED) { /* VMX is off again: hv_launch_entry_failed */
+        write_rflags(flags);
+        return FALSE;
+    }
 
     /* VMLAUNCH (SDM 32.3 "VMX Instructions"): VMfailValid leaves the reason in
      * VM_INSTRUCTION_ERROR. */
@@ -389,18 +398,15 @@ BOOLEAN hv_launch_cpu(struct hv_cpu *cpu)
 }
 
 /*
- * DEVIRTUALIZE: VMX off on this CPU, and the guest's state loaded into the
- * CPU itself, so that it continues natively after its VMCALL. Runs in VMX
- * root on the host stack; the firmware's page tables map it (identity).
+ * VMX off on this CPU, and the guest's state (from the VMCS) loaded into the
+ * CPU itself, so that it continues natively at `rip` with the GPRs of
+ * `regs`. Runs in VMX root on the host stack; the firmware's page tables map
+ * it (identity). The caller has taken the CPU out of HV_CPU_LAUNCHED.
  */
-void hv_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+static void __attribute__((noreturn)) leave_vmx(struct hv_cpu *cpu, struct hv_guest_regs *regs, UINT64 rip)
 {
     UINT64 frame[5] = {
-        vmread(GUEST_RIP) + vmread(VM_EXIT_INSTRUCTION_LEN),
-        vmread(GUEST_CS_SELECTOR),
-        vmread(GUEST_RFLAGS),
-        vmread(GUEST_RSP),
-        vmread(GUEST_SS_SELECTOR),
+        rip, vmread(GUEST_CS_SELECTOR), vmread(GUEST_RFLAGS), vmread(GUEST_RSP), vmread(GUEST_SS_SELECTOR),
     };
     UINT64 cr3 = vmread(GUEST_CR3);
     UINT64 cr0 = (vmread(GUEST_CR0) & ~vmread(CR0_GUEST_HOST_MASK)) |
@@ -414,10 +420,8 @@ void hv_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
     UINT16 tr = (UINT16)vmread(GUEST_TR_SELECTOR);
     UINT64 fs_base = vmread(GUEST_FS_BASE), gs_base = vmread(GUEST_GS_BASE);
 
-    __atomic_store_n(&cpu->status, HV_CPU_NEW, __ATOMIC_SEQ_CST); /* before: an NMI must not VMWRITE now */
     vmclear((UINT64)cpu->vmcs);
     vmxoff();
-    __atomic_sub_fetch(&hv.launched_count, 1, __ATOMIC_SEQ_CST);
     write_cr4(cr4); /* VMXE off: the guest never saw it */
     __asm__ volatile("mov %0, %%cr3" : : "r"(cr3) : "memory");
     write_cr0(cr0);
@@ -435,4 +439,29 @@ void hv_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
     wrmsr(MSR_IA32_FS_BASE, fs_base);
     wrmsr(MSR_IA32_GS_BASE, gs_base);
     hv_resume_native(frame, regs);
+}
+
+/* DEVIRTUALIZE: the guest goes on natively after its VMCALL. */
+void hv_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+{
+    __atomic_store_n(&cpu->status, HV_CPU_NEW, __ATOMIC_SEQ_CST); /* first: an NMI must not VMWRITE now */
+    __atomic_sub_fetch(&hv.launched_count, 1, __ATOMIC_SEQ_CST);
+    leave_vmx(cpu, regs, vmread(GUEST_RIP) + vmread(VM_EXIT_INSTRUCTION_LEN));
+}
+
+/* The VMLAUNCH of this CPU failed VM entry after the checks of controls and
+ * host state (invalid guest state, an MSR to load: SDM 28.8 "VM-Entry
+ * Failures During or After Loading Guest State"), so the exit came here, not
+ * to its caller. VMX goes off again and hv_vmlaunch returns
+ * HV_LAUNCH_ENTRY_FAILED to hv_launch_cpu natively, as a VMfail would: the
+ * firmware goes on without the hypervisor. */
+void hv_launch_entry_failed(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+{
+    UINT32 reason = (UINT32)vmread(VM_EXIT_REASON) & 0xFFFF;
+    hv_snprintf(cpu->error, sizeof cpu->error,
+                "VM entry failed at launch: exit reason %u (%s), qualification 0x%lx; VMX is off again",
+                reason, hv_exit_reason_name(reason), vmread(EXIT_QUALIFICATION));
+    __atomic_store_n(&cpu->status, HV_CPU_FAILED, __ATOMIC_SEQ_CST);
+    regs->rax = HV_LAUNCH_ENTRY_FAILED;
+    leave_vmx(cpu, regs, (UINT64)hv_vmlaunch_done);
 }

@@ -48,6 +48,13 @@ extern BOOLEAN hv_constant_host_state_ready;
 void hv_cr_fixed(const struct hv_cpu *cpu, UINT32 cr, UINT64 *must_be_1, UINT64 *must_be_0);
 UINT64 hv_cr_owned(const struct hv_cpu *cpu, UINT32 cr);
 
+/* hv_vmlaunch's result when VM entry failed after its checks of controls and
+ * host state (1 and 2 are VMfailInvalid and VMfailValid); the guest state
+ * failed, and hv_launch_entry_failed has turned VMX off again. */
+#define HV_LAUNCH_ENTRY_FAILED 3
+void hv_launch_entry_failed(struct hv_cpu *cpu, struct hv_guest_regs *regs) __attribute__((noreturn));
+extern char hv_vmlaunch_done[]; /* vmexit.S: where hv_vmlaunch returns RAX */
+
 /* INVVPID (and, `all`, INVEPT) where the CPU supports it: INIT and VMXON. */
 void hv_invalidate_guest_tlb(struct hv_cpu *cpu, BOOLEAN all);
 

@@ -32,7 +32,9 @@ hv_vmexit_entry:
 # UINT64 hv_vmlaunch(UINT64 guest_rflags)
 # The launch trick: the guest starts exactly where this routine returns, on
 # this stack, with the caller's callee-saved registers and RFLAGS. Returns 0
-# in the guest; 1 (VMfailInvalid) or 2 (VMfailValid) when VMLAUNCH fails.
+# in the guest; 1 (VMfailInvalid) or 2 (VMfailValid) when VMLAUNCH fails; 3
+# (HV_LAUNCH_ENTRY_FAILED) when VM entry failed on the guest state: the exit
+# handler turns VMX off and resumes at hv_vmlaunch_done natively.
 # ---------------------------------------------------------------------------
     .globl hv_vmlaunch
 hv_vmlaunch:
@@ -56,6 +58,8 @@ hv_vmlaunch:
     jmp .Llaunch_done
 .Lguest_starts_here:
     xor %eax, %eax
+    .globl hv_vmlaunch_done
+hv_vmlaunch_done:
 .Llaunch_done:
     pop %r15
     pop %r14
