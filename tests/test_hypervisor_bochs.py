@@ -7,6 +7,7 @@ checks before VMLAUNCH, and the firmware carries on."""
 from __future__ import annotations
 
 import re
+import time
 
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from uefi_hv import DSL_DIR
 from uefi_hv.build import build_efi, build_hypervisor
-from uefi_hv.emulate import boot
+from uefi_hv.emulate import BochsMachine, boot
 from uefi_hv.image import make_image
 
 pytestmark = pytest.mark.bochs
@@ -114,29 +115,14 @@ def test_a_broken_host_state_is_stopped_by_the_run_time_check(tmp_path, run_dir,
     assert result.ok, result        # a clean power-off, no VMFAIL in the Bochs log
 
 
-@pytest.fixture
-def bochs_judge_ignoring(monkeypatch):
-    """Let a run go on past Bochs log lines the hypervisor itself answers
-    (a failed VMLAUNCH it reports, a guest triple fault it catches): the
-    test then asserts on what the hypervisor printed and on the log."""
-    from uefi_hv import emulate
-
-    original = emulate.judge_bochs_log_line
-
-    def ignoring(*words):
-        monkeypatch.setattr(emulate, "judge_bochs_log_line",
-                            lambda line: None if any(w in line for w in words) else original(line))
-    return ignoring
-
-
-def test_a_rule_only_the_cpu_checks_fails_vmlaunch_by_name(tmp_path, run_dir, bochs_judge_ignoring):
+def test_a_rule_only_the_cpu_checks_fails_vmlaunch_by_name(tmp_path, run_dir):
     """A host CR3 beyond the physical-address width passes the run-time checks
-    (no rule there) and VMLAUNCH refuses it; the error is printed by name."""
-    bochs_judge_ignoring("VMFAIL")
+    (no rule there) and VMLAUNCH refuses it; the error is printed by name (the
+    run goes on past the VMFAIL Bochs logs for it)."""
     spec = broken_spec(tmp_path, "HOST_CR3               = symbol(host_cr3)",
                        "HOST_CR3               = 0x8000000000000000")
     image = build_image(spec, tmp_path / "build", check=False)
-    result = boot(image, emulator="bochs", cpus=1, timeout=60, run_dir=run_dir)
+    result = boot(image, emulator="bochs", cpus=1, timeout=60, tolerate=["VMFAIL"], run_dir=run_dir)
     assert "VMFAIL: VMCS host state invalid CR3" in result.log
     assert ("uefi-hv: cpu 0: VMLAUNCH failed: VM-instruction error 8 (entry_invalid_host_state_fields)"
             in result.serial), result
@@ -175,19 +161,6 @@ def guest_app(tmp_path: Path, name: str) -> Path:
 def image_chaining(spec: Path, app: Path, workdir: Path, check: bool = True) -> Path:
     hv = build_hypervisor(spec, workdir, check=check)["BOOTX64.EFI"]
     return make_image(hv, workdir / "hv.img", chain=app)
-
-
-def test_a_guest_triple_fault_is_logged_with_guest_state_then_power_off(tmp_path, run_dir,
-                                                                        bochs_judge_ignoring):
-    bochs_judge_ignoring("triple fault", "3rd (")
-    image = image_chaining(DSL_DIR / "default.hv", guest_app(tmp_path, "triple_fault"), tmp_path)
-    result = boot(image, emulator="bochs", cpus=1, timeout=60, run_dir=run_dir)
-    serial = result.serial
-    assert "guest: triple fault next" in serial
-    assert "uefi-hv: cpu 0: the guest triple-faulted (shutdown)" in serial, result
-    assert "uefi-hv: cpu 0: guest RIP 0x" in serial and "guest CR0 0x" in serial
-    assert "uefi-hv: powering off" in serial
-    assert result.ok, result          # ACPI power-off, not a reset
 
 
 def test_an_exit_the_spec_does_not_handle_is_named_and_stops_the_machine(tmp_path, run_dir):
@@ -337,3 +310,28 @@ def test_a_vm_entry_that_fails_on_the_guest_state_leaves_the_firmware_running(tm
             "the boot continues") in serial
     assert "virtualised" not in serial
     assert "VMENTER FAIL: VMCS guest activity state 5" in (run_dir / "bochs.log").read_text()
+
+
+
+def test_a_guest_triple_fault_resets_the_machine(tmp_path, run_dir):
+    """A triple fault shuts a CPU down, and the platform resets it (Linux's
+    reboot=t relies on that): under the hypervisor the triple-fault exit is
+    logged with the guest's state and the machine reset through the reset
+    control register 0xCF9. (OVMF under Bochs does not boot again after a
+    hardware reset, with or without the hypervisor: docs/emulators.md; the
+    reset itself is in Bochs's log.)"""
+    image = image_chaining(DSL_DIR / "default.hv", guest_app(tmp_path, "triple_fault"), tmp_path)
+    log = run_dir / "bochs.log"
+    with BochsMachine(image, cpus=1, run_dir=run_dir) as machine:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and machine.running and not (
+                log.exists() and "CPU reset register = 0x06" in log.read_text(errors="replace")):
+            machine.poll(0.5)
+        serial = machine.serial
+    first = serial.index("guest: triple fault next")
+    assert "uefi-hv: cpu 0: the guest triple-faulted (shutdown)" in serial[first:], serial[-2000:]
+    assert "uefi-hv: cpu 0: guest RIP 0x" in serial[first:] and "guest CR0 0x" in serial[first:]
+    assert "uefi-hv: resetting the machine" in serial[first:]
+    assert "uefi-hv: powering off" not in serial
+    text = log.read_text(errors="replace")
+    assert text.index("CPU reset register = 0x06") < text.rindex("cpu hardware reset"), text[-2000:]

@@ -313,7 +313,9 @@ EXIT_ACTIONS = {a.name: a for a in (
     ActionInfo("invd", ("invd",), {}, "emulates INVD as WBINVD"),
     ActionInfo("cr_access", ("cr_access",), {}, "emulates MOV to/from CR0/CR3/CR4/CR8"),
     ActionInfo("inject_ud", (), {}, "injects #UD (e.g. the VMX instructions)"),
-    ActionInfo("triple_fault", ("triple_fault",), {}, "logs the guest state and shuts down"),
+    ActionInfo("triple_fault", ("triple_fault",), {},
+               "logs the guest state and resets the machine (0xCF9), as the shutdown of a triple fault "
+               "does on bare metal"),
     ActionInfo("log_shutdown", (), {}, "logs the exit and shuts down"),
     ActionInfo("init", ("init_signal",), {}, "an INIT (xAPIC or x2APIC) puts the vCPU in its INIT state, "
                "waiting for SIPI (activity state 3), as INIT does to a CPU"),

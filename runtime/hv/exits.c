@@ -342,7 +342,9 @@ enum hv_exit_result hv_action_triple_fault(struct hv_cpu *cpu, struct hv_guest_r
         "uefi-hv: cpu %u: the guest triple-faulted (shutdown), RAX 0x%lx RBX 0x%lx RCX 0x%lx RDX 0x%lx\n",
         cpu->index, regs->rax, regs->rbx, regs->rcx, regs->rdx);
     log_guest_state(cpu);
-    return HV_STOP;
+    /* On bare metal the shutdown a triple fault causes resets the platform
+     * (and Linux's reboot=t relies on it): so does the hypervisor. */
+    hv_reset();
 }
 #endif
 

@@ -303,6 +303,21 @@ static UINT32 pci_read32(UINT32 bus, UINT32 dev, UINT32 fn, UINT32 reg)
     return inl(0xCFC);
 }
 
+/* Reset from VMX root: the reset control register of the PCI-ISA bridge
+ * (0xCF9: PIIX3/PIIX4, ICH and later PCHs; 0x06 = hard reset after 0x02),
+ * then the keyboard controller's pulse of the reset line, as Linux's
+ * reboot=pci and reboot=kbd do. */
+void hv_reset(void)
+{
+    hv_log_fatal("uefi-hv: resetting the machine\n");
+    outb(0xCF9, 0x02);
+    outb(0xCF9, 0x06);
+    for (UINT32 i = 0; i < 100000 && (inb(0x64) & 2); i++) /* input buffer full */
+        cpu_pause();
+    outb(0x64, 0xFE);
+    halt_forever();
+}
+
 void hv_power_off(void)
 {
     UINT32 id = pci_read32(0, 1, 3, 0);

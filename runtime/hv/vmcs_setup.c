@@ -276,6 +276,10 @@ static UINT8 write_controls(struct hv_cpu *cpu)
         W(MSR_BITMAP, (UINT64)hv.msr_bitmap);
     if (cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_EPT)
         W(EPT_POINTER, hv.eptp);
+    /* XSAVES/XRSTORS of any XSS component stay the guest's: the field has no
+     * defined reset value, so it is written (SDM 26.6.20 "XSS-Exiting Bitmap"). */
+    if (cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_XSAVES_XRSTORS)
+        W(XSS_EXIT_BITMAP, 0);
     if (cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_VPID)
         W(VIRTUAL_PROCESSOR_ID, cpu->index + 1); /* VPID 0 is the host's */
 #undef W
