@@ -12,8 +12,8 @@ from uefi_hv.emulate import QemuMachine, boot, kvm_vmx_usable
 
 from oskit.fixtures import (hypervisor_dir, initramfs, linux_kernel,  # noqa: F401 (fixtures)
                             nullchain_dir)
-from oskit.harness import (CHAIN_STARTED, NULLCHAIN_STARTED, VMX_UNAVAILABLE, assert_run_ok,
-                           chained_image, require_chain)
+from oskit.harness import (CHAIN_STARTED, NULLCHAIN_STARTED, VMX_UNAVAILABLE, acpi_chained_image,
+                           assert_run_ok, chained_image, require_chain)
 
 #: panic=-1: a kernel panic resets at once, which QEMU (-no-reboot) reports
 #: as a guest-reset and Bochs as the end of the run; no waiting for a timeout.
@@ -131,3 +131,33 @@ def test_linux_runs_under_the_hypervisor_with_nested_kvm_on_four_cpus(linux_imag
         assert check in serial
     assert "OSCHECK: PASS" in serial
     assert "OSCHECK: /init running, 4 CPUs online" in serial
+
+
+@pytest.fixture(scope="module")
+def linux_smp_image(hypervisor_dir, linux_kernel, initramfs, tmp_path_factory):
+    """linux_image with acpitables.efi before the kernel: OVMF under Bochs
+    has no ACPI tables, so without them Linux sees only the boot CPU."""
+    return acpi_chained_image(hypervisor_dir, linux_kernel, tmp_path_factory.mktemp("smp") / "linux.img",
+                              cmdline=CMDLINE, initrd=initramfs)
+
+
+@pytest.mark.bochs
+@pytest.mark.slow
+@pytest.mark.parametrize("cpus", [2])
+def test_linux_starts_its_aps_itself_under_the_hypervisor(linux_smp_image, run_dir, cpus,
+                                                          assert_no_leftovers):
+    """Linux reads the MADT, starts every AP with its own INIT-SIPI-SIPI
+    (INIT and SIPI VM exits under the hypervisor), and /init counts them.
+    Two CPUs: each more slows Bochs down about as much again (4 CPUs do not
+    reach /init in 400 s here)."""
+    r = boot(linux_smp_image, **dict(BOCHS_LINUX, cpus=cpus, timeout=400), expect=["OSCHECK: PASS"],
+             fail=LINUX_FAILURES, run_dir=run_dir)
+    require_chain(r.serial)
+    assert_run_ok(r)
+    assert f"uefi-hv: {cpus} of {cpus} CPU(s) virtualised" in r.serial
+    assert "acpitables: RSDP at 0x" in r.serial and f"MADT with {cpus} CPU(s)" in r.serial
+    assert f"smp: Brought up 1 node, {cpus} CPUs" in r.serial, r.serial[-3000:]
+    assert f"OSCHECK: /init running, {cpus} CPUs online" in r.serial, r.serial[-3000:]
+    for check in CHECKS:
+        assert check in r.serial
+    assert_no_leftovers(r)

@@ -63,6 +63,32 @@ def build_nullchain(outdir: Path) -> Path:
     return Path(outdir)
 
 
+#: Where acpi_chained_image() puts the kernel on the ESP (acpitables.c starts it).
+ACPI_KERNEL_ESP_PATH = "\\EFI\\UEFI-HV\\LINUX.EFI"
+
+
+def build_acpitables(output: Path) -> Path:
+    """acpitables.c -> an EFI program that installs an RSDP, XSDT and MADT
+    (every CPU, the I/O APIC) and starts the image its load options name."""
+    from uefi_hv.build import build_efi
+
+    return build_efi([OSKIT / "acpitables.c"], Path(output), include_dirs=[OSKIT])
+
+
+def acpi_chained_image(hv_dir: Path, kernel: Path, output: Path, cmdline: str,
+                       initrd: Optional[Path] = None) -> Path:
+    """chained_image(), with acpitables.efi between the hypervisor and the
+    kernel, so that the kernel finds ACPI tables listing every CPU."""
+    acpitables = build_acpitables(Path(output).with_name("acpitables.efi"))
+    args = ["image", str(hv_dir), "-o", str(output), "--chain", str(acpitables),
+            "--cmdline", f"{ACPI_KERNEL_ESP_PATH} {cmdline}",
+            "--add", f"{kernel}:{ACPI_KERNEL_ESP_PATH.replace(chr(92), '/')}"]
+    if initrd is not None:
+        args += ["--initrd", str(initrd)]
+    _cli(*args)
+    return Path(output)
+
+
 def chained_image(hv_dir: Path, next_image: Path, output: Path, cmdline: str = "",
                   initrd: Optional[Path] = None) -> Path:
     """A USB image whose BOOTX64.EFI is the hypervisor in `hv_dir`, which

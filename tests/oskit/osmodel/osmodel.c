@@ -29,6 +29,7 @@
 #include <efilib.h>
 
 #include "hvprobe.h"
+#include "mp_services.h"
 
 #ifndef OSKIT_VMCALL_GET_RESIDENT_RANGES
 #error "build with -DOSKIT_VMCALL_GET_RESIDENT_RANGES=... (tests/oskit/initramfs.py: probe_defines)"
@@ -62,26 +63,6 @@
 #define AP_ROUNDS 2
 #define AP_WAIT_MS 2000
 #define MAX_CPUS 64
-
-/* The firmware's EFI_MP_SERVICES_PROTOCOL (UEFI PI spec, Vol. 2, 13.4): only
- * what the model calls. gnu-efi does not declare it. */
-#define MP_SERVICES_GUID \
-    { 0x3fdda605, 0xa76e, 0x4f46, { 0xad, 0x29, 0x12, 0xf4, 0x53, 0x1b, 0x3d, 0x08 } }
-#define PROCESSOR_AS_BSP_BIT 1
-
-struct processor_information {
-    UINT64 processor_id;                /* the APIC id */
-    UINT32 status_flag;
-    UINT32 package, core, thread;
-    UINT8 extended[64];                 /* PI 1.7's extended topology, unused */
-};
-
-struct mp_services {
-    EFI_STATUS (EFIAPI *get_number_of_processors)(struct mp_services *, UINTN *all,
-                                                  UINTN *enabled);
-    EFI_STATUS (EFIAPI *get_processor_info)(struct mp_services *, UINTN number,
-                                            struct processor_information *info);
-};
 
 /* ---- what the assembly provides (osmodel.S) ------------------------------- */
 
