@@ -26,6 +26,37 @@
     push %rax
 .endm
 
+/* The host's own frame for an exception or NMI in VMX root: the registers a
+ * C handler may change (and RBX, RBP), RAX at the lowest address (struct
+ * hv_exception_frame, host_env.c). */
+.macro PUSH_HOST_REGS
+    push %r11
+    push %r10
+    push %r9
+    push %r8
+    push %rdi
+    push %rsi
+    push %rbp
+    push %rbx
+    push %rdx
+    push %rcx
+    push %rax
+.endm
+
+.macro POP_HOST_REGS
+    pop %rax
+    pop %rcx
+    pop %rdx
+    pop %rbx
+    pop %rbp
+    pop %rsi
+    pop %rdi
+    pop %r8
+    pop %r9
+    pop %r10
+    pop %r11
+.endm
+
 .macro POP_GUEST_REGS
     pop %rax
     pop %rcx

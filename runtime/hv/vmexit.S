@@ -169,26 +169,10 @@ hv_host_exception_stubs:
     .globl hv_host_nmi_stub
     .balign 16
 hv_host_nmi_stub:
-    push %r11
-    push %r10
-    push %r9
-    push %r8
-    push %rdi
-    push %rsi
-    push %rdx
-    push %rcx
-    push %rax
-    mov 112(%rsp), %rdi         # 9 registers, then RIP CS RFLAGS RSP SS: the word above
+    PUSH_HOST_REGS
+    mov 128(%rsp), %rdi         # 11 registers, then RIP CS RFLAGS RSP SS: the word above
     call hv_host_nmi
-    pop %rax
-    pop %rcx
-    pop %rdx
-    pop %rsi
-    pop %rdi
-    pop %r8
-    pop %r9
-    pop %r10
-    pop %r11
+    POP_HOST_REGS
     iretq
 
 # void hv_iret_to_self(void): IRET to the next instruction, in the same mode
@@ -217,17 +201,7 @@ hv_host_interrupt_stub:
     jmp hv_host_exception_common
 
 hv_host_exception_common:
-    push %r11
-    push %r10
-    push %r9
-    push %r8
-    push %rdi
-    push %rsi
-    push %rbp
-    push %rbx
-    push %rdx
-    push %rcx
-    push %rax
+    PUSH_HOST_REGS
     cmpq $13, 88(%rsp)          # vector
     jne .Lnot_fixable
     mov 104(%rsp), %rax         # faulting RIP
@@ -252,17 +226,7 @@ hv_host_exception_common:
     jmp 1b
 .Lfixup:
     mov %rdx, 104(%rsp)
-    pop %rax
-    pop %rcx
-    pop %rdx
-    pop %rbx
-    pop %rbp
-    pop %rsi
-    pop %rdi
-    pop %r8
-    pop %r9
-    pop %r10
-    pop %r11
+    POP_HOST_REGS
     add $16, %rsp               # vector, error code
     iretq
 
