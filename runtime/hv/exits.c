@@ -15,6 +15,9 @@
 #define X86_CR0_PG      (1ULL << 31)
 #define X86_CR4_VMXE    (1ULL << 13)
 #define X86_CR4_OSXSAVE (1ULL << 18)
+#define RFLAGS_TF       (1ULL << 8)
+#define PENDING_DBG_BS  (1ULL << 14)
+#define DEBUGCTL_BTF    (1ULL << 1) /* single-step on branches only */
 #define VECTOR_UD       6
 #define VECTOR_GP       13
 
@@ -35,12 +38,25 @@ void hv_inject_exception(UINT32 vector, BOOLEAN has_error_code, UINT32 error_cod
 
 void hv_advance_rip(void)
 {
-    vmwrite(GUEST_RIP, vmread(GUEST_RIP) + vmread(VM_EXIT_INSTRUCTION_LEN));
-    /* The instruction completed: blocking by STI / MOV SS ends (SDM 26.4.2
-     * "Guest Non-Register State"). */
+    hv_instruction_done(vmread(VM_EXIT_INSTRUCTION_LEN));
+}
+
+/* An instruction the hypervisor did for the guest is complete, `length`
+ * bytes long: what the CPU does at the end of an instruction happens here. */
+void hv_instruction_done(UINT64 length)
+{
+    vmwrite(GUEST_RIP, vmread(GUEST_RIP) + length);
+    /* Blocking by STI / MOV SS ends (SDM 26.4.2 "Guest Non-Register State"). */
     UINT64 intr = vmread(GUEST_INTERRUPTIBILITY_INFO);
     if (intr & 3)
         vmwrite(GUEST_INTERRUPTIBILITY_INFO, intr & ~3ULL);
+    /* With RFLAGS.TF set, the instruction ends in a single-step #DB (SDM
+     * 19.3.1.4 "Single-Step Exception Condition"): pending debug exception
+     * BS, which the CPU delivers after VM entry (SDM 26.4.2). An exit takes
+     * the instruction's own trap with it. (With DEBUGCTL.BTF only branches
+     * step, and the hypervisor emulates none.) */
+    if ((vmread(GUEST_RFLAGS) & RFLAGS_TF) && !(vmread(GUEST_IA32_DEBUGCTL) & DEBUGCTL_BTF))
+        vmwrite(GUEST_PENDING_DBG_EXCEPTIONS, vmread(GUEST_PENDING_DBG_EXCEPTIONS) | PENDING_DBG_BS);
 }
 
 static __attribute__((unused)) UINT64 *gpr(struct hv_guest_regs *regs, UINT32 n)

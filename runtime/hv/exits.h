@@ -43,6 +43,7 @@ extern const struct hv_cpuid_bit hv_cpuid_hidden[];
 
 /* exits.c, for the actions in other files */
 void hv_advance_rip(void);
+void hv_instruction_done(UINT64 length);
 /* The guest as INIT leaves a CPU (real mode at F000:FFF0, TLBs flushed). */
 void hv_reset_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *regs);
 /* A guest in its INIT state starts at the SIPI vector's page. */

@@ -306,10 +306,7 @@ BOOLEAN hv_icr_emulate_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs
         else if (offset == APIC_DFR)
             cpu->apic_dfr = apic[APIC_DFR / 4];
     }
-    vmwrite(GUEST_RIP, vmread(GUEST_RIP) + length);
-    UINT64 intr = vmread(GUEST_INTERRUPTIBILITY_INFO);
-    if (intr & 3) /* the store completed: blocking by STI / MOV SS ends */
-        vmwrite(GUEST_INTERRUPTIBILITY_INFO, intr & ~3ULL);
+    hv_instruction_done(length); /* the decoded length: EPT violations have none */
     return TRUE;
 }
 

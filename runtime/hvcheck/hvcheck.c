@@ -260,6 +260,16 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
                "OSXSAVE %u with CR4.OSXSAVE set, %u with it clear", set, clear);
     }
 
+    /* Single-stepping over an instruction the hypervisor does for the guest
+     * (CPUID exits) traps once, right after it, as on bare metal. */
+    saved = hvcheck_set_gate(1, hvcheck_db_handler);
+    hvcheck_db_count = 0;
+    UINT64 after_cpuid = hvcheck_step_cpuid();
+    hvcheck_restore_gate(1, saved);
+    record(r, "single-stepping over CPUID (a VM exit) traps once, right after it",
+           hvcheck_db_count == 1 && hvcheck_db_rip == after_cpuid, "%u #DB, the last at +0x%x",
+           hvcheck_db_count, hvcheck_db_rip - after_cpuid + 0x1000);
+
     /* CR0.NE is fixed to 1 in VMX operation (IA32_VMX_CR0_FIXED0), yet a
      * CPU lets software clear it: the hypervisor owns the bit through the
      * guest/host mask and read shadow, so the guest clears and sets it as on

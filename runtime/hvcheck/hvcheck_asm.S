@@ -89,6 +89,34 @@ hvcheck_wrmsr_faulted:
     mov $1, %eax
     ret
 
+# UINT64 hvcheck_step_cpuid(void): CPUID with RFLAGS.TF set (POPF sets it,
+# so the instruction after POPF, CPUID, is the one that traps); returns the
+# address right after CPUID, where the single-step #DB must come.
+    .globl hvcheck_step_cpuid
+hvcheck_step_cpuid:
+    push %rbx
+    pushfq
+    orq $0x100, (%rsp)
+    xor %eax, %eax
+    xor %ecx, %ecx
+    popfq
+    cpuid
+1:  lea 1b(%rip), %rax
+    pop %rbx
+    ret
+
+# The #DB handler of the single-step check: counts, keeps the RIP of the
+# trap, clears TF in the frame.
+    .globl hvcheck_db_handler
+hvcheck_db_handler:
+    lock incq hvcheck_db_count(%rip)
+    push %rax
+    mov 8(%rsp), %rax
+    mov %rax, hvcheck_db_rip(%rip)
+    pop %rax
+    andq $-257, 16(%rsp)        # RFLAGS.TF off
+    iretq
+
 # The guest's NMI handler during the NMI check: counts, nothing else.
     .globl hvcheck_nmi_handler
 hvcheck_nmi_handler:
@@ -107,6 +135,12 @@ hvcheck_gp_handler:
     .data
     .balign 8
 hvcheck_ud_resume:
+    .quad 0
+    .globl hvcheck_db_count
+hvcheck_db_count:
+    .quad 0
+    .globl hvcheck_db_rip
+hvcheck_db_rip:
     .quad 0
     .globl hvcheck_nmi_count
 hvcheck_nmi_count:
