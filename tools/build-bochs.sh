@@ -39,6 +39,10 @@ PATCHES=$(cd "$(dirname "$0")/bochs-patches" && pwd)
 # sapphire_rapids and arrow_lake are what they say. Not AMX: Bochs 3.0 has
 # AMX without XFD (IA32_XFD, CPUID.(0xD,1):EAX[4]), which no real CPU has, and
 # Linux 6.1 then enables XTILECFG without XTILEDATA: #GP in XSETBV at boot.
+# Not --enable-show-ips (configure's default): it prints "ips = ..." to the
+# log from a SIGALRM handler, with stdio, and a signal that lands while the
+# emulator itself writes a log line deadlocks on the log's lock (a Bochs
+# found asleep in futex_wait, single-threaded: the runs named "stalled").
 CONFIGURE_FLAGS=(
   --with-nogui
   --enable-x86-64 --enable-cpu-level=6 --enable-smp
@@ -47,6 +51,7 @@ CONFIGURE_FLAGS=(
   --enable-protection-keys --enable-memtype --enable-a20-pin --enable-fpu
   --enable-pci
   --enable-all-optimizations --enable-repeat-speedups
+  --disable-show-ips
 )
 
 fail() { echo "error: building Bochs $VERSION: $*" >&2; exit 1; }
