@@ -56,6 +56,10 @@ def test_one_cpu_is_virtualised_and_hvcheck_passes(default_image, run_dir):
         assert f"{check}" in serial and not any(
             check in line and "FAIL" in line for line in serial.splitlines()), check
     assert "HVCHECK: PASS" in serial, result
+    # EPT and the host's page tables map all of the physical address space.
+    ept = re.search(r"^uefi-hv: EPT maps guest-physical 0-(\d+) GiB \(MAXPHYADDR (\d+) bits\)$", serial, re.M)
+    assert ept and int(ept.group(1)) == 2 ** (int(ept.group(2)) - 30), serial[:3000]
+    assert f"uefi-hv: host page tables map 0-{ept.group(1)} GiB" in serial
     # The exits of hvcheck itself, reason by reason (its 64 self-NMIs are
     # NMI exits on one CPU).
     assert re.search(r"^hvcheck: cpu 0 exits by reason: exception_or_nmi=64 cpuid=\d+ ", serial, re.M), serial

@@ -111,7 +111,7 @@ static UINT8 memory_type(UINT64 start, UINT64 size)
 
 static UINT64 *new_table(void)
 {
-    return hv_alloc_pages(1);
+    return hv_alloc_table();
 }
 
 static EFI_STATUS map_2m(UINT64 *pd_entry, UINT64 start)
@@ -192,13 +192,9 @@ EFI_STATUS hv_build_ept(void)
     if (!pml4)
         return EFI_OUT_OF_RESOURCES;
     /* All of the physical address space (MAXPHYADDR; entries beyond it would
-     * be EPT misconfigurations), up to 4 TiB in 1 GiB pages (8 PDPTs), or
-     * 64 GiB in 2 MiB pages (256 KiB of tables) where 1 GiB pages are not
-     * supported. */
-    UINT64 gib = hv.max_phys_bits >= 30 ? 1ULL << (hv.max_phys_bits - 30) : 1;
-    UINT64 most = gib_pages ? 4096 : 64;
-    if (gib > most)
-        gib = most;
+     * be EPT misconfigurations), as far as hv_identity_gib reaches. */
+    UINT64 gib = hv_identity_gib(hv.max_phys_bits, gib_pages);
+    hv.ept_gib = gib;
     for (UINT64 i = 0; i < gib; i++) {
         if (i % 512 == 0) {
             pdpt = new_table();

@@ -55,28 +55,48 @@ static EFI_STATUS build_host_idt(void)
     return EFI_SUCCESS;
 }
 
+UINT64 hv_identity_gib(UINT32 max_phys_bits, BOOLEAN gib_pages)
+{
+    UINT64 gib = max_phys_bits >= 30 ? 1ULL << (max_phys_bits - 30) : 1;
+    UINT64 most = gib_pages ? 1ULL << 16 : 512; /* 128 or 512 pages of tables */
+    return gib < most ? gib : most;
+}
+
 #if HV_HOST_PAGE_TABLES
 static EFI_STATUS build_host_page_tables(void)
 {
     UINT32 r[4];
     cpuid(0x80000001U, 0, r);
     BOOLEAN gib_pages = (r[3] >> 26) & 1;
-    UINT64 *pml4 = hv_alloc_pages(1), *pdpt = hv_alloc_pages(1);
-    if (!pml4 || !pdpt)
+    cpuid(0x80000000U, 0, r);
+    UINT32 max_phys_bits = 36;
+    if (r[0] >= 0x80000008U) {
+        cpuid(0x80000008U, 0, r);
+        max_phys_bits = r[0] & 0xFF;
+    }
+    UINT64 *pml4 = hv_alloc_table(), *pdpt = NULL;
+    if (!pml4)
         return EFI_OUT_OF_RESOURCES;
-    pml4[0] = (UINT64)pdpt | PTE_P | PTE_W;
-    if (gib_pages) {
-        for (UINT64 i = 0; i < 512; i++) /* 512 GiB */
-            pdpt[i] = i << 30 | PTE_P | PTE_W | PTE_PS;
-    } else {
-        for (UINT64 i = 0; i < 64; i++) { /* 64 GiB in 2 MiB pages */
-            UINT64 *pd = hv_alloc_pages(1);
-            if (!pd)
+    /* All of MAXPHYADDR, as EPT maps it: the host reads the guest's page
+     * tables and the local APIC wherever they are. */
+    UINT64 gib = hv_identity_gib(max_phys_bits, gib_pages);
+    hv.host_gib = gib;
+    for (UINT64 i = 0; i < gib; i++) {
+        if (i % 512 == 0) {
+            if (!(pdpt = hv_alloc_table()))
                 return EFI_OUT_OF_RESOURCES;
-            pdpt[i] = (UINT64)pd | PTE_P | PTE_W;
-            for (UINT64 j = 0; j < 512; j++)
-                pd[j] = (i << 30 | j << 21) | PTE_P | PTE_W | PTE_PS;
+            pml4[i / 512] = (UINT64)pdpt | PTE_P | PTE_W;
         }
+        if (gib_pages) {
+            pdpt[i % 512] = i << 30 | PTE_P | PTE_W | PTE_PS;
+            continue;
+        }
+        UINT64 *pd = hv_alloc_table();
+        if (!pd)
+            return EFI_OUT_OF_RESOURCES;
+        pdpt[i % 512] = (UINT64)pd | PTE_P | PTE_W;
+        for (UINT64 j = 0; j < 512; j++)
+            pd[j] = (i << 30 | j << 21) | PTE_P | PTE_W | PTE_PS;
     }
     hv.host_cr3 = (UINT64)pml4;
     return EFI_SUCCESS;

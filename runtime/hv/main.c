@@ -173,6 +173,10 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
 #if HV_EPT
     if (EFI_ERROR(hv_build_ept()))
         return give_up(image, EFI_OUT_OF_RESOURCES);
+    hv_say("uefi-hv: EPT maps guest-physical 0-%lu GiB (MAXPHYADDR %u bits)\n", hv.ept_gib, hv.max_phys_bits);
+#endif
+#if HV_HOST_PAGE_TABLES
+    hv_say("uefi-hv: host page tables map 0-%lu GiB\n", hv.host_gib);
 #endif
     shared_pages = hv_allocated_pages();
     for (UINT32 i = 0; i < hv.cpu_count; i++)

@@ -60,6 +60,27 @@ void *hv_alloc_pages(UINTN pages)
     return (void *)base;
 }
 
+/* Page tables (EPT, the host's) come from chunks of TABLE_CHUNK pages: one
+ * allocation record per chunk, not per table, however much of the physical
+ * address space the tables cover. */
+#define TABLE_CHUNK 16
+static UINT8 *table_chunk;
+static UINTN table_chunk_left;
+
+UINT64 *hv_alloc_table(void)
+{
+    if (!table_chunk_left) {
+        table_chunk = hv_alloc_pages(TABLE_CHUNK);
+        if (!table_chunk)
+            return NULL;
+        table_chunk_left = TABLE_CHUNK;
+    }
+    UINT64 *table = (UINT64 *)table_chunk;
+    table_chunk += HV_PAGE_SIZE;
+    table_chunk_left--;
+    return table;
+}
+
 UINTN hv_allocated_pages(void)
 {
     UINTN pages = 0;
@@ -104,6 +125,7 @@ BOOLEAN hv_resident_range(UINTN index, UINT64 *base, UINT64 *bytes, UINTN *count
 
 void hv_free_all(void)
 {
+    table_chunk_left = 0;
     for (UINTN i = 0; i < record_count; i++)
         if (!records[i].image)
             uefi_call_wrapper(BS->FreePages, 2, records[i].base, records[i].pages);
