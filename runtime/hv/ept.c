@@ -175,15 +175,9 @@ static UINT64 *ept_entry_4k(UINT64 *pml4, UINT64 gpa)
 }
 #endif
 
+/* After hv_build_host_environment, which reads MAXPHYADDR. */
 EFI_STATUS hv_build_ept(void)
 {
-    UINT32 r[4];
-    cpuid(0x80000000U, 0, r);
-    hv.max_phys_bits = 36;
-    if (r[0] >= 0x80000008U) {
-        cpuid(0x80000008U, 0, r);
-        hv.max_phys_bits = r[0] & 0xFF;
-    }
     phys_mask = ((1ULL << hv.max_phys_bits) - 1) & ~0xFFFULL;
     read_mtrrs();
 

@@ -68,18 +68,12 @@ static EFI_STATUS build_host_page_tables(void)
     UINT32 r[4];
     cpuid(0x80000001U, 0, r);
     BOOLEAN gib_pages = (r[3] >> 26) & 1;
-    cpuid(0x80000000U, 0, r);
-    UINT32 max_phys_bits = 36;
-    if (r[0] >= 0x80000008U) {
-        cpuid(0x80000008U, 0, r);
-        max_phys_bits = r[0] & 0xFF;
-    }
     UINT64 *pml4 = hv_alloc_table(), *pdpt = NULL;
     if (!pml4)
         return EFI_OUT_OF_RESOURCES;
     /* All of MAXPHYADDR, as EPT maps it: the host reads the guest's page
      * tables and the local APIC wherever they are. */
-    UINT64 gib = hv_identity_gib(max_phys_bits, gib_pages);
+    UINT64 gib = hv_identity_gib(hv.max_phys_bits, gib_pages);
     hv.host_gib = gib;
     for (UINT64 i = 0; i < gib; i++) {
         if (i % 512 == 0) {
@@ -105,6 +99,15 @@ static EFI_STATUS build_host_page_tables(void)
 
 EFI_STATUS hv_build_host_environment(void)
 {
+    /* MAXPHYADDR (CPUID.80000008H:EAX[7:0], 36 where the leaf is missing),
+     * for the host's page tables and EPT alike. */
+    UINT32 r[4];
+    cpuid(0x80000000U, 0, r);
+    hv.max_phys_bits = 36;
+    if (r[0] >= 0x80000008U) {
+        cpuid(0x80000008U, 0, r);
+        hv.max_phys_bits = r[0] & 0xFF;
+    }
     EFI_STATUS status = hv_irq_init();
     if (!EFI_ERROR(status))
         status = build_host_idt();
