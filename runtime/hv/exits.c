@@ -566,8 +566,7 @@ enum hv_exit_result hv_action_cr_access(struct hv_cpu *cpu, struct hv_guest_regs
         return cr == 0 ? mov_to_cr0(cpu, value) : mov_to_cr4(cpu, value);
     }
     if (type == CR_ACCESS_LMSW) { /* PE, MP, EM, TS from the source; PE is never cleared */
-        UINT64 shadow = vmread(CR0_READ_SHADOW), mask = vmread(CR0_GUEST_HOST_MASK);
-        UINT64 cr0 = (vmread(GUEST_CR0) & ~mask) | (shadow & mask);
+        UINT64 cr0 = hv_guest_cr(0);
         return mov_to_cr0(cpu, (cr0 & ~0xEULL) | ((q >> 16) & 0xF) | (cr0 & X86_CR0_PE));
     }
     hv_log_fatal("uefi-hv: cpu %u: unexpected control-register access, qualification 0x%lx\n", cpu->index, q);

@@ -310,6 +310,15 @@ UINT64 hv_cr_owned(const struct hv_cpu *cpu, UINT32 cr)
     return must_be_1 | must_be_0;
 }
 
+/* CR0 or CR4 as the guest sees it: the bits it owns from GUEST_CRn, the
+ * hypervisor's from the read shadow. */
+UINT64 hv_guest_cr(UINT32 cr)
+{
+    UINT64 mask = vmread(cr == 0 ? CR0_GUEST_HOST_MASK : CR4_GUEST_HOST_MASK);
+    return (vmread(cr == 0 ? GUEST_CR0 : GUEST_CR4) & ~mask) |
+           (vmread(cr == 0 ? CR0_READ_SHADOW : CR4_READ_SHADOW) & mask);
+}
+
 /* Guest translations cached under this CPU's VPID (or, `all`, under every
  * VPID and EPTP) are dropped, as INIT and VMXON on a CPU that may hold stale
  * ones require (SDM 30.4.3.3 "Guidelines for Use of the INVVPID
@@ -413,10 +422,7 @@ static void __attribute__((noreturn)) leave_vmx(struct hv_cpu *cpu, struct hv_gu
         rip, vmread(GUEST_CS_SELECTOR), vmread(GUEST_RFLAGS), vmread(GUEST_RSP), vmread(GUEST_SS_SELECTOR),
     };
     UINT64 cr3 = vmread(GUEST_CR3);
-    UINT64 cr0 = (vmread(GUEST_CR0) & ~vmread(CR0_GUEST_HOST_MASK)) |
-                 (vmread(CR0_READ_SHADOW) & vmread(CR0_GUEST_HOST_MASK));
-    UINT64 cr4 = (vmread(GUEST_CR4) & ~vmread(CR4_GUEST_HOST_MASK)) |
-                 (vmread(CR4_READ_SHADOW) & vmread(CR4_GUEST_HOST_MASK));
+    UINT64 cr0 = hv_guest_cr(0), cr4 = hv_guest_cr(4);
     struct hv_dtr gdtr = { (UINT16)vmread(GUEST_GDTR_LIMIT), vmread(GUEST_GDTR_BASE) };
     struct hv_dtr idtr = { (UINT16)vmread(GUEST_IDTR_LIMIT), vmread(GUEST_IDTR_BASE) };
     UINT16 ds = (UINT16)vmread(GUEST_DS_SELECTOR), es = (UINT16)vmread(GUEST_ES_SELECTOR);

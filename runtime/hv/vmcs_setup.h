@@ -47,6 +47,7 @@ extern BOOLEAN hv_constant_host_state_ready;
  * hypervisor owns through the guest/host mask and read shadow. */
 void hv_cr_fixed(const struct hv_cpu *cpu, UINT32 cr, UINT64 *must_be_1, UINT64 *must_be_0);
 UINT64 hv_cr_owned(const struct hv_cpu *cpu, UINT32 cr);
+UINT64 hv_guest_cr(UINT32 cr);
 
 /* hv_vmlaunch's result when VM entry failed after its checks of controls and
  * host state (1 and 2 are VMfailInvalid and VMfailValid); the guest state
