@@ -34,6 +34,7 @@ static void set_nmi_window(struct hv_cpu *cpu, BOOLEAN on)
     UINT64 proc = vmread(CPU_BASED_VM_EXEC_CONTROL);
     vmwrite(CPU_BASED_VM_EXEC_CONTROL,
             on ? proc | HV_PROC_NMI_WINDOW_EXITING : proc & ~(UINT64)HV_PROC_NMI_WINDOW_EXITING);
+    __atomic_store_n(&cpu->nmi_window, on, __ATOMIC_SEQ_CST);
 }
 
 /* Called from the host IDT's NMI stub (vmexit.S), on this CPU's NMI stack,
@@ -47,10 +48,13 @@ void hv_host_nmi(struct hv_cpu *cpu)
         set_nmi_window(cpu, TRUE);
 }
 
-/* The last step before VM entry (hv_vmexit_handler). */
+/* The last step before VM entry (hv_vmexit_handler), so on every exit: with
+ * no NMI waiting and no window open it touches no VMCS field. */
 void hv_nmi_before_entry(struct hv_cpu *cpu)
 {
     if (!__atomic_load_n(&cpu->nmi_pending, __ATOMIC_SEQ_CST)) {
+        if (!__atomic_load_n(&cpu->nmi_window, __ATOMIC_SEQ_CST))
+            return; /* an NMI from here on opens its window itself */
         set_nmi_window(cpu, FALSE);
         if (!__atomic_load_n(&cpu->nmi_pending, __ATOMIC_SEQ_CST))
             return;
