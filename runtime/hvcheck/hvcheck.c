@@ -359,20 +359,31 @@ static void send_nmi(UINT32 apic_id)
         __asm__ volatile("pause");
 }
 
-/* On the AP: NMI_BURST NMIs at the BSP, each once the one before arrived. */
-static VOID EFIAPI nmi_sender(VOID *arg)
+/* NMI_BURST NMIs at the target, each once the one before arrived; the wait
+ * spins on CPUID (a VM exit each) when `with_exits`, else on PAUSE. */
+static void send_burst(struct nmi_burst *b, BOOLEAN with_exits)
 {
-    struct nmi_burst *b = arg;
+    UINT32 c[4];
     for (UINT32 i = 0; i < NMI_BURST; i++) {
         UINT64 before = hvcheck_nmi_count, deadline = rdtsc() + NMI_WAIT;
         send_nmi(b->target_apic);
         b->sent = i + 1;
-        while (hvcheck_nmi_count == before && rdtsc() < deadline)
-            __asm__ volatile("pause");
+        while (hvcheck_nmi_count == before && rdtsc() < deadline) {
+            if (with_exits)
+                cpuid(0, c);
+            else
+                __asm__ volatile("pause");
+        }
         if (hvcheck_nmi_count == before)
             break;
     }
     b->done = 1;
+}
+
+/* On the AP: the burst at the BSP, which spins on CPUID meanwhile. */
+static VOID EFIAPI nmi_sender(VOID *arg)
+{
+    send_burst(arg, FALSE);
 }
 
 /* NMIs are the guest's wherever they find the CPU: in VMX non-root (an NMI
@@ -392,16 +403,8 @@ static void check_nmis(struct cpu_result *r, UINTN bsp, UINTN count)
     EFI_STATUS s = EFI_NOT_STARTED;
     if (count > 1 && mp && !EFI_ERROR(uefi_call_wrapper(BS->CreateEvent, 5, 0, 0, NULL, NULL, &done_event)))
         s = uefi_call_wrapper(mp->StartupThisAP, 7, mp, nmi_sender, sender, done_event, 0, &burst, NULL);
-    if (EFI_ERROR(s)) { /* one CPU: it sends its own NMIs, between CPUID exits */
-        for (UINT32 i = 0; i < NMI_BURST; i++) {
-            UINT64 before = hvcheck_nmi_count, deadline = rdtsc() + NMI_WAIT;
-            send_nmi(burst.target_apic);
-            burst.sent = i + 1;
-            while (hvcheck_nmi_count == before && rdtsc() < deadline)
-                cpuid(0, c);
-        }
-        burst.done = 1;
-    }
+    if (EFI_ERROR(s)) /* one CPU: it sends its own NMIs, between CPUID exits */
+        send_burst(&burst, TRUE);
     UINT64 deadline = rdtsc() + NMI_BURST * NMI_WAIT;
     while (!burst.done && rdtsc() < deadline)
         cpuid(0, c); /* a VM exit each */

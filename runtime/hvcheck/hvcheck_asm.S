@@ -2,6 +2,13 @@
 
     .text
 
+# The try routines below: a #UD of the instruction they try resumes at
+# `label` with RAX = 1 (hvcheck_ud_handler).
+.macro UD_RESUMES_AT label
+    lea \label(%rip), %rax
+    mov %rax, hvcheck_ud_resume(%rip)
+.endm
+
 # void hvcheck_vmcall(UINT64 function, UINT64 rbx, UINT64 rcx, UINT64 out[4])
 # The interface of docs/vmcall.md: RAX = function, RBX/RCX = arguments;
 # out = RAX (status), RBX, RCX, RDX after the call.
@@ -37,8 +44,7 @@ hvcheck_ud_handler:
 # UINT64 hvcheck_try_vmxon(void): 1 when VMXON raised #UD, else 0.
     .globl hvcheck_try_vmxon
 hvcheck_try_vmxon:
-    lea 1f(%rip), %rax
-    mov %rax, hvcheck_ud_resume(%rip)
+    UD_RESUMES_AT 1f
     xor %eax, %eax
     sub $16, %rsp
     movq $0, (%rsp)
@@ -50,8 +56,7 @@ hvcheck_try_vmxon:
 # raised #UD, else 0.
     .globl hvcheck_try_getsec
 hvcheck_try_getsec:
-    lea 1f(%rip), %rax
-    mov %rax, hvcheck_ud_resume(%rip)
+    UD_RESUMES_AT 1f
     push %rbx
     xor %eax, %eax
     xor %ebx, %ebx
@@ -64,8 +69,7 @@ hvcheck_try_getsec:
 # 0. ECX = 0: the C0.2 state, until the TSC reaches `deadline` (EDX:EAX).
     .globl hvcheck_try_tpause
 hvcheck_try_tpause:
-    lea 1f(%rip), %rax
-    mov %rax, hvcheck_ud_resume(%rip)
+    UD_RESUMES_AT 1f
     mov %rdi, %rax
     mov %rdi, %rdx
     shr $32, %rdx
