@@ -21,9 +21,10 @@ from uefi_hv.image import make_image
 pytestmark = pytest.mark.bochs
 
 
-def build_image(spec: Path, workdir: Path, check: bool = True) -> Path:
-    """spec -> BOOTX64.EFI + hvcheck.efi -> a GPT image that chains hvcheck."""
-    efi = build_hypervisor(spec, workdir, check=check)
+def build_image(spec: Path, workdir: Path, check: bool = True, cflags=()) -> Path:
+    """spec -> BOOTX64.EFI + hvcheck.efi -> a GPT image that chains hvcheck
+    (`cflags`: a test's -D for the hypervisor's C)."""
+    efi = build_hypervisor(spec, workdir, check=check, cflags=cflags)
     image = workdir / "hv.img"
     make_image(efi["BOOTX64.EFI"], image, chain=efi["hvcheck.efi"])
     return image
@@ -286,8 +287,7 @@ def test_more_cpus_than_the_maximum_leave_the_machine_alone(tmp_path, run_dir):
     """Above its maximum the hypervisor starts on no CPU (half a machine
     virtualised would be worse) and says so; the chained image still runs.
     Built with a maximum of 2 and booted on 4 CPUs."""
-    efi = build_hypervisor(DSL_DIR / "default.hv", tmp_path, cflags=["-DHV_MAX_CPUS=2"])
-    image = make_image(efi["BOOTX64.EFI"], tmp_path / "hv.img", chain=efi["hvcheck.efi"])
+    image = build_image(DSL_DIR / "default.hv", tmp_path, cflags=["-DHV_MAX_CPUS=2"])
     result = boot(image, emulator="bochs", cpus=4, timeout=60, expect=["HVCHECK: FAIL (no hypervisor)"],
                   run_dir=run_dir)
     assert result.ok, result
@@ -304,8 +304,7 @@ def test_a_vm_entry_that_fails_on_the_guest_state_leaves_the_firmware_running(tm
     itself: VMX goes off again, the memory is freed, and the boot goes on
     natively. Built with HV_TEST_INVALID_GUEST_STATE (an activity state no
     CPU has), so the BSP's launch fails; hvcheck then finds no hypervisor."""
-    efi = build_hypervisor(DSL_DIR / "default.hv", tmp_path, cflags=["-DHV_TEST_INVALID_GUEST_STATE"])
-    image = make_image(efi["BOOTX64.EFI"], tmp_path / "hv.img", chain=efi["hvcheck.efi"])
+    image = build_image(DSL_DIR / "default.hv", tmp_path, cflags=["-DHV_TEST_INVALID_GUEST_STATE"])
     result = boot(image, emulator="bochs", cpus=cpus, timeout=90, expect=["HVCHECK: FAIL (no hypervisor)"],
                   tolerate=["VMENTER FAIL: VMCS guest activity state 5"], run_dir=run_dir)
     assert result.ok, result
