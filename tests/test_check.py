@@ -75,7 +75,16 @@ VIOLATIONS = {
     "LOG-RATE": variant([("option external_interrupts = off",
                           "option external_interrupts = off\noption log_rate = 500")]),
     "ICR-EMULATION": variant([("exit sipi\n", "")], "option apic_icr_emulation = on"),
+    "MICROCODE-UPDATE": variant([("    write IA32_BIOS_UPDT_TRIG = microcode_update\n", "")]),
 }
+
+
+def test_microcode_update_is_only_for_writes_of_the_update_trigger():
+    spec = variant([("    write IA32_BIOS_UPDT_TRIG = microcode_update\n",
+                     "    read IA32_BIOS_UPDT_TRIG = microcode_update\n"
+                     "    write IA32_BIOS_UPDT_TRIG = microcode_update\n")])
+    messages = [d.message for d in diagnose(spec) if d.check_id == "MICROCODE-UPDATE"]
+    assert messages == ["microcode_update is only for `write IA32_BIOS_UPDT_TRIG`"]
 
 
 def test_every_check_has_a_violating_spec():

@@ -88,6 +88,13 @@ def test_two_cpus_are_virtualised_and_hvcheck_passes_on_both(default_image, run_
         assert f"hvcheck: cpu {cpu}: DR7 survives a VM exit: ok" in serial
         assert f"hvcheck: cpu {cpu}: CPUID.1:ECX.OSXSAVE follows the guest's CR4.OSXSAVE: ok" in serial
         assert f"hvcheck: cpu {cpu}: DEVIRTUALIZE: VMX off, hypervisor gone: ok" in serial
+        # Microcode: the revision ovmf/bochs-msrs.def gives (0x2c) reads true
+        # in the guest; its update exits and goes to the processor in VMX root.
+        assert f"hvcheck: cpu {cpu}: microcode: an update exits to VMX root; the revision reads as the SDM " \
+               "describes: ok" in serial
+        assert (f"uefi-hv: cpu {cpu}: microcode update to revision 0xfffffffe (2048 bytes) handed to the "
+                "processor in VMX root: revision now 0x2c (refused)") in serial
+    assert "uefi-hv: microcode revision 0x2c" in serial
     assert "hvcheck: summary: 2 of 2 CPU(s) virtualised" in serial
     assert "HVCHECK: PASS" in serial, result
     assert result.ok, result

@@ -54,6 +54,8 @@ SDM_SECTIONS = {
     "29.2.2": "Information for VM Exits Due to Vectored Events",
     "29.5": "Loading Host State",
     "29.5.2": "Loading Host Segment and Descriptor-Table Registers",
+    "34.4": "Microcode Update Facility",
+    "34.4.2": "Late Load of Microcode Updates",
     "Appendix A.3": "VM-Execution Controls",
     "Appendix A.4": "VM-Exit Controls",
     "Appendix A.5": "VM-Entry Controls",
@@ -453,6 +455,28 @@ def check_msr_overlap(ctx: Ctx):
                 yield f"{i.access} of MSR {max(i.first, j.first):#x} is already intercepted at line {line}", i.loc
                 break
         seen.append(i)
+
+
+MSR_BIOS_UPDT_TRIG = 0x79
+
+
+@check("MICROCODE-UPDATE", sdm("34.4", "34.4.2"), "microcode updates are loaded in VMX root")
+def check_microcode_update(ctx: Ctx):
+    """"Microcode updates must not be performed during VMX non-root
+    operation": a spec that answers WRMSR must intercept IA32_BIOS_UPDT_TRIG
+    with `microcode_update`, which loads the guest's update in VMX root; and
+    that action is only for writes of that MSR."""
+    for i in ctx.spec.msr_intercepts:
+        if i.action == "microcode_update" and not (i.access == "write" and i.first == i.last == MSR_BIOS_UPDT_TRIG):
+            yield "microcode_update is only for `write IA32_BIOS_UPDT_TRIG`", i.loc
+    update = [i for i in ctx.spec.msr_intercepts if i.access == "write" and i.first <= MSR_BIOS_UPDT_TRIG <= i.last]
+    handler = ctx.handlers.get("wrmsr")
+    answers_wrmsr = handler is not None and handler.action == "msr"
+    if (answers_wrmsr or ctx.wants("proc.use_msr_bitmaps")) and not any(i.action == "microcode_update" for i in update):
+        loc = handler.loc if handler else ctx.req_loc("proc.use_msr_bitmaps")
+        yield ("a guest's WRMSR to IA32_BIOS_UPDT_TRIG would load a microcode update in VMX non-root (or, "
+               "passed through, at a guest-linear address in VMX root); add "
+               "`write IA32_BIOS_UPDT_TRIG = microcode_update` to msr_bitmap"), loc
 
 
 # --- exits and the seed's interrupt path ----------------------------------------------

@@ -285,10 +285,8 @@ def lower(spec: model.Spec) -> Plan:
     exits.sort(key=lambda e: e["number"])
     actions = {a: actions.get(a, False) for a in model.EXIT_ACTIONS}
 
-    msr_enum = {"feature_control_locked": "MSR_FEATURE_CONTROL_LOCKED", "inject_gp": "MSR_INJECT_GP",
-                "passthrough_log": "MSR_PASSTHROUGH_LOG"}
     msr_intercepts = [{"first": m.first, "last": m.last, "write": m.access == "write",
-                       "enum": msr_enum[m.action]} for m in spec.msr_intercepts]
+                       "enum": "MSR_" + m.action.upper()} for m in spec.msr_intercepts]
 
     rules = []
     for r in _runtime_rules(spec):

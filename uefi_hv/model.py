@@ -377,6 +377,7 @@ MSR_ACTIONS = {
     "feature_control_locked": "reads of IA32_FEATURE_CONTROL return it locked with VMX off",
     "inject_gp": "inject #GP(0), as a CPU without the MSR does",
     "passthrough_log": "execute the access for the guest and log it",
+    "microcode_update": "load the guest's microcode update (WRMSR IA32_BIOS_UPDT_TRIG) in VMX root",
 }
 
 @dataclass(frozen=True)

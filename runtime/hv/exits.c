@@ -160,6 +160,8 @@ static enum hv_exit_result msr_access(struct hv_cpu *cpu, struct hv_guest_regs *
                    write ? "WRMSR" : "RDMSR", msr);
             hv_inject_exception(VECTOR_GP, TRUE, 0);
             return HV_RESUME_SAME;
+        case MSR_MICROCODE_UPDATE: /* writes only (check MICROCODE-UPDATE) */
+            return hv_microcode_update(cpu, value);
         case MSR_PASSTHROUGH_LOG:
             hv_log("uefi-hv: cpu %u: guest %s MSR 0x%x = 0x%lx\n", cpu->index, write ? "writes" : "reads",
                    msr, write ? value : 0);

@@ -19,7 +19,7 @@ typedef enum hv_exit_result (*hv_exit_action)(struct hv_cpu *cpu, struct hv_gues
 extern const hv_exit_action hv_exit_actions[HV_EXIT_REASON_COUNT];
 
 /* An msr_bitmap intercept: RDMSR or WRMSR of first..last exits and gets `action`. */
-enum hv_msr_action { MSR_FEATURE_CONTROL_LOCKED, MSR_INJECT_GP, MSR_PASSTHROUGH_LOG };
+enum hv_msr_action { MSR_FEATURE_CONTROL_LOCKED, MSR_INJECT_GP, MSR_PASSTHROUGH_LOG, MSR_MICROCODE_UPDATE };
 struct hv_msr_intercept {
     UINT32 first, last;
     BOOLEAN write;
@@ -48,6 +48,16 @@ void hv_instruction_done(UINT64 length);
 void hv_reset_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *regs);
 /* A guest in its INIT state starts at the SIPI vector's page. */
 enum hv_exit_result hv_start_at_sipi_vector(UINT32 vector);
+
+/* guest_memory.c: the guest's memory at guest-linear addresses, through its
+ * page tables; FALSE where a page is not present. */
+BOOLEAN hv_guest_physical(UINT64 linear, UINT64 *pa);
+BOOLEAN hv_guest_read(UINT64 linear, void *buf, UINTN n);
+BOOLEAN hv_guest_write(UINT64 linear, const void *buf, UINTN n);
+
+/* microcode.c: WRMSR IA32_BIOS_UPDT_TRIG of the update data at guest-linear
+ * `data`, loaded in VMX root. */
+enum hv_exit_result hv_microcode_update(struct hv_cpu *cpu, UINT64 data);
 
 /* icr_emulation.c (option apic_icr_emulation): an EPT violation that is a
  * store to the local APIC page, done for the guest; FALSE: not one. */

@@ -92,6 +92,8 @@ static EFI_STATUS build_host_page_tables(void)
         for (UINT64 j = 0; j < 512; j++)
             pd[j] = (i << 30 | j << 21) | PTE_P | PTE_W | PTE_PS;
     }
+    if (EFI_ERROR(hv_map_microcode_window(pml4)))
+        return EFI_OUT_OF_RESOURCES;
     hv.host_cr3 = (UINT64)pml4;
     return EFI_SUCCESS;
 }

@@ -20,15 +20,8 @@
 
 #if HV_APIC_ICR_EMULATION
 
-#define X86_CR0_PG   (1ULL << 31)
-#define X86_CR4_PSE  (1ULL << 4)
-#define X86_CR4_PAE  (1ULL << 5)
-#define X86_CR4_LA57 (1ULL << 12)
-#define PTE_PRESENT  (1ULL << 0)
-#define PTE_LARGE    (1ULL << 7)
-#define PTE_FRAME    0x000FFFFFFFFFF000ULL /* bits 51:12 */
-#define RFLAGS_IF    (1ULL << 9)
-#define VECTOR_GP    13
+#define RFLAGS_IF (1ULL << 9)
+#define VECTOR_GP 13
 
 /* Local APIC registers (SDM 12.4.1 "The Intel APIC Architecture", Table 12-1). */
 #define APIC_LDR      0x0D0
@@ -45,60 +38,6 @@
 #define ICR_LEVEL          (1U << 15)
 #define ICR_SHORTHAND(icr) (((icr) >> 18) & 3)
 #define ICR_SHORTHAND_MASK (3U << 18)
-
-/* --- the guest's addresses ------------------------------------------------- */
-
-/* Guest-linear to guest-physical through the guest's own page tables, in
- * every paging mode (SDM 4.1 "Paging Modes and Control Bits"): none, 32-bit,
- * PAE, 4-level and 5-level. EPT and the host's page tables are identity
- * maps, so a guest-physical address is read directly. Access rights are not
- * checked: the CPU checked them when it fetched and stored. (PAE paging uses
- * the PDPTEs the CPU loaded with CR3; they are read again from memory here.) */
-static BOOLEAN guest_physical(UINT64 linear, UINT64 *pa)
-{
-    UINT64 cr3 = vmread(GUEST_CR3), cr4 = vmread(GUEST_CR4), table, entry;
-    UINT32 shift;
-    if (!(vmread(GUEST_CR0) & X86_CR0_PG)) {
-        *pa = linear & 0xFFFFFFFFULL;
-        return TRUE;
-    }
-    if (!(cr4 & X86_CR4_PAE)) { /* 32-bit paging: 4-byte entries */
-        UINT32 pde = ((volatile UINT32 *)(cr3 & 0xFFFFF000ULL))[(linear >> 22) & 1023];
-        if (!(pde & PTE_PRESENT))
-            return FALSE;
-        if ((pde & PTE_LARGE) && (cr4 & X86_CR4_PSE)) { /* 4 MiB, PA bits 39:32 in PDE bits 20:13 */
-            *pa = (pde & 0xFFC00000ULL) | (UINT64)((pde >> 13) & 0xFF) << 32 | (linear & 0x3FFFFF);
-            return TRUE;
-        }
-        UINT32 pte = ((volatile UINT32 *)(UINT64)(pde & 0xFFFFF000U))[(linear >> 12) & 1023];
-        if (!(pte & PTE_PRESENT))
-            return FALSE;
-        *pa = (pte & 0xFFFFF000ULL) | (linear & 0xFFF);
-        return TRUE;
-    }
-    if (vmread(VM_ENTRY_CONTROLS) & HV_ENTRY_IA32E_MODE_GUEST) {
-        table = cr3 & PTE_FRAME;
-        shift = cr4 & X86_CR4_LA57 ? 48 : 39;
-    } else { /* PAE paging: four PDPTEs at CR3[31:5] */
-        linear &= 0xFFFFFFFFULL;
-        entry = ((volatile UINT64 *)(cr3 & 0xFFFFFFE0ULL))[(linear >> 30) & 3];
-        if (!(entry & PTE_PRESENT))
-            return FALSE;
-        table = entry & PTE_FRAME;
-        shift = 21;
-    }
-    for (;; shift -= 9) {
-        entry = ((volatile UINT64 *)table)[(linear >> shift) & 511];
-        if (!(entry & PTE_PRESENT))
-            return FALSE;
-        if (shift == 12 || ((entry & PTE_LARGE) && shift <= 30)) {
-            UINT64 size = 1ULL << shift;
-            *pa = (entry & PTE_FRAME & ~(size - 1)) | (linear & (size - 1));
-            return TRUE;
-        }
-        table = entry & PTE_FRAME;
-    }
-}
 
 /* The default operand and address size of the guest's code: 64 (CS.L in
  * IA-32e mode), else CS.D: 32 or 16 (SDM 3.4.5 "Segment
@@ -119,8 +58,8 @@ struct insn {
 static BOOLEAN next_byte(struct insn *insn, UINT8 *byte)
 {
     UINT64 pa;
-    if (insn->n >= 15 || !guest_physical(insn->rip + insn->n,
-                                         &pa)) /* 15 bytes at most: SDM Vol. 2A 2.1 "Instruction Format" */
+    if (insn->n >= 15 || !hv_guest_physical(insn->rip + insn->n,
+                                            &pa)) /* 15 bytes at most: SDM Vol. 2A 2.1 "Instruction Format" */
         return FALSE;
     *byte = *(volatile UINT8 *)pa;
     insn->n++;

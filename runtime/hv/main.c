@@ -178,6 +178,7 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
 #if HV_HOST_PAGE_TABLES
     hv_say("uefi-hv: host page tables map 0-%lu GiB\n", hv.host_gib);
 #endif
+    hv_say("uefi-hv: microcode revision 0x%x\n", hv_microcode_revision());
     shared_pages = hv_allocated_pages();
     for (UINT32 i = 0; i < hv.cpu_count; i++)
         if (!(hv.cpus[i] = hv_alloc_cpu(i)))

@@ -105,6 +105,23 @@ void hvcheck_restore_gate(UINT32 vector, struct idt_gate saved)
     *(struct idt_gate *)(idtr.base + vector * 16) = saved;
 }
 
+/* The microcode revision, as SDM 11.11.7.1 "Determining the Signature" says
+ * to read it: 0 to IA32_BIOS_SIGN_ID, CPUID.1, then bits 63:32. */
+static UINT32 microcode_revision(void)
+{
+    UINT32 c[4], lo, hi;
+    __asm__ volatile("wrmsr" ::"c"(MSR_IA32_BIOS_SIGN_ID), "a"(0), "d"(0));
+    cpuid(1, c);
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(MSR_IA32_BIOS_SIGN_ID));
+    return hi;
+}
+
+/* An update no processor takes (SDM 11.11.1 "Microcode Update", Table 11-7):
+ * a version 1 header for loader revision 1, sizes 0 (2000 bytes of data,
+ * 2048 in all), revision 0xFFFFFFFE, no processor signature, and a checksum
+ * that does not add up; the data follows the 48-byte header, 16-byte aligned. */
+static const UINT32 refused_update[512] __attribute__((aligned(16))) = { 1, 0xFFFFFFFEU, 0, 0, 0, 1 };
+
 /* Every check a guest CPU can make by itself (no UEFI service: APs run it). */
 static void check_this_cpu(struct cpu_result *r, UINTN number)
 {
@@ -209,6 +226,21 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
      * "Instruction-Breakpoint Exception Condition"); an injected #GP is a fault. */
     record(r, "the injected #GP pushes RFLAGS.RF (a fault)", gp == 1 && (hvcheck_fault_rflags >> 16) & 1,
            "RFLAGS image 0x%x", hvcheck_fault_rflags, 0);
+
+    /* Microcode: "must not be performed during VMX non-root operation" (SDM
+     * 34.4 "Microcode Update Facility"), so WRMSR IA32_BIOS_UPDT_TRIG exits
+     * and the hypervisor hands the update to the processor in VMX root; this
+     * one is refused, so the revision, read as the SDM says, stays. */
+    UINT32 revision = microcode_revision();
+    before = exit_count(EXIT_WRMSR);
+    saved = hvcheck_set_gate(13, hvcheck_gp_handler);
+    gp = hvcheck_try_wrmsr(MSR_IA32_BIOS_UPDT_TRIG, (UINT64)&refused_update[12]);
+    hvcheck_restore_gate(13, saved);
+    after = exit_count(EXIT_WRMSR);
+    UINT32 revision_after = microcode_revision();
+    record(r, "microcode: an update exits to VMX root; the revision reads as the SDM describes",
+           !gp && after - before == 1 && revision_after == revision, "revision 0x%x, WRMSR 0x79 exits %u",
+           revision_after, after - before);
 
     /* WAITPKG (CPUID.7.0:ECX[5]): where CPUID shows it, TPAUSE works in the
      * guest. In VMX non-root it raises #UD unless "enable user wait and pause"
