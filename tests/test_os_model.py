@@ -15,6 +15,7 @@ from uefi_hv.image import make_image
 from oskit.fixtures import hypervisor_dir, osmodel_efi, osmodel_x2apic_efi  # noqa: F401 (fixtures)
 from oskit.harness import assert_run_ok, chained_image, require_chain
 from oskit.osmodel import (FAIL, MECHANICS_PASS, PASS, assert_aps_started_twice, assert_real_init_sipi_exits,
+                           assert_task_switch_exits,
                            build_osmodel, verdicts)
 
 TAKEOVER = ("OSMODEL: ExitBootServices done",
@@ -84,6 +85,7 @@ def test_under_the_hypervisor_both_cpus_see_it_through_the_os_takeover(
     assert "OSMODEL: BSP: VMCALL ping answered, hypervisor CPU 0" in r.serial
     assert_aps_started_twice(r.serial, cpus=2, hypervisor=True)
     assert_real_init_sipi_exits(r.serial, cpus=2)
+    assert_task_switch_exits(r.serial, cpus=2)
     # The memory the hypervisor keeps (VMCALL GET_RESIDENT_RANGES) is runtime
     # memory in the map the OS took at ExitBootServices: one line per range.
     summary = re.search(r"^OSMODEL: BSP: all (\d+) uefi-hv ranges \((\d+) KiB\) are runtime "
@@ -118,5 +120,6 @@ def test_under_the_hypervisor_the_model_starts_the_aps_in_x2apic_mode(
     assert found == [PASS], f"{r}; verdicts {found}"
     assert_aps_started_twice(r.serial, cpus=cpus, hypervisor=True)
     assert_real_init_sipi_exits(r.serial, cpus=cpus)
+    assert_task_switch_exits(r.serial, cpus=cpus)
     assert_run_ok(r)
     assert_no_leftovers(r)

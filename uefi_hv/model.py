@@ -326,6 +326,9 @@ EXIT_ACTIONS = {a.name: a for a in (
                "else MWAIT returns (implied by `option apic_icr_emulation`)", internal=True,
                sets=("proc.mwait_exiting",)),
     ActionInfo("sipi", ("sipi",), {}, "starts the vCPU at the SIPI vector"),
+    ActionInfo("task_switch", ("task_switch",), {},
+               "does a 32-bit task switch (CALL, JMP, IRET, task gate) for the guest, as SDM 9.3 "
+               "\"Task Switching\" lists"),
     ActionInfo("dispatch_idt", ("external_interrupt",), {"idt_base": "global", "own": "vectors"},
                "calls the host handler of the acknowledged interrupt through the gate at "
                "`idt_base + 16 * vector` (the seed: `idt_base` is a global, never a VMREAD): by "

@@ -639,6 +639,7 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
     case HV_STOP:
         hv_power_off();
     }
+    hv_redeliver_interrupted_event(cpu, reason); /* first: it was on its way before anything else */
 #if HV_ACTION_DISPATCH_IDT
     hv_irq_before_entry(cpu);
 #endif

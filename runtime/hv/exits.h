@@ -49,6 +49,10 @@ void hv_reset_to_init_state(struct hv_cpu *cpu, struct hv_guest_regs *regs);
 /* A guest in its INIT state starts at the SIPI vector's page. */
 enum hv_exit_result hv_start_at_sipi_vector(UINT32 vector);
 
+/* event_delivery.c: the event a VM exit interrupted, injected again; NMI
+ * blocking set back after an exit in an IRET that unblocked NMIs. */
+void hv_redeliver_interrupted_event(struct hv_cpu *cpu, UINT32 reason);
+
 /* guest_memory.c: the guest's memory at guest-linear addresses, through its
  * page tables; FALSE where a page is not present. */
 BOOLEAN hv_guest_physical(UINT64 linear, UINT64 *pa);

@@ -16,16 +16,11 @@
 #include "interrupts.h"
 #if HV_ACTION_DISPATCH_IDT
 
-#define INTR_INFO_VALID         (1U << 31) /* the format of SDM 26.8.3, 26.9.2 and 26.9.3 */
-#define INTR_INFO_VECTOR        0xFFU
-#define INTR_INFO_TYPE(i)       (((i) >> 8) & 7)
-#define INTR_INFO_ERROR_CODE    (1U << 11)
-#define INTR_TYPE_EXTERNAL      0
-#define INTR_TYPE_SOFT_INTR     4 /* INT n */
-#define INTR_TYPE_PRIV_SOFT_EXC 5 /* INT1 */
-#define INTR_TYPE_SOFT_EXC      6 /* INT3, INTO */
-#define RFLAGS_IF               (1ULL << 9)
-#define BLOCKING_BY_STI_MOV_SS  3ULL /* interruptibility state bits 0-1 */
+#define INTR_INFO_VALID        (1U << 31) /* the format of SDM 26.8.3, 26.9.2 and 26.9.3 */
+#define INTR_INFO_VECTOR       0xFFU
+#define INTR_TYPE_EXTERNAL     0
+#define RFLAGS_IF              (1ULL << 9)
+#define BLOCKING_BY_STI_MOV_SS 3ULL /* interruptibility state bits 0-1 */
 
 /* One CPU's share: written only by that CPU, in VMX root with interrupts off. */
 struct hv_irq_state {
@@ -180,27 +175,9 @@ static INT32 highest_pending(const struct hv_irq_state *s)
     return -1;
 }
 
-/* SDM 29.2.4 "Information for VM Exits During Event Delivery": an exit during
- * event delivery (the guest's or one injected by the last entry) leaves that
- * event in the IDT-vectoring information; it was not delivered and is injected
- * again, before anything else. */
-static void reinject_interrupted_event(void)
-{
-    UINT32 idt = (UINT32)vmread(IDT_VECTORING_INFO_FIELD);
-    if (!(idt & INTR_INFO_VALID) || (vmread(VM_ENTRY_INTR_INFO_FIELD) & INTR_INFO_VALID))
-        return;
-    UINT32 type = INTR_INFO_TYPE(idt);
-    if (idt & INTR_INFO_ERROR_CODE)
-        vmwrite(VM_ENTRY_EXCEPTION_ERROR_CODE, vmread(IDT_VECTORING_ERROR_CODE));
-    if (type == INTR_TYPE_SOFT_INTR || type == INTR_TYPE_PRIV_SOFT_EXC || type == INTR_TYPE_SOFT_EXC)
-        vmwrite(VM_ENTRY_INSTRUCTION_LEN, vmread(VM_EXIT_INSTRUCTION_LEN));
-    vmwrite(VM_ENTRY_INTR_INFO_FIELD, idt & ~(1U << 12)); /* bit 12 is reserved on entry */
-}
-
 void hv_irq_before_entry(struct hv_cpu *cpu)
 {
     struct hv_irq_state *s = &irq_state[cpu->index];
-    reinject_interrupted_event();
     INT32 vector = highest_pending(s);
     if (vector < 0) {
         set_window(s, FALSE);

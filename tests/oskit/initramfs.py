@@ -59,7 +59,8 @@ def probe_defines(spec: Path = DEFAULT_SPEC) -> list[str]:
             f"-DOSKIT_VMCALL_GET_RESIDENT_RANGES={vmcall_rax('GET_RESIDENT_RANGES'):#x}ULL",
             f"-DOSKIT_VMCALL_GET_EXIT_COUNT={vmcall_rax('GET_EXIT_COUNT'):#x}ULL",
             f"-DOSKIT_EXIT_REASON_INIT={parsed.exit_reasons['init_signal'].number}",
-            f"-DOSKIT_EXIT_REASON_SIPI={parsed.exit_reasons['sipi'].number}"]
+            f"-DOSKIT_EXIT_REASON_SIPI={parsed.exit_reasons['sipi'].number}",
+            f"-DOSKIT_EXIT_REASON_TASK_SWITCH={parsed.exit_reasons['task_switch'].number}"]
 
 
 def build_oscheck(output: Path, spec: Path = DEFAULT_SPEC) -> Path:

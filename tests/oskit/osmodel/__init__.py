@@ -51,6 +51,8 @@ def assert_aps_started_twice(serial: str, cpus: int, hypervisor: bool = False) -
             assert re.search(rf"^OSMODEL: AP round {round_}: APIC {apic}, ", serial, re.M), \
                 (round_, apic)
             assert f"OSMODEL: BSP: APIC {apic} reported, round {round_}" in serial
+            assert f"OSMODEL: BSP: APIC {apic}: task switch to TSS B and back by IRET, round {round_}: ok" \
+                in serial
         assert serial.count(f"OSMODEL: AP round {round_}: in long mode") == cpus - 1
         if hypervisor:
             for cpu in range(1, cpus):
@@ -76,3 +78,13 @@ def assert_real_init_sipi_exits(serial: str, cpus: int) -> None:
         (init1, sipi1), (init2, sipi2) = exits[1, apic], exits[2, apic]
         assert init1 >= 1 and sipi1 >= 1, (apic, exits)
         assert (init2 - init1, sipi2 - sipi1) == (1, 1), (apic, exits)
+
+
+def assert_task_switch_exits(serial: str, cpus: int) -> None:
+    """Each AP's task switch there and back (CALL to TSS B, IRET) was two
+    task-switch VM exits in each round, the hypervisor's to do."""
+    found = re.findall(r"^OSMODEL: AP round (\d+): APIC (\d+): the hypervisor saw task-switch exits (\d+) "
+                       r"on this CPU$", serial, re.M)
+    exits = {(int(r), int(a)): int(n) for r, a, n in found}
+    for apic in range(1, cpus):
+        assert (exits.get((1, apic)), exits.get((2, apic))) == (2, 4), (apic, exits)

@@ -9,6 +9,10 @@
 #define MODEL_CS64  0x08
 #define MODEL_DS    0x10
 #define MODEL_CS32  0x18
+#define MODEL_TSS_A 0x20            /* 32-bit TSSes in the trampoline page */
+#define MODEL_TSS_B 0x28
+#define TASK_B_EAX  0x7A5CB0B0      /* what task B's TSS gives it in EAX */
+#define EFLAGS_NT   (1 << 14)
 
 #define CR0_PE      (1 << 0)
 #define CR0_MP      (1 << 1)
@@ -30,6 +34,7 @@
     .globl osmodel_trampoline_start, osmodel_trampoline_end
     .globl osmodel_tr_gdtr, osmodel_tr_far32, osmodel_tr_far64
     .globl osmodel_tr_cr3, osmodel_tr_rsp, osmodel_tr_entry, osmodel_tr_arg
+    .globl osmodel_tr_tss_a, osmodel_tr_tss_b, osmodel_tr_task_b_stack, osmodel_tr_task_switches
 
     .balign 4096
     .code16
@@ -56,6 +61,17 @@ tr_protected:
     movw %ax, %ds
     movw %ax, %es
     movw %ax, %ss
+    /* A task switch there and back, as a 32-bit OS makes them (SDM 9.3 "Task
+     * Switching"): this AP's task is TSS A; a far CALL to TSS B nests task B
+     * in it (NT, link), whose IRET comes back here. Under uefi-hv each exits
+     * (SDM 27.4.2 "Treatment of Task Switches") and the hypervisor does it.
+     * EBX, the page, survives only through TSS A. The APs start one at a
+     * time; IRET leaves TSS A busy, cleared again for the next AP's LTR. */
+    movw $MODEL_TSS_A, %ax
+    ltr %ax
+    lcall $MODEL_TSS_B, $0
+    movl (osmodel_tr_gdtr + 2 - osmodel_trampoline_start)(%ebx), %eax
+    andb $~0x02, (MODEL_TSS_A + 5)(%eax)          /* TSS A's type: busy -> available */
     /* SDM 11.8.5 "Initializing IA-32e Mode": PAE, CR3, EFER.LME, PG. */
     movl %cr4, %eax
     orl $(CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT), %eax
@@ -70,6 +86,23 @@ tr_protected:
     orl $CR0_PG, %eax
     movl %eax, %cr0
     ljmpl *(osmodel_tr_far64 - osmodel_trampoline_start)(%ebx)
+
+    /* Task B: EAX and EBX come from its TSS, NT and TR say how it was
+     * entered. It counts a correct entry in the page and returns by IRET; the
+     * next CALL resumes it after the IRET, at the jump to its start. */
+tr_task_b:
+    pushfl
+    popl %ecx
+    str %dx
+    cmpl $TASK_B_EAX, %eax
+    jne 1f
+    testl $EFLAGS_NT, %ecx
+    jz 1f
+    cmpw $MODEL_TSS_B, %dx
+    jne 1f
+    incl (osmodel_tr_task_switches - osmodel_trampoline_start)(%ebx)
+1:  iretl
+    jmp tr_task_b
 
     .code64
 tr_long:
@@ -108,6 +141,15 @@ osmodel_tr_entry:
     .quad 0
 osmodel_tr_arg:
     .quad 0
+osmodel_tr_task_switches:           /* task B's correct entries */
+    .long 0
+    .balign 16
+osmodel_tr_tss_a:                   /* 32-bit TSSes (SDM 9.2.1), 104 bytes */
+    .fill 104, 1, 0
+osmodel_tr_tss_b:
+    .fill 104, 1, 0
+    .fill 64, 1, 0
+osmodel_tr_task_b_stack:
 osmodel_trampoline_end:
 
     .globl osmodel_tr_protected_offset, osmodel_tr_long_offset
@@ -117,6 +159,9 @@ osmodel_tr_protected_offset:
     .quad tr_protected - osmodel_trampoline_start
 osmodel_tr_long_offset:
     .quad tr_long - osmodel_trampoline_start
+    .globl osmodel_tr_task_b_offset
+osmodel_tr_task_b_offset:
+    .quad tr_task_b - osmodel_trampoline_start
 
 /* ---- segment reload ------------------------------------------------------- */
 

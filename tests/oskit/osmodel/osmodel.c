@@ -69,19 +69,31 @@
 extern char osmodel_trampoline_start[], osmodel_trampoline_end[];
 extern char osmodel_tr_gdtr[], osmodel_tr_far32[], osmodel_tr_far64[];
 extern char osmodel_tr_cr3[], osmodel_tr_rsp[], osmodel_tr_entry[], osmodel_tr_arg[];
-extern const UINT64 osmodel_tr_protected_offset, osmodel_tr_long_offset;
+extern char osmodel_tr_tss_a[], osmodel_tr_tss_b[], osmodel_tr_task_b_stack[], osmodel_tr_task_switches[];
+extern const UINT64 osmodel_tr_protected_offset, osmodel_tr_long_offset, osmodel_tr_task_b_offset;
 extern char osmodel_exception_stubs[];
 void osmodel_load_segments(void);
 void osmodel_exception(UINT64 *frame);
 
 /* ---- the model's own machine state ---------------------------------------- */
 
-static UINT64 gdt[4] __attribute__((aligned(16))) = {
+static UINT64 gdt[6] __attribute__((aligned(16))) = {
     0,
     0x00AF9A000000FFFFULL,      /* 0x08: 64-bit code, DPL 0 */
     0x00CF92000000FFFFULL,      /* 0x10: flat data, 4 GiB */
     0x00CF9A000000FFFFULL,      /* 0x18: 32-bit code, for the trampoline */
+    0,                          /* 0x20, 0x28: the trampoline's 32-bit TSSes A and B */
+    0,                          /*   (prepare_trampoline) */
 };
+
+#define TASK_B_EAX 0x7A5CB0B0   /* osmodel.S checks it in task B */
+
+/* A present 32-bit TSS descriptor, DPL 0, available (SDM 9.2.2 "TSS
+ * Descriptor"): limit 0x67. */
+static UINT64 tss32_descriptor(UINT64 base)
+{
+    return 0x67 | (base & 0xFFFFFF) << 16 | 0x89ULL << 40 | (base >> 24) << 56;
+}
 
 struct idt_gate {
     UINT16 offset_low, selector;
@@ -325,8 +337,12 @@ static void ap_main(UINT64 round)
     say("OSMODEL: %s: in long mode (CR0 0x%lx, CR4 0x%lx, EFER 0x%lx)\n", who, cr0, cr4, efer);
     int failed = check_cpu(who, &p);
     if (p.ours)
+    {
         say("OSMODEL: %s: APIC %u: the hypervisor saw INIT exits %lu, SIPI exits %lu on this CPU\n", who,
             apic_id(), vmcall_exit_count(OSKIT_EXIT_REASON_INIT), vmcall_exit_count(OSKIT_EXIT_REASON_SIPI));
+        say("OSMODEL: %s: APIC %u: the hypervisor saw task-switch exits %lu on this CPU\n", who, apic_id(),
+            vmcall_exit_count(OSKIT_EXIT_REASON_TASK_SWITCH));
+    }
     if (p.ours != bsp_probe.ours) {
         say("OSMODEL: %s: check failed: the AP %s the hypervisor, the BSP %s\n", who,
             p.ours ? "sees" : "does not see", bsp_probe.ours ? "does" : "does not");
@@ -536,6 +552,20 @@ static void prepare_trampoline(UINT64 page, UINT64 round)
     *(UINT64 *)PARAM(osmodel_tr_rsp) = (UINT64)(ap_stack + sizeof(ap_stack));
     *(UINT64 *)PARAM(osmodel_tr_entry) = (UINT64)ap_main;
     *(UINT64 *)PARAM(osmodel_tr_arg) = round;
+    /* Task B's TSS: where it starts, its stack and registers (SDM 9.2.1
+     * "Task-State Segment (TSS)": EIP at 0x20, EFLAGS 0x24, EAX 0x28, EBX
+     * 0x34, ESP 0x38, ES..GS from 0x48, the I/O map base at 0x66). */
+    UINT32 *b = (UINT32 *)PARAM(osmodel_tr_tss_b);
+    b[0x20 / 4] = (UINT32)(page + osmodel_tr_task_b_offset);
+    b[0x24 / 4] = 0x2;
+    b[0x28 / 4] = TASK_B_EAX;
+    b[0x34 / 4] = (UINT32)page;
+    b[0x38 / 4] = (UINT32)(UINT64)PARAM(osmodel_tr_task_b_stack);
+    for (int seg = 0; seg < 6; seg++) /* ES, CS, SS, DS, FS, GS */
+        b[0x48 / 4 + seg] = seg == 1 ? MODEL_CS32 : MODEL_DS;
+    ((UINT16 *)b)[0x66 / 2] = 0x68; /* no I/O permission map */
+    gdt[4] = tss32_descriptor((UINT64)PARAM(osmodel_tr_tss_a));
+    gdt[5] = tss32_descriptor((UINT64)PARAM(osmodel_tr_tss_b));
 #undef PARAM
 }
 
@@ -565,6 +595,13 @@ static const char *start_ap(UINT32 apic, UINT64 page, UINT64 round)
     }
     if (done != 1)
         return round == 1 ? "an AP's checks, round 1" : "an AP's checks, round 2";
+    UINT32 switches = *(volatile UINT32 *)(page + (osmodel_tr_task_switches - osmodel_trampoline_start));
+    if (switches != 1) {
+        say("OSMODEL: BSP: APIC %u: task B was entered as it should be %u times, not once, round %lu\n", apic,
+            switches, round);
+        return "an AP's task switch there and back";
+    }
+    say("OSMODEL: BSP: APIC %u: task switch to TSS B and back by IRET, round %lu: ok\n", apic, round);
     say("OSMODEL: BSP: APIC %u reported, round %lu\n", apic, round);
     return NULL;
 }
