@@ -290,6 +290,23 @@ def test_thirty_two_cpus_are_all_virtualised(default_image, run_dir):
     assert result.ok, result
 
 
+def test_guest_physical_memory_the_start_up_left_unmapped_is_mapped_on_first_use(tmp_path, run_dir):
+    """A CPU with MAXPHYADDR above 46 bits (a 52-bit server) gets its first
+    64 TiB mapped at start-up and the rest when the guest first touches it.
+    Built to map only the first GiB at start-up (Bochs has 40 bits): the
+    firmware above 1 GiB (the local APIC, the flash at 4 GiB) faults in, on
+    both CPUs, and hvcheck passes."""
+    image = build_image(DSL_DIR / "default.hv", tmp_path, cflags=["-DHV_EPT_EAGER_GIB_MAX=1"])
+    result = boot(image, emulator="bochs", cpus=2, timeout=90, fail=["HVCHECK: FAIL"], run_dir=run_dir)
+    serial = result.serial
+    assert "uefi-hv: EPT maps guest-physical 0-1 GiB (MAXPHYADDR 40 bits), the rest on first use" in serial
+    gib = {int(g) for g in re.findall(r"^uefi-hv: cpu \d+: EPT maps guest-physical GiB (\d+) on first use",
+                                      serial, re.M)}
+    assert 3 in gib, serial[:4000]  # the local APIC at 0xFEE00000 and the flash below 4 GiB
+    assert "HVCHECK: PASS" in serial, result
+    assert result.ok, result
+
+
 def test_more_cpus_than_the_maximum_leave_the_machine_alone(tmp_path, run_dir):
     """Above its maximum the hypervisor starts on no CPU (half a machine
     virtualised would be worse) and says so; the chained image still runs.

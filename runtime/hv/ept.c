@@ -109,9 +109,34 @@ static UINT8 memory_type(UINT64 start, UINT64 size)
     return matched ? type : mtrr.default_type;
 }
 
+/* Guest-physical memory beyond what the start-up maps (all of MAXPHYADDR up
+ * to hv_identity_gib: 64 TiB in 1 GiB pages) is mapped when the guest first
+ * touches it: the EPT violation of a not-present page below MAXPHYADDR maps
+ * its GiB (hv_ept_map_on_first_use), with tables from a reserve set aside
+ * at start-up (no firmware allocation after ExitBootServices). A test maps
+ * less at start-up to exercise it. */
+#ifndef HV_EPT_EAGER_GIB_MAX
+#define HV_EPT_EAGER_GIB_MAX (~0ULL)
+#endif
+#define EPT_RESERVE_TABLES 64
+
+static UINT64 *ept_top;      /* the PML4, or with 5-level EPT the PML5 */
+static UINT32 ept_top_shift; /* 39 or 48: what one top-level entry spans */
+static BOOLEAN gib_pages;    /* 1 GiB pages (IA32_VMX_EPT_VPID_CAP[17]) */
+static UINT64 *reserve[EPT_RESERVE_TABLES];
+static UINT32 reserve_left; /* filled once the start-up's tables are done */
+static BOOLEAN built;
+static volatile UINT32 ept_lock;
+
 static UINT64 *new_table(void)
 {
-    return hv_alloc_table();
+    if (!built)
+        return hv_alloc_table();
+    if (!reserve_left)
+        return NULL;
+    UINT64 *table = reserve[--reserve_left];
+    hv_zero(table, HV_PAGE_SIZE);
+    return table;
 }
 
 static EFI_STATUS map_2m(UINT64 *pd_entry, UINT64 start)
@@ -132,7 +157,7 @@ static EFI_STATUS map_2m(UINT64 *pd_entry, UINT64 start)
     return EFI_SUCCESS;
 }
 
-static EFI_STATUS map_1g(UINT64 *pdpt_entry, UINT64 start, BOOLEAN gib_pages)
+static EFI_STATUS map_1g(UINT64 *pdpt_entry, UINT64 start)
 {
     UINT8 type = gib_pages ? memory_type(start, 1ULL << 30) : MTRR_MIXED;
     if (type != MTRR_MIXED) {
@@ -151,12 +176,38 @@ static EFI_STATUS map_1g(UINT64 *pdpt_entry, UINT64 start, BOOLEAN gib_pages)
     return EFI_SUCCESS;
 }
 
+/* The entry that maps GiB `gib`, with the tables above it made where missing. */
+static UINT64 *gib_entry(UINT64 gib)
+{
+    UINT64 gpa = gib << 30, *table = ept_top;
+    for (UINT32 shift = ept_top_shift; shift > 30; shift -= 9) {
+        UINT64 *entry = &table[(gpa >> shift) & 511];
+        if (!(*entry & EPT_RWX)) {
+            UINT64 *next = new_table();
+            if (!next)
+                return NULL;
+            *entry = (UINT64)next | EPT_RWX;
+        }
+        table = (UINT64 *)(*entry & ~0xFFFULL & phys_mask);
+    }
+    return &table[(gpa >> 30) & 511];
+}
+
+static EFI_STATUS map_gib(UINT64 gib)
+{
+    UINT64 *entry = gib_entry(gib);
+    return entry ? map_1g(entry, gib << 30) : EFI_OUT_OF_RESOURCES;
+}
+
 #if HV_APIC_ICR_EMULATION
 /* The 4 KiB EPT entry of `gpa`, splitting large pages on the way (the
  * smaller pages keep the large page's memory type). */
-static UINT64 *ept_entry_4k(UINT64 *pml4, UINT64 gpa)
+static UINT64 *ept_entry_4k(UINT64 gpa)
 {
-    UINT64 *table = (UINT64 *)(pml4[0] & ~0xFFFULL); /* the PDPT */
+    UINT64 *gib = gib_entry(gpa >> 30);
+    if (!gib || (!(*gib & EPT_RWX) && EFI_ERROR(map_1g(gib, gpa & ~((1ULL << 30) - 1)))))
+        return NULL;
+    UINT64 *table = gib - ((gpa >> 30) & 511); /* the PDPT */
     for (UINT32 shift = 30; shift >= 21; shift -= 9) {
         UINT64 *entry = &table[(gpa >> shift) & 511];
         if (*entry & EPT_LARGE) {
@@ -181,22 +232,23 @@ EFI_STATUS hv_build_ept(void)
     phys_mask = ((1ULL << hv.max_phys_bits) - 1) & ~0xFFFULL;
     read_mtrrs();
 
-    BOOLEAN gib_pages = (hv.ept_vpid_cap >> 17) & 1;
-    UINT64 *pml4 = new_table(), *pdpt = NULL;
-    if (!pml4)
+    gib_pages = (hv.ept_vpid_cap >> 17) & 1;
+    /* 4-level EPT translates 48-bit guest-physical addresses; a wider
+     * MAXPHYADDR needs 5 levels (IA32_VMX_EPT_VPID_CAP[7], SDM 30.3.2 "EPT
+     * Translation Mechanism"). */
+    BOOLEAN five_levels = hv.max_phys_bits > 48 && ((hv.ept_vpid_cap >> 7) & 1);
+    ept_top_shift = five_levels ? 48 : 39;
+    if (!(ept_top = new_table()))
         return EFI_OUT_OF_RESOURCES;
     /* All of the physical address space (MAXPHYADDR; entries beyond it would
-     * be EPT misconfigurations), as far as hv_identity_gib reaches. */
+     * be EPT misconfigurations), as far as hv_identity_gib reaches; the rest
+     * on first use. */
     UINT64 gib = hv_identity_gib(hv.max_phys_bits, gib_pages);
+    if (gib > HV_EPT_EAGER_GIB_MAX)
+        gib = HV_EPT_EAGER_GIB_MAX;
     hv.ept_gib = gib;
     for (UINT64 i = 0; i < gib; i++) {
-        if (i % 512 == 0) {
-            pdpt = new_table();
-            if (!pdpt)
-                return EFI_OUT_OF_RESOURCES;
-            pml4[i / 512] = (UINT64)pdpt | EPT_RWX;
-        }
-        EFI_STATUS s = map_1g(&pdpt[i % 512], i << 30, gib_pages);
+        EFI_STATUS s = map_gib(i);
         if (EFI_ERROR(s))
             return s;
     }
@@ -204,15 +256,47 @@ EFI_STATUS hv_build_ept(void)
     /* The local APIC page is mapped read/execute only, so that writes to it
      * (the ICR among them) exit: INIT and SIPI to virtualised CPUs are
      * emulated instead of delivered (icr_emulation.c). */
-    UINT64 *pte = ept_entry_4k(pml4, rdmsr(MSR_IA32_APIC_BASE) & ~0xFFFULL & phys_mask);
+    UINT64 *pte = ept_entry_4k(rdmsr(MSR_IA32_APIC_BASE) & ~0xFFFULL & phys_mask);
     if (!pte)
         return EFI_OUT_OF_RESOURCES;
     *pte = (*pte & ~(EPT_RWX | 7ULL << EPT_TYPE_SHIFT)) | 5ULL | (UINT64)MTRR_UC << EPT_TYPE_SHIFT;
 #endif
+    for (reserve_left = 0; reserve_left < EPT_RESERVE_TABLES; reserve_left++)
+        if (!(reserve[reserve_left] = hv_alloc_table()))
+            return EFI_OUT_OF_RESOURCES;
+    built = TRUE;
     /* EPTP (SDM 26.6.11 "Extended-Page-Table Pointer (EPTP)"): WB
      * paging-structure type when supported (EPT_VPID_CAP[14]), page-walk length
-     * 4 (encoded 3). */
+     * 4 or 5 (encoded one less). */
     UINT64 walk_type = (hv.ept_vpid_cap >> 14) & 1 ? 6 : 0;
-    hv.eptp = (UINT64)pml4 | 3ULL << 3 | walk_type;
+    hv.eptp = (UINT64)ept_top | (five_levels ? 4ULL : 3ULL) << 3 | walk_type;
     return EFI_SUCCESS;
+}
+
+/* An EPT violation: if the guest touched a not-present page below
+ * MAXPHYADDR that the start-up left unmapped, its GiB is mapped now and the
+ * instruction runs again (TRUE). Exit qualification bits 5:3 are the
+ * permissions of the translation, 0 when it was not present (SDM 29.2.1
+ * "Basic VM-Exit Information"). */
+BOOLEAN hv_ept_map_on_first_use(struct hv_cpu *cpu)
+{
+    UINT64 gpa = vmread(GUEST_PHYSICAL_ADDRESS);
+    if (((vmread(EXIT_QUALIFICATION) >> 3) & 7) || (gpa >> hv.max_phys_bits) || (gpa >> (ept_top_shift + 9)))
+        return FALSE;
+    while (__atomic_exchange_n(&ept_lock, 1, __ATOMIC_ACQUIRE))
+        cpu_pause();
+    UINT64 *entry = gib_entry(gpa >> 30);
+    BOOLEAN mapped = entry && ((*entry & EPT_RWX) || !EFI_ERROR(map_1g(entry, gpa & ~((1ULL << 30) - 1))));
+    __atomic_store_n(&ept_lock, 0, __ATOMIC_RELEASE);
+    if (!mapped) {
+        hv_log_fatal(
+            "uefi-hv: cpu %u: EPT: no table left to map guest-physical 0x%lx (%u reserved at start-up)\n",
+            cpu->index, gpa, EPT_RESERVE_TABLES);
+        return FALSE;
+    }
+    /* No INVEPT: a CPU caches no translation whose entry was not present
+     * (SDM 30.4.1 "Information That May Be Cached"). */
+    hv_log("uefi-hv: cpu %u: EPT maps guest-physical GiB %lu on first use (0x%lx)\n", cpu->index, gpa >> 30,
+           gpa);
+    return TRUE;
 }

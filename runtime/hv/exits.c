@@ -599,6 +599,23 @@ enum hv_exit_result hv_action_inject_pending(struct hv_cpu *cpu, struct hv_guest
 
 /* --- the dispatch (the table is dispatch.c, from the spec) ------------------ */
 
+/* EPT violations the runtime answers before the spec's action: memory the
+ * start-up left unmapped (ept.c), and stores to the local APIC page with
+ * `option apic_icr_emulation` (icr_emulation.c). */
+static BOOLEAN ept_violation_done(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+{
+    (void)regs;
+#if HV_EPT
+    if (hv_ept_map_on_first_use(cpu))
+        return TRUE;
+#endif
+#if HV_APIC_ICR_EMULATION
+    if (hv_icr_emulate_apic_store(cpu, regs))
+        return TRUE;
+#endif
+    return FALSE;
+}
+
 void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
 {
     UINT32 reason = (UINT32)vmread(VM_EXIT_REASON);
@@ -619,18 +636,16 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
         cpu->exit_count[reason]++;
         action = hv_exit_actions[reason];
     }
-#if HV_APIC_ICR_EMULATION
-    if (reason == EXIT_REASON_EPT_VIOLATION && hv_icr_emulate_apic_store(cpu, regs))
-        return;
-#endif
-    if (!action) {
+    if (reason == EXIT_REASON_EPT_VIOLATION && ept_violation_done(cpu, regs))
+        action = NULL; /* the runtime's own: not the spec's to answer */
+    else if (!action) {
         hv_log_fatal(
             "uefi-hv: cpu %u: unhandled VM exit %u (%s), qualification 0x%lx: stopping the machine\n",
             cpu->index, reason, hv_exit_reason_name(reason), vmread(EXIT_QUALIFICATION));
         log_guest_state(cpu);
         hv_power_off();
     }
-    switch (action(cpu, regs)) {
+    switch (action ? action(cpu, regs) : HV_RESUME_SAME) {
     case HV_RESUME_NEXT:
         hv_advance_rip();
         break;

@@ -16,9 +16,10 @@
 #define HOST_TR          0x18
 #define HOST_GDT_ENTRIES 5 /* null, code, data, TSS (two slots) */
 
-#define PTE_P  (1ULL << 0)
-#define PTE_W  (1ULL << 1)
-#define PTE_PS (1ULL << 7)
+#define PTE_P    (1ULL << 0)
+#define PTE_W    (1ULL << 1)
+#define PTE_PS   (1ULL << 7)
+#define CR4_LA57 (1ULL << 12)
 
 extern UINT8 hv_host_exception_stubs[]; /* vmexit.S: 32 stubs, 16 bytes apart */
 extern void hv_host_interrupt_stub(void);
@@ -95,6 +96,16 @@ static EFI_STATUS build_host_page_tables(void)
     if (EFI_ERROR(hv_map_microcode_window(pml4)))
         return EFI_OUT_OF_RESOURCES;
     hv.host_cr3 = (UINT64)pml4;
+    /* HOST_CR4 is the firmware's: with 5-level paging (CR4.LA57) a PML5 goes
+     * on top, its first entry for the identity map and its last for the
+     * microcode window (SDM 4.5 "4-Level Paging and 5-Level Paging"). */
+    if (read_cr4() & CR4_LA57) {
+        UINT64 *pml5 = hv_alloc_table();
+        if (!pml5)
+            return EFI_OUT_OF_RESOURCES;
+        pml5[0] = pml5[511] = (UINT64)pml4 | PTE_P | PTE_W;
+        hv.host_cr3 = (UINT64)pml5;
+    }
     return EFI_SUCCESS;
 }
 #endif

@@ -173,7 +173,8 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
 #if HV_EPT
     if (EFI_ERROR(hv_build_ept()))
         return give_up(image, EFI_OUT_OF_RESOURCES);
-    hv_say("uefi-hv: EPT maps guest-physical 0-%lu GiB (MAXPHYADDR %u bits)\n", hv.ept_gib, hv.max_phys_bits);
+    hv_say("uefi-hv: EPT maps guest-physical 0-%lu GiB (MAXPHYADDR %u bits)%s\n", hv.ept_gib,
+           hv.max_phys_bits, hv.ept_gib < 1ULL << (hv.max_phys_bits - 30) ? ", the rest on first use" : "");
 #endif
 #if HV_HOST_PAGE_TABLES
     hv_say("uefi-hv: host page tables map 0-%lu GiB\n", hv.host_gib);
