@@ -48,13 +48,18 @@ def check_raised_vector(serial: str, cpu: int, owned: bool = False) -> None:
     """VMCALL RAISE_VECTOR on one CPU: with IF clear the vector is queued and
     held (nothing handled, no interrupt-window exit) until STI; NOP, then
     delivered once by exactly one interrupt-window exit; with IF set it is
-    injected at the VMCALL's own exit, without a window; bad vectors refused."""
+    injected at the VMCALL's own exit, without a window, unless the TPR is as
+    high as its priority class; bad vectors refused."""
     line = check_line(serial, cpu, "raised vector 0xEF waits for STI, arrives once through the interrupt window")
     assert ("handled 0 and interrupt-window exits 0 before STI; handled 1 right after STI; NOP, 1 in all; "
             "interrupt-window exits 1)") in line, line
     line = check_line(serial, cpu, "raised vector 0xEF with interrupts on arrives as the VMCALL returns, "
                                    "no interrupt window")
     assert "handled 1 when it returned, 1 in all; interrupt-window exits 0)" in line, line
+    # Not above the TPR's priority class: held until MOV to CR8 lowers it.
+    line = check_line(serial, cpu, "raised vector 0xEF waits while the TPR is at its priority class, arrives "
+                                   "as MOV to CR8 lowers it")
+    assert "(handled 0 before, 1 right after the TPR dropped)" in line, line
     check_line(serial, cpu, "RAISE_VECTOR refuses exceptions, vectors past 255"
                             + (" and the hypervisor's own" if owned else "") + " (bad argument)")
     # The raised vector is not an external-interrupt exit: the counters do not show it.

@@ -43,6 +43,7 @@ CONTROL_ROLES = {
     "HV_PROC_ACTIVATE_SECONDARY": "proc.activate_secondary_controls",
     "HV_PROC_USE_MSR_BITMAPS": "proc.use_msr_bitmaps",
     "HV_PROC_INTERRUPT_WINDOW_EXITING": "proc.interrupt_window_exiting",
+    "HV_PROC_CR8_LOAD_EXITING": "proc.cr8_load_exiting",
     "HV_PROC_HLT_EXITING": "proc.hlt_exiting",
     "HV_PROC_NMI_WINDOW_EXITING": "proc.nmi_window_exiting",
     "HV_PIN_VIRTUAL_NMIS": "pin.virtual_nmis",

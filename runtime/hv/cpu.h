@@ -48,6 +48,7 @@ DEFINE_READ_CR(0)
 DEFINE_READ_CR(2)
 DEFINE_READ_CR(3)
 DEFINE_READ_CR(4)
+DEFINE_READ_CR(8)
 
 static inline void write_cr0(UINT64 v)
 {
@@ -56,6 +57,10 @@ static inline void write_cr0(UINT64 v)
 static inline void write_cr4(UINT64 v)
 {
     __asm__ volatile("mov %0, %%cr4" : : "r"(v) : "memory");
+}
+static inline void write_cr8(UINT64 v)
+{
+    __asm__ volatile("mov %0, %%cr8" : : "r"(v) : "memory");
 }
 
 static inline UINT64 read_dr7(void)

@@ -567,6 +567,15 @@ enum hv_exit_result hv_action_cr_access(struct hv_cpu *cpu, struct hv_guest_regs
         UINT64 value = reg == 4 ? vmread(GUEST_RSP) : *gpr(regs, reg);
         return cr == 0 ? mov_to_cr0(cpu, value) : mov_to_cr4(cpu, value);
     }
+    if (type == CR_ACCESS_MOV_TO_CR && cr == 8) { /* the TPR (interrupts.c watches it): the CPU's own */
+        UINT64 value = reg == 4 ? vmread(GUEST_RSP) : *gpr(regs, reg);
+        if (value >> 4) {
+            hv_inject_exception(VECTOR_GP, TRUE, 0); /* reserved bits (SDM Vol. 3A 2.5 "Control Registers") */
+            return HV_RESUME_SAME;
+        }
+        write_cr8(value);
+        return HV_RESUME_NEXT;
+    }
     if (type == CR_ACCESS_LMSW) { /* PE, MP, EM, TS from the source; PE is never cleared */
         UINT64 cr0 = hv_guest_cr(0);
         return mov_to_cr0(cpu, (cr0 & ~0xEULL) | ((q >> 16) & 0xF) | (cr0 & X86_CR0_PE));

@@ -27,6 +27,7 @@ struct hv_irq_state {
     UINT64 pending[4]; /* bit v: vector v waits for the guest */
     UINT64 count[256]; /* external-interrupt exits by vector */
     BOOLEAN window;    /* interrupt-window exiting is set */
+    BOOLEAN tpr_watch; /* CR8-load exiting is set: a vector waits for the TPR */
     BOOLEAN counting;  /* the host window is open: count what arrives */
 };
 
@@ -165,6 +166,17 @@ static void set_window(struct hv_irq_state *s, BOOLEAN on)
     s->window = on;
 }
 
+/* MOV to CR8 exits while a vector waits for the guest's TPR to drop. */
+static void set_tpr_watch(struct hv_irq_state *s, BOOLEAN on)
+{
+    if (s->tpr_watch == on)
+        return;
+    UINT64 proc = vmread(CPU_BASED_VM_EXEC_CONTROL);
+    vmwrite(CPU_BASED_VM_EXEC_CONTROL,
+            on ? proc | HV_PROC_CR8_LOAD_EXITING : proc & ~(UINT64)HV_PROC_CR8_LOAD_EXITING);
+    s->tpr_watch = on;
+}
+
 /* The highest pending vector: the highest priority (SDM 12.8.3.1 "Task and
  * Processor Priorities"). */
 static INT32 highest_pending(const struct hv_irq_state *s)
@@ -181,8 +193,23 @@ void hv_irq_before_entry(struct hv_cpu *cpu)
     INT32 vector = highest_pending(s);
     if (vector < 0) {
         set_window(s, FALSE);
+        set_tpr_watch(s, FALSE);
         return;
     }
+    /* A fixed interrupt is delivered only above the task priority (SDM
+     * 12.8.3.1 "Task and Processor Priorities"): its priority class must
+     * exceed TPR[7:4]. The TPR is the CPU's own (MOV to CR8 and TPR writes
+     * reach the local APIC: nothing virtualises it), so CR8 read here is the
+     * guest's. A vector acknowledged on exit waits while the guest's TPR is
+     * as high, and MOV to CR8 exits until the TPR drops; a TPR lowered
+     * through the APIC page or the x2APIC MSR does not exit, and the next
+     * exit looks again. */
+    if ((UINT64)vector >> 4 <= (read_cr8() & 0xF)) {
+        set_window(s, FALSE);
+        set_tpr_watch(s, TRUE);
+        return;
+    }
+    set_tpr_watch(s, FALSE);
     /* The guest takes an external interrupt now only if nothing else is being
      * injected, RFLAGS.IF is set, no STI or MOV SS blocks it (SDM 26.4.2 "Guest
      * Non-Register State") and it is active or halted (a halted CPU wakes up). */

@@ -69,6 +69,9 @@ struct ipi_result {
     /* ... with interrupts on: handled when the VMCALL returned, in all,
      * interrupt-window exits. */
     UINT64 direct_status, direct_on_return, direct_seen, direct_exits;
+    /* ... with interrupts on and the TPR at its priority class: handled
+     * before the TPR dropped, right after the MOV to CR8 that dropped it. */
+    UINT64 tpr_early, tpr_on_time;
     BOOLEAN refused; /* vectors < 32, > 255, owned: bad argument */
 };
 static struct ipi_result *ipi_results; /* one per CPU, from the pool */
@@ -223,6 +226,22 @@ static void raised_vector(struct ipi_result *r)
     r->direct_seen = hvcheck_raised_seen;
     r->direct_exits = window_exits() - before;
 
+    /* The TPR: a fixed interrupt is delivered only when its priority class
+     * is above TPR[7:4] (SDM 12.8.3.1 "Task and Processor Priorities"). With
+     * the TPR at the raised vector's class it waits, interrupts on; the MOV
+     * to CR8 that lowers the TPR exits and the vector arrives right after it. */
+    UINT64 cr8;
+    __asm__ volatile("mov %%cr8, %0" : "=r"(cr8));
+    hvcheck_raised_seen = 0;
+    __asm__ volatile("mov %0, %%cr8; sti" ::"r"((UINT64)RAISE_VECTOR >> 4) : "memory");
+    hvcheck_vmcall(VMCALL_RAISE_VECTOR, RAISE_VECTOR, 0, out);
+    for (UINT32 i = 0; i < 1000; i++)
+        __asm__ volatile("pause" ::: "memory");
+    r->tpr_early = hvcheck_raised_seen;
+    __asm__ volatile("mov %0, %%cr8" ::"r"(0ULL) : "memory");
+    r->tpr_on_time = hvcheck_raised_seen;
+    __asm__ volatile("cli; mov %0, %%cr8" ::"r"(cr8) : "memory");
+
     /* Exceptions, vectors that do not exist and the spec's own: refused, and
      * nothing delivered. */
     static const UINT64 refused[] = {
@@ -239,7 +258,7 @@ static void raised_vector(struct ipi_result *r)
         hvcheck_vmcall(VMCALL_RAISE_VECTOR, refused[i], 0, out);
         r->refused &= out[0] == VMCALL_BAD_ARGUMENT;
     }
-    r->refused &= hvcheck_raised_seen == r->direct_seen;
+    r->refused &= hvcheck_raised_seen == r->tpr_on_time; /* nothing more arrived */
 
     __asm__ volatile("pushq %0; popfq" ::"r"(flags) : "memory", "cc");
     hvcheck_restore_gate(RAISE_VECTOR, saved);
@@ -371,6 +390,10 @@ void hvcheck_irq_checks(UINTN bsp, UINTN count, UINT32 *passed, UINT32 *total)
                     passed, total);
         Print(L" (status 0x%lx; handled %ld when it returned, %ld in all; interrupt-window exits %ld)\n",
               r->direct_status, r->direct_on_return, r->direct_seen, r->direct_exits);
+        vector_line(i, "raised vector ", RAISE_VECTOR,
+                    " waits while the TPR is at its priority class, arrives as MOV to CR8 lowers it",
+                    r->ran && r->tpr_early == 0 && r->tpr_on_time == 1, passed, total);
+        Print(L" (handled %ld before, %ld right after the TPR dropped)\n", r->tpr_early, r->tpr_on_time);
         line(i,
              HV_OWNED_VECTORS
                  ? "RAISE_VECTOR refuses exceptions, vectors past 255 and the hypervisor's own (bad argument)"
