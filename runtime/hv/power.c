@@ -29,7 +29,8 @@ static struct {
     UINT8 slp_typa, slp_typb;  /* 3 bits each */
 } acpi_s5;
 
-/* PM1 control register bits (ACPI 6.5, 4.8.3.2.1, Table 4.13). */
+/* PM1 control register bits (ACPI 6.5, 4.8.3.2.1, Table 4.13 "PM1 Control
+ * Registers Fixed Hardware Feature Control Bits"). */
 #define PM1_SLP_TYP_SHIFT 10
 #define PM1_SLP_TYP_MASK  (7U << PM1_SLP_TYP_SHIFT)
 #define PM1_SLP_EN        (1U << 13)
@@ -41,7 +42,7 @@ static struct {
 #define ACPI_MAX_TABLE   (16U << 20)
 #define ACPI_MAX_ENTRIES 256 /* XSDT or RSDT entries looked at */
 
-/* FADT offsets (ACPI 6.5, 5.2.9, Table 5.9). */
+/* FADT offsets (ACPI 6.5, 5.2.9 "Fixed ACPI Description Table"). */
 #define FADT_DSDT           40
 #define FADT_PM1A_CNT_BLK   64
 #define FADT_PM1B_CNT_BLK   68
@@ -138,15 +139,13 @@ static const UINT8 *find_listed(const UINT8 *root, const char *signature, UINT32
 {
     BOOLEAN xsdt = same(root, "XSDT", 4);
     UINT32 size = xsdt ? 8 : 4, count = (rd32(root + 4) - ACPI_HEADER_SIZE) / size;
-    for (; *next < count && *next < ACPI_MAX_ENTRIES; (*next)++) {
-        const UINT8 *at = root + ACPI_HEADER_SIZE + *next * size;
+    while (*next < count && *next < ACPI_MAX_ENTRIES) {
+        const UINT8 *at = root + ACPI_HEADER_SIZE + (*next)++ * size;
         UINT64 address = xsdt ? rd64(at) : rd32(at);
-        if (address && same((const UINT8 *)address, signature, 4)) {
-            const UINT8 *t = acpi_table(address, signature);
-            (*next)++;
-            if (t)
-                return t;
-        }
+        const UINT8 *t =
+            address && same((const UINT8 *)address, signature, 4) ? acpi_table(address, signature) : NULL;
+        if (t)
+            return t;
     }
     return NULL;
 }
@@ -215,8 +214,8 @@ static BOOLEAN find_s5(const UINT8 *table, UINT8 *typa, UINT8 *typb)
 
 /* A PM1 control block of the FADT: the X_ Generic Address Structure at
  * `gas` when the FADT is long enough to have it, its address is not zero
- * and it is in system I/O space, else the 32-bit port at `legacy` (5.2.9,
- * Table 5.9: X_PM1a_CNT_BLK supersedes PM1a_CNT_BLK). 0: none. */
+ * and it is in system I/O space, else the 32-bit port at `legacy` (5.2.9:
+ * X_PM1a_CNT_BLK supersedes PM1a_CNT_BLK). 0: none. */
 static UINT16 pm1_control_port(const UINT8 *fadt, const char *name, UINT32 legacy, UINT32 gas)
 {
     UINT32 length = rd32(fadt + 4);
