@@ -18,6 +18,8 @@ from uefi_hv.build import build_efi, build_hypervisor
 from uefi_hv.emulate import BochsMachine, boot
 from uefi_hv.image import make_image
 
+from oskit.harness import ACPITABLES_STARTS, build_acpitables
+
 pytestmark = pytest.mark.bochs
 
 
@@ -175,14 +177,77 @@ def image_chaining(spec: Path, app: Path, workdir: Path, check: bool = True) -> 
     return make_image(hv, workdir / "hv.img", chain=app)
 
 
+NO_INVD_HANDLER = ("exit invd                               # unconditional exit\n", "")
+
+
 def test_an_exit_the_spec_does_not_handle_is_named_and_stops_the_machine(tmp_path, run_dir):
-    spec = broken_spec(tmp_path, "exit invd                               # unconditional exit\n", "")
+    spec = broken_spec(tmp_path, *NO_INVD_HANDLER)
     image = image_chaining(spec, guest_app(tmp_path, "invd"), tmp_path / "build", check=False)
     result = boot(image, emulator="bochs", cpus=1, timeout=60, run_dir=run_dir)
     assert "guest: INVD next" in result.serial
     assert "uefi-hv: cpu 0: unhandled VM exit 13 (invd)" in result.serial, result
     assert "guest: survived INVD" not in result.serial
+    # OVMF under Bochs has no ACPI tables: power-off finds the PIIX4 PM block.
+    assert re.search(r"^uefi-hv: power-off through PIIX4 PM, PM1a_CNT I/O 0x[0-9a-f]+, SLP_TYP 0 "
+                     r"\(no ACPI tables\)$", result.serial, re.M), result.serial[:3000]
+    assert "ACPI control: soft power off" in result.log
     assert result.ok, result
+
+
+def acpi_first_image(tmp_path: Path, slp_typ: int) -> Path:
+    """An image that boots acpitables.efi first: it installs a FADT (PM1a =
+    the PIIX4 PM block) and a DSDT whose \\_S5 is {slp_typ, slp_typ, 0, 0},
+    then starts the hypervisor (a spec without an INVD handler), which
+    chains the INVD guest: its unhandled exit stops the machine."""
+    spec = broken_spec(tmp_path, *NO_INVD_HANDLER)
+    hv = build_hypervisor(spec, tmp_path / "build", check=False)["BOOTX64.EFI"]
+    first = build_acpitables(tmp_path / "acpitables.efi", fadt=True, slp_typ=slp_typ)
+    return make_image(first, tmp_path / "acpi.img", add=[(hv, ACPITABLES_STARTS)],
+                      chain=guest_app(tmp_path, "invd"))
+
+
+def fadt_pm1a_cnt(serial: str) -> str:
+    """The PM1a_CNT_BLK acpitables.efi put in its FADT, as it printed it."""
+    found = re.search(r"^acpitables: FADT: PM1a_CNT_BLK (0x[0-9a-fA-F]+) ", serial, re.M)
+    assert found, serial[-3000:]
+    return found.group(1).lower()
+
+
+def test_power_off_goes_where_the_acpi_fadt_says(tmp_path, run_dir):
+    """Real PCs have no PIIX4 or ICH9: the hypervisor reads the FADT's PM1a
+    control register and the DSDT's \\_S5 at start-up, and an unhandled
+    exit powers the machine off through them (ACPI 6.5, 4.8.3.2.1, 7.4.2)."""
+    image = acpi_first_image(tmp_path, slp_typ=0)
+    result = boot(image, emulator="bochs", cpus=1, timeout=60, run_dir=run_dir)
+    serial = result.serial
+    port = fadt_pm1a_cnt(serial)
+    assert (f"uefi-hv: power-off through ACPI FADT: PM1a_CNT I/O {port}, SLP_TYPa 0 (\\_S5 in the DSDT)"
+            in serial), serial[-3000:]
+    assert "uefi-hv: cpu 0: unhandled VM exit 13 (invd)" in serial, result
+    assert "uefi-hv: powering off" in serial
+    assert "ACPI control: soft power off" in result.log
+    assert result.ok, result
+
+
+def test_power_off_writes_the_slp_typ_of_the_dsdt_not_the_chipsets(tmp_path, run_dir):
+    """The value written comes from the tables, not from the PCI probe: with
+    an \\_S5 of 1, which Bochs's PIIX4 model takes for suspend to RAM (and
+    resets), the machine suspends; the probe would have written 0, soft-off."""
+    image = acpi_first_image(tmp_path, slp_typ=1)
+    log = run_dir / "bochs.log"
+    with BochsMachine(image, cpus=1, run_dir=run_dir) as machine:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and machine.running and not (log.exists() and re.search(
+                "ACPI control: (suspend to ram|soft power off)", log.read_text(errors="replace"))):
+            machine.poll(0.5)
+        serial = machine.serial
+    port = fadt_pm1a_cnt(serial)
+    assert (f"uefi-hv: power-off through ACPI FADT: PM1a_CNT I/O {port}, SLP_TYPa 1 (\\_S5 in the DSDT)"
+            in serial), serial[-3000:]
+    assert "uefi-hv: powering off" in serial[serial.index("uefi-hv: cpu 0: unhandled VM exit 13 (invd)"):]
+    text = log.read_text(errors="replace")
+    assert "ACPI control: suspend to ram" in text, text[-2000:]
+    assert "ACPI control: soft power off" not in text
 
 
 def test_the_interrupt_example_reflects_external_interrupts(tmp_path, run_dir):

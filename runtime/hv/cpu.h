@@ -172,6 +172,12 @@ static inline void outw(UINT16 port, UINT16 v)
 {
     __asm__ volatile("outw %0, %1" : : "a"(v), "Nd"(port));
 }
+static inline UINT16 inw(UINT16 port)
+{
+    UINT16 v;
+    __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port));
+    return v;
+}
 static inline void outl(UINT16 port, UINT32 v)
 {
     __asm__ volatile("outl %0, %1" : : "a"(v), "Nd"(port));

@@ -128,6 +128,12 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     hv_use_firmware_console(TRUE);
     hv_say("uefi-hv %s: VMX hypervisor generated from %s\n", HV_VERSION, HV_SPEC_NAME);
 
+    /* Where a fatal stop will power the machine off: the ACPI FADT and \_S5
+     * (power.c), read while the firmware's configuration table is there.
+     * Reading changes nothing, so it comes first: a machine without VMX
+     * (QEMU's TCG) shows what its real tables say, too. */
+    hv_find_power_off();
+
     /* 1. VMX at all? (QEMU TCG and AMD CPUs have none.) Nothing changed yet. */
     UINT32 r[4];
     cpuid(1, 0, r);

@@ -67,12 +67,22 @@ def build_nullchain(outdir: Path) -> Path:
 ACPI_KERNEL_ESP_PATH = "\\EFI\\UEFI-HV\\LINUX.EFI"
 
 
-def build_acpitables(output: Path) -> Path:
+#: What acpitables.efi starts when the boot manager starts it (no path in
+#: its load options): put the hypervisor there to boot acpitables first.
+ACPITABLES_STARTS = "EFI/UEFI-HV/HV.EFI"
+
+
+def build_acpitables(output: Path, fadt: bool = False, slp_typ: int = 0) -> Path:
     """acpitables.c -> an EFI program that installs an RSDP, XSDT and MADT
-    (every CPU, the I/O APIC) and starts the image its load options name."""
+    (every CPU, the I/O APIC) and starts the image its load options name
+    (with none, ACPITABLES_STARTS). `fadt`: the XSDT also lists a FADT
+    (PM1a = Bochs's PIIX4 PM block) and a DSDT whose \\_S5 is
+    {slp_typ, slp_typ, 0, 0}: boot it before the hypervisor, which reads
+    them at start-up."""
     from uefi_hv.build import build_efi
 
-    return build_efi([OSKIT / "acpitables.c"], Path(output), include_dirs=[OSKIT])
+    cflags = ["-DACPITABLES_FADT", f"-DACPITABLES_SLP_TYP={slp_typ}"] if fadt else []
+    return build_efi([OSKIT / "acpitables.c"], Path(output), include_dirs=[OSKIT], extra_cflags=cflags)
 
 
 def acpi_chained_image(hv_dir: Path, kernel: Path, output: Path, cmdline: str,
