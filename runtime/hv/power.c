@@ -78,8 +78,10 @@ static UINT8 sum(const UINT8 *p, UINTN n)
     return s;
 }
 
-/* A system description table at `address` with `signature` (NULL: any), a
- * sane length and a zero checksum (5.2.6); NULL, with a log line, if not. */
+/* A system description table at `address` with `signature` (NULL: any) and
+ * a sane length; NULL, with a log line, if not. A checksum that does not add
+ * up to zero (5.2.6) is reported and the table used, as Linux does: firmware
+ * ships such tables, and the fields read here are checked on their own. */
 static const UINT8 *acpi_table(UINT64 address, const char *signature)
 {
     const UINT8 *t = (const UINT8 *)address;
@@ -97,9 +99,8 @@ static const UINT8 *acpi_table(UINT64 address, const char *signature)
         return NULL;
     }
     if (sum(t, length)) {
-        hv_say("uefi-hv: ACPI: %c%c%c%c at 0x%lx has a bad checksum; skipped\n", t[0], t[1], t[2], t[3],
-               address);
-        return NULL;
+        hv_say("uefi-hv: ACPI: %c%c%c%c at 0x%lx has a bad checksum; used all the same\n", t[0], t[1], t[2],
+               t[3], address);
     }
     return t;
 }
