@@ -156,25 +156,26 @@ BOOLEAN hv_irq_raise(struct hv_cpu *cpu, UINT32 vector)
 
 /* --- delivery to the guest ------------------------------------------------ */
 
-static void set_window(struct hv_irq_state *s, BOOLEAN on)
+/* A processor-based exiting control on or off; `*on_now` remembers which,
+ * so that nothing is read or written when it does not change. */
+static void set_exiting(BOOLEAN *on_now, UINT32 control, BOOLEAN on)
 {
-    if (s->window == on)
+    if (*on_now == on)
         return;
     UINT64 proc = vmread(CPU_BASED_VM_EXEC_CONTROL);
-    vmwrite(CPU_BASED_VM_EXEC_CONTROL,
-            on ? proc | HV_PROC_INTERRUPT_WINDOW_EXITING : proc & ~(UINT64)HV_PROC_INTERRUPT_WINDOW_EXITING);
-    s->window = on;
+    vmwrite(CPU_BASED_VM_EXEC_CONTROL, on ? proc | control : proc & ~(UINT64)control);
+    *on_now = on;
+}
+
+static void set_window(struct hv_irq_state *s, BOOLEAN on)
+{
+    set_exiting(&s->window, HV_PROC_INTERRUPT_WINDOW_EXITING, on);
 }
 
 /* MOV to CR8 exits while a vector waits for the guest's TPR to drop. */
 static void set_tpr_watch(struct hv_irq_state *s, BOOLEAN on)
 {
-    if (s->tpr_watch == on)
-        return;
-    UINT64 proc = vmread(CPU_BASED_VM_EXEC_CONTROL);
-    vmwrite(CPU_BASED_VM_EXEC_CONTROL,
-            on ? proc | HV_PROC_CR8_LOAD_EXITING : proc & ~(UINT64)HV_PROC_CR8_LOAD_EXITING);
-    s->tpr_watch = on;
+    set_exiting(&s->tpr_watch, HV_PROC_CR8_LOAD_EXITING, on);
 }
 
 /* The highest pending vector: the highest priority (SDM 12.8.3.1 "Task and
