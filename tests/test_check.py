@@ -76,6 +76,7 @@ VIOLATIONS = {
                           "option external_interrupts = off\noption log_rate = 500")]),
     "ICR-EMULATION": variant([("exit sipi\n", "")], "option apic_icr_emulation = on"),
     "MICROCODE-UPDATE": variant([("    write IA32_BIOS_UPDT_TRIG = microcode_update\n", "")]),
+    "SELF-PROTECTION": variant(append='option self_protection_violation = "ignore"'),
 }
 
 

@@ -102,6 +102,15 @@ def test_under_the_hypervisor_both_cpus_see_it_through_the_os_takeover(
     assert kept, "no 'resident memory' line"
     per_cpu, shared, code = map(int, kept.groups())
     assert int(summary.group(2)) == 2 * per_cpu + shared + code
+    # Isolation: from the OS, none of those pages shows the hypervisor's bytes,
+    # a store into each is refused (#GP) and counted as one EPT violation, and
+    # the VMCALLs that would map or remove the hypervisor are refused.
+    assert "uefi-hv: cpu 0: ExitBootServices: all of the hypervisor's memory is hidden from the guest" in r.serial
+    isolated = re.search(r"^OSMODEL: BSP: the hypervisor's (\d+) pages read as zeros; a store into each raised "
+                         r"#GP, (\d+) EPT violations counted$", r.serial, re.M)
+    assert isolated and int(isolated.group(1)) == int(isolated.group(2)) == int(summary.group(2)) // 4, \
+        r.serial[-3000:]
+    assert "OSMODEL: BSP: after ExitBootServices GET_RESIDENT_RANGES and DEVIRTUALIZE are refused" in r.serial
     assert_no_leftovers(r)
 
 

@@ -714,6 +714,23 @@ def check_icr_emulation(ctx: Ctx):
             yield f"option apic_icr_emulation needs `exit {reason} -> {action}`", h.loc if h else where
 
 
+@check("SELF-PROTECTION", "docs/runtime.md#isolation",
+       "the hypervisor's memory is hidden in EPT, with a policy the runtime knows")
+def check_self_protection(ctx: Ctx):
+    """`option self_protection` (on by default) maps every page the
+    hypervisor keeps to a read-only decoy page in EPT, so it needs
+    `proc2.enable_ept`; `option self_protection_violation` is one of the
+    policies a guest write there can get."""
+    s, locs = ctx.spec.settings, ctx.spec.setting_locs
+    policy = s.get("self_protection_violation")
+    if policy is not None and policy not in m.PROTECTION_VIOLATION_POLICIES:
+        yield (f"option self_protection_violation is '{policy}'; the policies are "
+               f"{', '.join(m.PROTECTION_VIOLATION_POLICIES)}"), locs.get("self_protection_violation")
+    if ctx.spec.bool_setting("self_protection") and not ctx.wants("proc2.enable_ept"):
+        yield ("option self_protection (on by default) needs proc2.enable_ept in the controls block, or "
+               "`option self_protection = off`"), locs.get("self_protection", ctx.host_block_loc())
+
+
 # --- running them ------------------------------------------------------------------
 
 def check_spec(spec: m.Spec) -> list[Diagnostic]:

@@ -34,6 +34,8 @@ VMCALL_FUNCTIONS = (
     ("GET_IRQ_COUNT", 6, "in: RBX = vector, RCX = CPU (~0: this one); out: RBX = external-interrupt exits"),
     ("GET_RESIDENT_RANGES", 7, "in: RBX = index; out: RBX = base, RCX = bytes, RDX = ranges (of the memory it keeps)"),
     ("RAISE_VECTOR", 8, "in: RBX = vector (32..255, not owned); the calling CPU gets it as an external interrupt"),
+    ("EXIT_BOOT_SERVICES", 9, "the hypervisor's own ExitBootServices notification: its memory hidden from the "
+                              "guest, the OS's restrictions on; returns to the caller's caller"),
 )
 
 CPUID_REGS = ("eax", "ebx", "ecx", "edx")
@@ -123,6 +125,10 @@ class HypervisorPlan:
     log_burst: int
     apic_icr_emulation: bool           # option apic_icr_emulation (Bochs 2.7's pending INIT)
     host_page_tables: bool             # HOST_CR3 = symbol(host_cr3): the hypervisor's own
+    self_protection: bool              # option self_protection (with EPT: spec.h)
+    protection_violation: str          # option self_protection_violation
+    os_may_devirtualize: bool          # option os_may_devirtualize, os_may_map_hypervisor
+    os_may_map_hypervisor: bool
 
 
 @dataclass
@@ -335,6 +341,11 @@ def lower(spec: model.Spec) -> Plan:
             log_rate=spec.int_setting("log_rate"),
             log_burst=spec.int_setting("log_burst"),
             apic_icr_emulation=bool(spec.settings.get("apic_icr_emulation")),
+            self_protection=spec.bool_setting("self_protection"),
+            protection_violation=str(spec.settings.get("self_protection_violation",
+                                                       model.SETTING_DEFAULTS["self_protection_violation"])),
+            os_may_devirtualize=spec.bool_setting("os_may_devirtualize"),
+            os_may_map_hypervisor=spec.bool_setting("os_may_map_hypervisor"),
             host_page_tables="host_cr3" in host_symbols,
         ),
         vmx=VmxPlan(

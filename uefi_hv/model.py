@@ -217,6 +217,10 @@ class Spec:
     file_order: dict[str, tuple] = field(default_factory=dict, repr=False)  # file -> lines of its import chain
     sources: dict[str, str] = field(default_factory=dict, repr=False)   # file -> text (for diagnostics)
 
+    def bool_setting(self, name: str) -> bool:
+        """A bool setting (SETTINGS), its default where the spec leaves it out."""
+        return bool(self.settings.get(name, SETTING_DEFAULTS[name]))
+
     def int_setting(self, name: str) -> int:
         """An int setting (SETTINGS), its default where the spec leaves it out."""
         value = self.settings.get(name, SETTING_DEFAULTS[name])
@@ -409,7 +413,20 @@ SETTING_INFO = {s.name: s for s in (
                 "write-protected in EPT, ICR writes are emulated, INIT-SIPI to a virtualised CPU is "
                 "recorded for it, and APs' HLT and MWAIT exit to take it",
                 implies=(("hlt", "wait_for_sipi"), ("mwait", "mwait_idle"))),
+    SettingInfo("self_protection", "bool", True,
+                "the hypervisor's memory is unreachable from the guest: in EPT every page of it maps to one "
+                "read-only zeroed decoy page (docs/runtime.md, Isolation); off only for research builds"),
+    SettingInfo("self_protection_violation", "string", "inject_gp",
+                "what a guest write or instruction fetch in the hypervisor's memory gets: `inject_gp` "
+                "(#GP(0), logged and counted) or `stop` (logged, the machine stopped)"),
+    SettingInfo("os_may_devirtualize", "bool", False,
+                "VMCALL DEVIRTUALIZE is answered after ExitBootServices too (else the OS gets an error)"),
+    SettingInfo("os_may_map_hypervisor", "bool", False,
+                "VMCALL GET_RESIDENT_RANGES is answered after ExitBootServices too (else the OS gets an error)"),
 )}
+
+#: The values `option self_protection_violation` takes.
+PROTECTION_VIOLATION_POLICIES = ("inject_gp", "stop")
 
 #: Settings -> kind, and what a setting the spec leaves out means.
 SETTINGS = {s.name: s.kind for s in SETTING_INFO.values()}

@@ -199,7 +199,6 @@ static EFI_STATUS map_gib(UINT64 gib)
     return entry ? map_1g(entry, gib << 30) : EFI_OUT_OF_RESOURCES;
 }
 
-#if HV_APIC_ICR_EMULATION
 /* The 4 KiB EPT entry of `gpa`, splitting large pages on the way (the
  * smaller pages keep the large page's memory type). */
 static UINT64 *ept_entry_4k(UINT64 gpa)
@@ -224,7 +223,48 @@ static UINT64 *ept_entry_4k(UINT64 gpa)
     }
     return &table[(gpa >> 12) & 511];
 }
-#endif
+
+/* --- the hypervisor's own pages (protect.c) --------------------------------
+ * Each maps to one zeroed decoy page, read-only: the guest reads zeros, and
+ * a write or an instruction fetch is an EPT violation. */
+#define EPT_READ    1ULL
+#define MEM_TYPE_WB 6ULL
+static UINT64 decoy;
+
+BOOLEAN hv_ept_hide_page(UINT64 gpa)
+{
+    UINT64 *pte = ept_entry_4k(gpa);
+    if (!pte)
+        return FALSE;
+    *pte = decoy | EPT_READ | MEM_TYPE_WB << EPT_TYPE_SHIFT;
+    return TRUE;
+}
+
+BOOLEAN hv_ept_show_page(UINT64 gpa)
+{
+    UINT64 *pte = ept_entry_4k(gpa);
+    if (!pte)
+        return FALSE;
+    *pte = gpa | EPT_RWX | (UINT64)memory_type(gpa, HV_PAGE_SIZE) << EPT_TYPE_SHIFT;
+    return TRUE;
+}
+
+/* Whether `gpa` is one of the hidden pages (no table is split to find out). */
+BOOLEAN hv_ept_page_hidden(UINT64 gpa)
+{
+    UINT64 *table = ept_top;
+    for (UINT32 shift = ept_top_shift; shift >= 12; shift -= 9) {
+        UINT64 entry = table[(gpa >> shift) & 511];
+        if (!(entry & EPT_RWX))
+            return FALSE;
+        if (shift == 12)
+            return (entry & ~0xFFFULL & phys_mask) == decoy;
+        if (entry & EPT_LARGE)
+            return FALSE;
+        table = (UINT64 *)(entry & ~0xFFFULL & phys_mask);
+    }
+    return FALSE;
+}
 
 /* After hv_build_host_environment, which reads MAXPHYADDR. */
 EFI_STATUS hv_build_ept(void)
@@ -261,6 +301,8 @@ EFI_STATUS hv_build_ept(void)
         return EFI_OUT_OF_RESOURCES;
     *pte = (*pte & ~(EPT_RWX | 7ULL << EPT_TYPE_SHIFT)) | 5ULL | (UINT64)MTRR_UC << EPT_TYPE_SHIFT;
 #endif
+    if (!(decoy = (UINT64)hv_alloc_pages(1)))
+        return EFI_OUT_OF_RESOURCES;
     for (reserve_left = 0; reserve_left < EPT_RESERVE_TABLES; reserve_left++)
         if (!(reserve[reserve_left] = hv_alloc_table()))
             return EFI_OUT_OF_RESOURCES;

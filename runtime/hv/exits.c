@@ -277,6 +277,10 @@ enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *r
     case HV_VMCALL_GET_RESIDENT_RANGES: {
         UINTN count;
         UINT64 base, bytes;
+        if (hv.boot_services_gone && !HV_OS_MAY_MAP_HYPERVISOR) { /* the OS's: option os_may_map_hypervisor */
+            status = HV_VMCALL_REFUSED;
+            break;
+        }
         if (!hv_resident_range(regs->rbx, &base, &bytes, &count)) {
             regs->rdx = count;
             status = HV_VMCALL_BAD_ARGUMENT;
@@ -296,7 +300,13 @@ enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *r
             status = HV_VMCALL_BAD_ARGUMENT;
         break;
 #endif
+    case HV_VMCALL_EXIT_BOOT_SERVICES:
+        return hv_exit_boot_services(cpu, regs);
     case HV_VMCALL_DEVIRTUALIZE:
+        if (hv.boot_services_gone && !HV_OS_MAY_DEVIRTUALIZE) { /* the OS's: option os_may_devirtualize */
+            status = HV_VMCALL_REFUSED;
+            break;
+        }
         regs->rax = HV_VMCALL_OK;
         hv_log("uefi-hv: cpu %u: devirtualised at the guest's request\n", cpu->index);
         hv_devirtualize(cpu, regs); /* does not return: the guest goes on natively */
@@ -618,6 +628,10 @@ static BOOLEAN ept_violation_done(struct hv_cpu *cpu, struct hv_guest_regs *regs
     if (hv_ept_map_on_first_use(cpu))
         return TRUE;
 #endif
+#if HV_SELF_PROTECTION
+    if (hv_protection_violation(cpu))
+        return TRUE;
+#endif
 #if HV_APIC_ICR_EMULATION
     if (hv_icr_emulate_apic_store(cpu, regs))
         return TRUE;
@@ -640,6 +654,7 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
     }
     reason &= 0xFFFF;
     cpu->exits_total++;
+    hv_protection_sync(cpu);
     hv_exit_action action = NULL;
     if (reason < HV_EXIT_REASON_COUNT) {
         cpu->exit_count[reason]++;

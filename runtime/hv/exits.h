@@ -53,6 +53,9 @@ enum hv_exit_result hv_start_at_sipi_vector(UINT32 vector);
  * blocking set back after an exit in an IRET that unblocked NMIs. */
 void hv_redeliver_interrupted_event(struct hv_cpu *cpu, UINT32 reason);
 
+/* protect.c: VMCALL EXIT_BOOT_SERVICES. */
+enum hv_exit_result hv_exit_boot_services(struct hv_cpu *cpu, struct hv_guest_regs *regs);
+
 /* guest_memory.c: the guest's memory at guest-linear addresses, through its
  * page tables; FALSE where a page is not present. */
 BOOLEAN hv_guest_physical(UINT64 linear, UINT64 *pa);

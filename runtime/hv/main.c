@@ -30,6 +30,32 @@ extern elf64_dyn _DYNAMIC[];
 #define R_X86_64_RELATIVE 8
 
 typedef EFI_STATUS (*hv_main_fn)(EFI_HANDLE image);
+/* The notify function of the ExitBootServices event (UEFI 2.10, 7.1
+ * "CreateEvent": EVT_SIGNAL_EXIT_BOOT_SERVICES): VMCALL EXIT_BOOT_SERVICES,
+ * which hides the rest of the hypervisor's memory, this code included, and
+ * returns to the firmware itself (protect.c). Plain assembly: no prologue
+ * for the VMCALL to undo. */
+const UINT64 hv_exit_boot_services_vmcall = HV_VMCALL_EXIT_BOOT_SERVICES;
+VOID EFIAPI hv_exit_boot_services_notify(EFI_EVENT event, VOID *context);
+__asm__(".text\n"
+        ".globl hv_exit_boot_services_notify\n"
+        "hv_exit_boot_services_notify:\n"
+        "    movq hv_exit_boot_services_vmcall(%rip), %rax\n"
+        "    vmcall\n"
+        "    ud2\n");
+
+static void notify_exit_boot_services(void)
+{
+    EFI_EVENT event;
+    EFI_STATUS status = uefi_call_wrapper(BS->CreateEvent, 5, EVT_SIGNAL_EXIT_BOOT_SERVICES, TPL_NOTIFY,
+                                          hv_exit_boot_services_notify, NULL, &event);
+    if (EFI_ERROR(status))
+        hv_say(
+            "uefi-hv: no ExitBootServices event (status 0x%lx): the hypervisor's image stays visible to the "
+            "guest, and the OS may use every VMCALL\n",
+            (UINT64)status);
+}
+
 static UINTN image_pages; /* the resident copy's size, for the figures */
 static UINT64 image_copy; /* ... and where it is (GET_RESIDENT_RANGES) */
 static BOOLEAN resident;  /* a CPU runs as a guest: the copy must stay */
@@ -211,6 +237,14 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     }
     hv_say("uefi-hv: run-time checks passed on %u CPU(s)\n", hv.cpu_count);
 
+#if HV_SELF_PROTECTION
+    /* The guest never sees the hypervisor's tables, stacks and VMCSs (protect.c). */
+    if (!hv_protect_before_launch(image_copy, image_pages)) {
+        hv_say("uefi-hv: not launching: no EPT table left to hide the hypervisor's memory\n");
+        return give_up(image, EFI_OUT_OF_RESOURCES);
+    }
+#endif
+
     /* 6. Launch: the BSP first, so that a VMLAUNCH failure (a rule only the
      * CPU checks) happens while nothing else runs as a guest. */
     if (!hv_launch_cpu(bsp)) {
@@ -228,6 +262,7 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
         return give_up(image, EFI_ABORTED);
     }
     resident = TRUE;
+    notify_exit_boot_services();
     for (UINT32 i = 0; i < hv.cpu_count; i++)
         hv_say("uefi-hv: cpu %u: %s\n", i,
                hv.cpus[i]->status == HV_CPU_LAUNCHED ? "virtualised" : hv.cpus[i]->error);

@@ -205,12 +205,45 @@ osmodel_exception_stubs:
     .endr
 
 exception_common:
-    /* frame: vector, error code, RIP, CS, RFLAGS, RSP, SS */
-    movq %rsp, %rdi
-    andq $-16, %rsp
-    call osmodel_exception
+    /* frame: vector, error code, RIP, CS, RFLAGS, RSP, SS; below it the
+     * caller-saved registers, RAX first (frame[-1]). 56 bytes of frame and
+     * 72 of registers leave RSP 16-byte aligned for the call. */
+    pushq %rax
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    leaq 72(%rsp), %rdi
+    call osmodel_exception          /* 0: stop here; else resume at frame[2] */
+    testq %rax, %rax
+    jz 1f
+    popq %r11
+    popq %r10
+    popq %r9
+    popq %r8
+    popq %rdi
+    popq %rsi
+    popq %rdx
+    popq %rcx
+    popq %rax
+    addq $16, %rsp                  /* vector, error code */
+    iretq
 1:  cli
     hlt
     jmp 1b
+
+/* UINT64 osmodel_try_store(UINT64 *address, UINT64 value): 0, or 1 when the
+ * store raised #GP (osmodel_exception resumes after it, RAX = 1). */
+    .globl osmodel_try_store, osmodel_try_store_insn, osmodel_try_store_resume
+osmodel_try_store:
+    xorl %eax, %eax
+osmodel_try_store_insn:
+    movq %rsi, (%rdi)
+osmodel_try_store_resume:
+    ret
 
     .section .note.GNU-stack, "", @progbits

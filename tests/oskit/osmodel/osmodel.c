@@ -73,7 +73,7 @@ extern char osmodel_tr_tss_a[], osmodel_tr_tss_b[], osmodel_tr_task_b_stack[], o
 extern const UINT64 osmodel_tr_protected_offset, osmodel_tr_long_offset, osmodel_tr_task_b_offset;
 extern char osmodel_exception_stubs[];
 void osmodel_load_segments(void);
-void osmodel_exception(UINT64 *frame);
+UINT64 osmodel_exception(UINT64 *frame);
 
 /* ---- the model's own machine state ---------------------------------------- */
 
@@ -208,9 +208,19 @@ static __attribute__((noreturn)) void halt_forever(void)
         __asm__ volatile("cli; hlt");
 }
 
-/* Called by every exception stub: frame = vector, error code, RIP, CS, ... */
-void osmodel_exception(UINT64 *frame)
+extern char osmodel_try_store_insn[], osmodel_try_store_resume[];
+UINT64 osmodel_try_store(volatile UINT64 *address, UINT64 value);
+
+/* Called by every exception stub: frame = vector, error code, RIP, CS, ...;
+ * frame[-1] is the interrupted RAX. A #GP of osmodel_try_store resumes after
+ * its store with RAX = 1 (returns 1); anything else stops the model. */
+UINT64 osmodel_exception(UINT64 *frame)
 {
+    if (frame[0] == 13 && frame[2] == (UINT64)osmodel_try_store_insn) {
+        frame[2] = (UINT64)osmodel_try_store_resume;
+        frame[-1] = 1;
+        return 1;
+    }
     unsigned int r[4];
     hvprobe_cpuid(1, 0, r);
     say("OSMODEL: FAIL: exception vector %lu, error code 0x%lx, at RIP 0x%lx on APIC %u\n",
@@ -427,20 +437,37 @@ static UINT64 runtime_memory_until(UINT64 start, UINT64 end, UINTN map_size, UIN
     return end;
 }
 
+/* The hypervisor's ranges, from GET_RESIDENT_RANGES while boot services
+ * last (afterwards the hypervisor refuses it to the OS). */
+#define MAX_RANGES 64
+static UINT64 range_base[MAX_RANGES], range_bytes[MAX_RANGES], range_count;
+static UINT64 range_past_status, range_past_count;
+
+static void fetch_resident_ranges(void)
+{
+    UINT64 base, bytes, count;
+    struct hvprobe p;
+    hvprobe_run(&p);
+    if (!p.ours || vmcall_resident_range(0, &base, &bytes, &count) != 0) /* no VMCALL without it */
+        return;
+    for (UINT64 i = 0; i < count && i < MAX_RANGES; i++)
+        if (vmcall_resident_range(i, &range_base[i], &range_bytes[i], &count) == 0)
+            range_count = i + 1;
+    range_past_status = vmcall_resident_range(count, &base, &bytes, &range_past_count);
+}
+
 /* One line per range the hypervisor keeps; the number of failed checks. */
 static int check_resident_memory(UINTN map_size, UINTN desc_size)
 {
-    UINT64 base, bytes, count, total = 0;
-    if (vmcall_resident_range(0, &base, &bytes, &count) != 0 || count == 0) {
-        say("OSMODEL: BSP: check failed: GET_RESIDENT_RANGES: no ranges (%lu)\n", count);
+    UINT64 base, bytes, count = range_count, total = 0;
+    if (count == 0) {
+        say("OSMODEL: BSP: check failed: GET_RESIDENT_RANGES before ExitBootServices: no ranges\n");
         return 1;
     }
     int failed = 0;
     for (UINT64 i = 0; i < count; i++) {
-        if (vmcall_resident_range(i, &base, &bytes, &count) != 0) {
-            say("OSMODEL: BSP: check failed: GET_RESIDENT_RANGES %lu of %lu refused\n", i, count);
-            return failed + 1;
-        }
+        base = range_base[i];
+        bytes = range_bytes[i];
         unsigned types = 0;
         UINT64 end = base + bytes, until = runtime_memory_until(base, end, map_size, desc_size, &types);
         total += bytes;
@@ -455,15 +482,54 @@ static int check_resident_memory(UINTN map_size, UINTN desc_size)
             types == (RUNTIME_CODE_SEEN | RUNTIME_DATA_SEEN) ? "EfiRuntimeServicesCode and Data"
             : types == RUNTIME_CODE_SEEN ? "EfiRuntimeServicesCode" : "EfiRuntimeServicesData");
     }
-    UINT64 past = count, status = vmcall_resident_range(past, &base, &bytes, &count);
-    if (status != 0xFFFFFFFFFFFFFFFEULL || count != past) {
+    if (range_past_status != 0xFFFFFFFFFFFFFFFEULL || range_past_count != count) {
         say("OSMODEL: BSP: check failed: GET_RESIDENT_RANGES %lu (past the last): status 0x%lx, "
-            "count %lu; want \"bad argument\" and %lu\n", past, status, count, past);
+            "count %lu; want \"bad argument\" and %lu\n", count, range_past_status, range_past_count, count);
         failed++;
     }
     if (!failed)
         say("OSMODEL: BSP: all %lu uefi-hv ranges (%lu KiB) are runtime memory in the OS's memory map\n",
             count, total / 1024);
+    return failed;
+}
+
+/* Isolation, from the OS (after ExitBootServices): every page of the
+ * hypervisor's ranges reads as zeros (none of its bytes), a store of garbage
+ * into each raises #GP and is one EPT violation the hypervisor counts, and
+ * the VMCALLs that would map or remove the hypervisor are refused. The number
+ * of failed checks. */
+#define VMCALL_REFUSED 0xFFFFFFFFFFFFFFFDULL
+static int check_isolation(void)
+{
+    UINT64 pages = 0, nonzero = 0, faults = 0, base, bytes, count;
+    UINT64 violations = vmcall_exit_count(OSKIT_EXIT_REASON_EPT_VIOLATION);
+    for (UINT64 i = 0; i < range_count; i++)
+        for (UINT64 page = range_base[i]; page < range_base[i] + range_bytes[i]; page += 4096, pages++) {
+            volatile UINT64 *p = (volatile UINT64 *)page;
+            for (UINT64 w = 0; w < 512; w++)
+                nonzero += p[w] != 0;
+            faults += osmodel_try_store(p + (pages * 8) % 512, 0xBAD0BAD0BAD0BAD0ULL ^ page);
+        }
+    violations = vmcall_exit_count(OSKIT_EXIT_REASON_EPT_VIOLATION) - violations;
+    int failed = 0;
+    if (nonzero || faults != pages || violations != pages) {
+        say("OSMODEL: BSP: check failed: the hypervisor's %lu pages: %lu non-zero words read, %lu stores "
+            "raised #GP, %lu EPT violations counted\n", pages, nonzero, faults, violations);
+        failed++;
+    } else {
+        say("OSMODEL: BSP: the hypervisor's %lu pages read as zeros; a store into each raised #GP, "
+            "%lu EPT violations counted\n", pages, violations);
+    }
+    UINT64 ranges = vmcall_resident_range(0, &base, &bytes, &count);
+    UINT64 rax = OSKIT_VMCALL_DEVIRTUALIZE, rbx = 0, rcx = 0, rdx = 0;
+    __asm__ volatile("vmcall" : "+a"(rax), "+b"(rbx), "+c"(rcx), "+d"(rdx) : : "memory");
+    if (ranges != VMCALL_REFUSED || rax != VMCALL_REFUSED) {
+        say("OSMODEL: BSP: check failed: after ExitBootServices GET_RESIDENT_RANGES gave 0x%lx, "
+            "DEVIRTUALIZE 0x%lx (want 0x%lx, refused)\n", ranges, rax, VMCALL_REFUSED);
+        failed++;
+    } else {
+        say("OSMODEL: BSP: after ExitBootServices GET_RESIDENT_RANGES and DEVIRTUALIZE are refused\n");
+    }
     return failed;
 }
 
@@ -665,6 +731,7 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
         halt_forever();
     }
 
+    fetch_resident_ranges(); /* under uefi-hv: refused to the OS after ExitBootServices */
     status = exit_boot_services(image, &map_size, &desc_size, &desc_version);
     if (EFI_ERROR(status)) {
         say("OSMODEL: FAIL: ExitBootServices: status 0x%lx\n", (UINT64)status);
@@ -709,6 +776,8 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)
         fail("the BSP's hypervisor checks");
     if (bsp_probe.ours && check_resident_memory(map_size, desc_size))
         fail("the hypervisor's memory is not all runtime memory in the OS's map");
+    if (bsp_probe.ours && check_isolation())
+        fail("the hypervisor's memory is not isolated from the OS");
 
     UINT64 page = low_conventional_page(map_size, desc_size);
     if (!ap_count) {
