@@ -38,6 +38,14 @@ VMCALL_FUNCTIONS = (
                               "guest, the OS's restrictions on; returns to the caller's caller"),
 )
 
+#: The status a VMCALL returns in RAX (docs/vmcall.md): name, value, meaning.
+VMCALL_STATUSES = (
+    ("OK", 0, "success"),
+    ("UNKNOWN", 0xFFFFFFFFFFFFFFFF, "unknown function, or one this spec does not support"),
+    ("BAD_ARGUMENT", 0xFFFFFFFFFFFFFFFE, "an argument out of range: nothing changed"),
+    ("REFUSED", 0xFFFFFFFFFFFFFFFD, "not the OS's (after ExitBootServices): nothing changed"),
+)
+
 CPUID_REGS = ("eax", "ebx", "ecx", "edx")
 
 #: Controls the generated C relies on by role -> the spec name it has in the catalogue.
@@ -324,7 +332,7 @@ def lower(spec: model.Spec) -> Plan:
             spec_name=Path(spec.file).name,
             signature_regs=signature_regs,
             version_number=major << 16 | minor << 8 | patch,
-            vmcall={"base": VMCALL_BASE, "pong": VMCALL_PONG,
+            vmcall={"base": VMCALL_BASE, "pong": VMCALL_PONG, "statuses": VMCALL_STATUSES,
                    "functions": [{"name": n, "number": i, "text": t} for n, i, t in VMCALL_FUNCTIONS]},
             exits=exits,
             actions=actions,

@@ -527,6 +527,39 @@ static void print_result(UINTN cpu, struct cpu_result *r, UINT32 *passed, UINT32
     }
 }
 
+/* The number after `name` (decimal, or hex after 0x) in the load options
+ * (CHAIN.TXT's second line), or `otherwise`. */
+static UINT64 load_option(EFI_HANDLE image, const CHAR16 *name, UINT64 otherwise)
+{
+    EFI_LOADED_IMAGE *loaded;
+    if (EFI_ERROR(uefi_call_wrapper(BS->HandleProtocol, 3, image, &LoadedImageProtocol, (VOID **)&loaded)) ||
+        !loaded->LoadOptions)
+        return otherwise;
+    const CHAR16 *s = loaded->LoadOptions, *end = s + loaded->LoadOptionsSize / sizeof(CHAR16);
+    UINTN n = StrLen(name);
+    for (; s + n <= end && *s; s++) {
+        if (StrnCmp(s, name, n))
+            continue;
+        UINT64 value = 0, base = 10;
+        s += n;
+        if (s + 2 <= end && s[0] == L'0' && (s[1] == L'x' || s[1] == L'X')) {
+            base = 16;
+            s += 2;
+        }
+        for (; s < end; s++) {
+            UINT64 digit = *s >= L'0' && *s <= L'9'   ? (UINT64)(*s - L'0')
+                           : *s >= L'a' && *s <= L'f' ? (UINT64)(*s - L'a' + 10)
+                           : *s >= L'A' && *s <= L'F' ? (UINT64)(*s - L'A' + 10)
+                                                      : 99;
+            if (digit >= base)
+                break;
+            value = value * base + digit;
+        }
+        return value;
+    }
+    return otherwise;
+}
+
 static void power_off(void)
 {
     uefi_call_wrapper(RT->ResetSystem, 4, EfiResetShutdown, EFI_SUCCESS, 0, NULL);
@@ -562,6 +595,11 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
         power_off();
         return EFI_OUT_OF_RESOURCES;
     }
+
+    /* The fuzzer first (`fuzz=N seed=S`): the checks must pass after it. */
+    UINT64 operations = load_option(image, L"fuzz=", 0);
+    if (operations)
+        hvcheck_fuzz(load_option(image, L"seed=", 1), operations);
 
     UINT64 out[4];
     hvcheck_vmcall(VMCALL_GET_CPU_COUNT, 0, 0, out);
