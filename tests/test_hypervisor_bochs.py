@@ -355,6 +355,28 @@ def test_thirty_two_cpus_are_all_virtualised(default_image, run_dir):
     assert result.ok, result
 
 
+#: What could break the host, answered on every CPU as hardware answers it
+#: (issue 13): hvcheck's line for each.
+HARDWARE_ANSWERS = (
+    "IA32_FEATURE_CONTROL reads locked, VMX off",                   # locked, as firmware that disabled VT-x
+    "WRMSR IA32_VMX_BASIC raises #GP",                              # the VMX capability MSRs: no VMX
+    "VMXON in the guest raises #UD",                                # VMX instructions: #UD
+    "VMCLEAR, VMPTRLD, VMPTRST, VMREAD, VMWRITE, VMLAUNCH, VMRESUME, VMXOFF, INVEPT, INVVPID raise #UD",
+    "INVD exits and returns (done as WBINVD)",                      # never drops the host's dirty lines
+    "IA32_EFER without LME raises #GP, EFER unchanged",             # the guest's EFER, the CPU's #GP
+    "SMX hidden and GETSEC raises #UD",
+    "microcode: an update exits to VMX root; the revision reads as the SDM describes",
+)
+
+
+def test_what_could_break_the_host_is_answered_as_hardware_answers_it(default_image, run_dir):
+    result = boot(default_image, emulator="bochs", cpus=2, timeout=90, fail=["HVCHECK: FAIL"], run_dir=run_dir)
+    for cpu in (0, 1):
+        for answer in HARDWARE_ANSWERS:
+            assert f"hvcheck: cpu {cpu}: {answer}: ok" in result.serial, (cpu, answer)
+    assert "HVCHECK: PASS" in result.serial, result
+
+
 FUZZ_SEED = "0x5eed"
 
 

@@ -203,6 +203,43 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     record(r, "VMXON in the guest raises #UD", ud == 1 && after - before == 1, "#UD %u, VMXON exits %u", ud,
            after - before);
 
+    /* Every other VMX instruction exits unconditionally in VMX non-root
+     * operation (SDM 27.1.2) and is answered as on a CPU without VMX: #UD. */
+    static const UINT32 vmx_exits[10] = { EXIT_VMCLEAR, EXIT_VMPTRLD,  EXIT_VMPTRST,  EXIT_VMREAD,
+                                          EXIT_VMWRITE, EXIT_VMLAUNCH, EXIT_VMRESUME, EXIT_VMXOFF,
+                                          EXIT_INVEPT,  EXIT_INVVPID };
+    UINT64 vmx_ud = 0, vmx_exited = 0;
+    saved = hvcheck_set_gate(6, hvcheck_ud_handler);
+    for (UINT64 i = 0; i < 10; i++) {
+        before = exit_count(vmx_exits[i]);
+        vmx_ud += hvcheck_try_vmx(i);
+        vmx_exited += exit_count(vmx_exits[i]) - before == 1;
+    }
+    hvcheck_restore_gate(6, saved);
+    record(
+        r,
+        "VMCLEAR, VMPTRLD, VMPTRST, VMREAD, VMWRITE, VMLAUNCH, VMRESUME, VMXOFF, INVEPT, INVVPID raise #UD",
+        vmx_ud == 10 && vmx_exited == 10, "#UD %u of 10, each one exit: %u of 10", vmx_ud, vmx_exited);
+
+    /* INVD exits unconditionally and is done as WBINVD: the guest's caches
+     * are written back, never dropped under the hypervisor's data. */
+    before = exit_count(EXIT_INVD);
+    __asm__ volatile("invd" ::: "memory");
+    after = exit_count(EXIT_INVD);
+    record(r, "INVD exits and returns (done as WBINVD)", after - before == 1, "INVD exits %u", after - before,
+           0);
+
+    /* IA32_EFER without LME in IA-32e mode faults in the CPU itself (SDM
+     * Vol. 4, IA32_EFER): EFER is the guest's, saved and loaded around exits. */
+    UINT64 efer_before, efer_after;
+    __asm__ volatile("rdmsr; shl $32, %%rdx; or %%rdx, %%rax" : "=a"(efer_before) : "c"(0xC0000080U) : "rdx");
+    saved = hvcheck_set_gate(13, hvcheck_gp_handler);
+    UINT64 efer_gp = hvcheck_try_wrmsr(0xC0000080U, efer_before & ~(1ULL << 8));
+    hvcheck_restore_gate(13, saved);
+    __asm__ volatile("rdmsr; shl $32, %%rdx; or %%rdx, %%rax" : "=a"(efer_after) : "c"(0xC0000080U) : "rdx");
+    record(r, "IA32_EFER without LME raises #GP, EFER unchanged", efer_gp == 1 && efer_after == efer_before,
+           "#GP %u, EFER 0x%x after", efer_gp, efer_after);
+
     /* GETSEC: SMX is hidden (CPUID.1:ECX[6]), and GETSEC raises #UD as on a
      * CPU without SMX (natively while CR4.SMXE is clear, else by its VM exit,
      * SDM 27.1.2 "Instructions That Cause VM Exits Unconditionally"). */

@@ -52,6 +52,54 @@ hvcheck_try_vmxon:
 1:  add $16, %rsp
     ret
 
+# UINT64 hvcheck_try_vmx(UINT64 which): 1 when the VMX instruction `which`
+# raised #UD, else 0: 0 VMCLEAR, 1 VMPTRLD, 2 VMPTRST, 3 VMREAD, 4 VMWRITE,
+# 5 VMLAUNCH, 6 VMRESUME, 7 VMXOFF, 8 INVEPT, 9 INVVPID (memory operands
+# on the stack, zeroed).
+    .globl hvcheck_try_vmx
+hvcheck_try_vmx:
+    UD_RESUMES_AT 2f
+    sub $16, %rsp
+    movq $0, (%rsp)
+    movq $0, 8(%rsp)
+    xor %ecx, %ecx
+    lea 1f(%rip), %rax
+    lea (%rax,%rdi,8), %rax
+    jmp *%rax
+    .balign 8
+1:  vmclear (%rsp)
+    jmp 3f
+    .balign 8
+    vmptrld (%rsp)
+    jmp 3f
+    .balign 8
+    vmptrst (%rsp)
+    jmp 3f
+    .balign 8
+    vmread %rcx, %rdx
+    jmp 3f
+    .balign 8
+    vmwrite %rcx, %rcx
+    jmp 3f
+    .balign 8
+    vmlaunch
+    jmp 3f
+    .balign 8
+    vmresume
+    jmp 3f
+    .balign 8
+    vmxoff
+    jmp 3f
+    .balign 8
+    invept (%rsp), %rcx
+    jmp 3f
+    .balign 8
+    invvpid (%rsp), %rcx
+    jmp 3f
+3:  xor %eax, %eax
+2:  add $16, %rsp
+    ret
+
 # UINT64 hvcheck_try_getsec(void): 1 when GETSEC (EAX = 0, CAPABILITIES)
 # raised #UD, else 0.
     .globl hvcheck_try_getsec
