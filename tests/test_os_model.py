@@ -111,6 +111,9 @@ def test_under_the_hypervisor_both_cpus_see_it_through_the_os_takeover(
     assert isolated and int(isolated.group(1)) == int(isolated.group(2)) == int(summary.group(2)) // 4, \
         r.serial[-3000:]
     assert "OSMODEL: BSP: after ExitBootServices GET_RESIDENT_RANGES and DEVIRTUALIZE are refused" in r.serial
+    # A GDT the OS points into the hypervisor's memory is a zeroed one.
+    assert re.search(r"^OSMODEL: BSP: a GDT in the hypervisor's memory \(0x[0-9a-f]+\) holds no descriptor, "
+                     r"as a zeroed one$", r.serial, re.M), r.serial[-3000:]
     assert_no_leftovers(r)
 
 

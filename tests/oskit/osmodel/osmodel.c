@@ -520,6 +520,26 @@ static int check_isolation(void)
         say("OSMODEL: BSP: the hypervisor's %lu pages read as zeros; a store into each raised #GP, "
             "%lu EPT violations counted\n", pages, violations);
     }
+    /* A GDT the OS puts in the hypervisor's memory is a zeroed one, as on a
+     * machine whose memory there is zeros: LAR finds no descriptor (ZF clear,
+     * no fault: SDM Vol. 2A, LAR), where the model's own GDT has one. With
+     * interrupts off nothing else reads the GDT meanwhile. */
+    struct table_register own, hidden = { 0xFFF, range_base[0] };
+    UINT64 valid_own = 0, valid_hidden = 0, ar;
+    __asm__ volatile("sgdt %0" : "=m"(own));
+    __asm__ volatile("lar %2, %1; setz %b0" : "+r"(valid_own), "=r"(ar) : "r"((UINT64)MODEL_DS) : "cc");
+    __asm__ volatile("lgdt %2; lar %3, %1; setz %b0; lgdt %4"
+                     : "+r"(valid_hidden), "=r"(ar)
+                     : "m"(hidden), "r"((UINT64)MODEL_DS), "m"(own)
+                     : "cc", "memory");
+    if (!valid_own || valid_hidden) {
+        say("OSMODEL: BSP: check failed: LAR 0x%x: %s in the model's GDT, %s in a GDT at 0x%lx\n", MODEL_DS,
+            valid_own ? "valid" : "invalid", valid_hidden ? "valid" : "invalid", range_base[0]);
+        failed++;
+    } else {
+        say("OSMODEL: BSP: a GDT in the hypervisor's memory (0x%lx) holds no descriptor, as a zeroed one\n",
+            range_base[0]);
+    }
     UINT64 ranges = vmcall_resident_range(0, &base, &bytes, &count);
     UINT64 rax = OSKIT_VMCALL_DEVIRTUALIZE, rbx = 0, rcx = 0, rdx = 0;
     __asm__ volatile("vmcall" : "+a"(rax), "+b"(rbx), "+c"(rcx), "+d"(rdx) : : "memory");
