@@ -9,6 +9,21 @@
 
 #include <efi.h>
 
+/* Control-register and EFER bits (SDM Vol. 3A 2.5 "Control Registers", 2.2.1
+ * "Extended Feature Enable Register"). */
+#define X86_CR0_PE      (1ULL << 0)
+#define X86_CR0_TS      (1ULL << 3)
+#define X86_CR0_NW      (1ULL << 29)
+#define X86_CR0_CD      (1ULL << 30)
+#define X86_CR0_PG      (1ULL << 31)
+#define X86_CR4_PSE     (1ULL << 4)
+#define X86_CR4_PAE     (1ULL << 5)
+#define X86_CR4_LA57    (1ULL << 12)
+#define X86_CR4_VMXE    (1ULL << 13)
+#define X86_CR4_OSXSAVE (1ULL << 18)
+#define X86_EFER_LME    (1ULL << 8)
+#define X86_EFER_LMA    (1ULL << 10)
+
 #define VMX_OK           0
 #define VMX_FAIL_INVALID 1
 #define VMX_FAIL_VALID   2

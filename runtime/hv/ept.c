@@ -193,18 +193,22 @@ static UINT64 *gib_entry(UINT64 gib)
     return &table[(gpa >> 30) & 511];
 }
 
-static EFI_STATUS map_gib(UINT64 gib)
+/* The entry that maps the GiB of `gpa`, that GiB mapped where it was not;
+ * NULL when no table is left. */
+static UINT64 *mapped_gib_entry(UINT64 gpa)
 {
-    UINT64 *entry = gib_entry(gib);
-    return entry ? map_1g(entry, gib << 30) : EFI_OUT_OF_RESOURCES;
+    UINT64 *entry = gib_entry(gpa >> 30);
+    if (!entry || (!(*entry & EPT_RWX) && EFI_ERROR(map_1g(entry, gpa & ~((1ULL << 30) - 1)))))
+        return NULL;
+    return entry;
 }
 
 /* The 4 KiB EPT entry of `gpa`, splitting large pages on the way (the
  * smaller pages keep the large page's memory type). */
 static UINT64 *ept_entry_4k(UINT64 gpa)
 {
-    UINT64 *gib = gib_entry(gpa >> 30);
-    if (!gib || (!(*gib & EPT_RWX) && EFI_ERROR(map_1g(gib, gpa & ~((1ULL << 30) - 1)))))
+    UINT64 *gib = mapped_gib_entry(gpa);
+    if (!gib)
         return NULL;
     UINT64 *table = gib - ((gpa >> 30) & 511); /* the PDPT */
     for (UINT32 shift = 30; shift >= 21; shift -= 9) {
@@ -287,11 +291,9 @@ EFI_STATUS hv_build_ept(void)
     if (gib > HV_EPT_EAGER_GIB_MAX)
         gib = HV_EPT_EAGER_GIB_MAX;
     hv.ept_gib = gib;
-    for (UINT64 i = 0; i < gib; i++) {
-        EFI_STATUS s = map_gib(i);
-        if (EFI_ERROR(s))
-            return s;
-    }
+    for (UINT64 i = 0; i < gib; i++)
+        if (!mapped_gib_entry(i << 30))
+            return EFI_OUT_OF_RESOURCES;
 #if HV_APIC_ICR_EMULATION
     /* The local APIC page is mapped read/execute only, so that writes to it
      * (the ICR among them) exit: INIT and SIPI to virtualised CPUs are
@@ -327,8 +329,7 @@ BOOLEAN hv_ept_map_on_first_use(struct hv_cpu *cpu)
         return FALSE;
     while (__atomic_exchange_n(&ept_lock, 1, __ATOMIC_ACQUIRE))
         cpu_pause();
-    UINT64 *entry = gib_entry(gpa >> 30);
-    BOOLEAN mapped = entry && ((*entry & EPT_RWX) || !EFI_ERROR(map_1g(entry, gpa & ~((1ULL << 30) - 1))));
+    BOOLEAN mapped = mapped_gib_entry(gpa) != NULL;
     __atomic_store_n(&ept_lock, 0, __ATOMIC_RELEASE);
     if (!mapped) {
         hv_log_fatal(

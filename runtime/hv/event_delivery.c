@@ -15,17 +15,6 @@
 #include "cpu.h"
 #include "exits.h"
 
-#define INTR_INFO_VALID         (1U << 31) /* the format of SDM 26.8.3, 29.2.2 and 29.2.4 */
-#define INTR_INFO_VECTOR(i)     ((i) & 0xFF)
-#define INTR_INFO_TYPE(i)       (((i) >> 8) & 7)
-#define INTR_INFO_ERROR_CODE    (1U << 11)
-#define INTR_INFO_NMI_UNBLOCKED (1U << 12) /* "NMI unblocking due to IRET"; reserved on entry */
-#define INTR_TYPE_SOFT_INTR     4          /* INT n */
-#define INTR_TYPE_PRIV_SOFT_EXC 5          /* INT1 */
-#define INTR_TYPE_SOFT_EXC      6          /* INT3, INTO */
-#define VECTOR_DF               8
-#define BLOCKING_BY_NMI         (1ULL << 3)
-
 static void restore_nmi_blocking(struct hv_cpu *cpu, UINT32 reason, UINT32 idt)
 {
     BOOLEAN unblocked = FALSE;

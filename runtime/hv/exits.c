@@ -11,15 +11,8 @@
 #include "interrupts.h"
 #include "vmcs_setup.h"
 
-#define X86_CR0_PE      (1ULL << 0)
-#define X86_CR0_PG      (1ULL << 31)
-#define X86_CR4_VMXE    (1ULL << 13)
-#define X86_CR4_OSXSAVE (1ULL << 18)
-#define RFLAGS_TF       (1ULL << 8)
-#define PENDING_DBG_BS  (1ULL << 14)
-#define DEBUGCTL_BTF    (1ULL << 1) /* single-step on branches only */
-#define VECTOR_UD       6
-#define VECTOR_GP       13
+#define PENDING_DBG_BS (1ULL << 14)
+#define DEBUGCTL_BTF   (1ULL << 1) /* single-step on branches only */
 
 /* SDM 26.8.3 "VM-Entry Controls for Event Injection": a hardware exception. */
 void hv_inject_exception(UINT32 vector, BOOLEAN has_error_code, UINT32 error_code)
@@ -31,7 +24,8 @@ void hv_inject_exception(UINT32 vector, BOOLEAN has_error_code, UINT32 error_cod
      * the fault-class exceptions, as KVM does; #DB, #BP and #OF are not. */
     if (vector != 1 && vector != 3 && vector != 4)
         vmwrite(GUEST_RFLAGS, vmread(GUEST_RFLAGS) | (1ULL << 16));
-    vmwrite(VM_ENTRY_INTR_INFO_FIELD, vector | 3U << 8 | (UINT32)has_error_code << 11 | 1U << 31);
+    vmwrite(VM_ENTRY_INTR_INFO_FIELD, vector | INTR_TYPE_HW_EXCEPTION << 8 |
+                                          (has_error_code ? INTR_INFO_ERROR_CODE : 0) | INTR_INFO_VALID);
     if (has_error_code)
         vmwrite(VM_ENTRY_EXCEPTION_ERROR_CODE, error_code);
 }
@@ -488,11 +482,6 @@ enum hv_exit_result hv_action_sipi(struct hv_cpu *cpu, struct hv_guest_regs *reg
 #endif
 
 #if HV_ACTION_CR_ACCESS
-#define X86_CR0_NW          (1ULL << 29)
-#define X86_CR0_CD          (1ULL << 30)
-#define X86_CR4_PAE         (1ULL << 5)
-#define X86_EFER_LME        (1ULL << 8)
-#define X86_EFER_LMA        (1ULL << 10)
 #define CR_ACCESS_MOV_TO_CR 0
 #define CR_ACCESS_LMSW      3
 
@@ -573,12 +562,10 @@ enum hv_exit_result hv_action_cr_access(struct hv_cpu *cpu, struct hv_guest_regs
 {
     UINT64 q = vmread(EXIT_QUALIFICATION);
     UINT32 cr = q & 15, type = (q >> 4) & 3, reg = (q >> 8) & 15;
-    if (type == CR_ACCESS_MOV_TO_CR && (cr == 0 || cr == 4)) {
-        UINT64 value = reg == 4 ? vmread(GUEST_RSP) : *gpr(regs, reg);
+    UINT64 value = type != CR_ACCESS_MOV_TO_CR ? 0 : reg == 4 ? vmread(GUEST_RSP) : *gpr(regs, reg);
+    if (type == CR_ACCESS_MOV_TO_CR && (cr == 0 || cr == 4))
         return cr == 0 ? mov_to_cr0(cpu, value) : mov_to_cr4(cpu, value);
-    }
     if (type == CR_ACCESS_MOV_TO_CR && cr == 8) { /* the TPR (interrupts.c watches it): the CPU's own */
-        UINT64 value = reg == 4 ? vmread(GUEST_RSP) : *gpr(regs, reg);
         if (value >> 4) {
             hv_inject_exception(VECTOR_GP, TRUE, 0); /* reserved bits (SDM Vol. 3A 2.5 "Control Registers") */
             return HV_RESUME_SAME;
@@ -660,16 +647,19 @@ void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
         cpu->exit_count[reason]++;
         action = hv_exit_actions[reason];
     }
-    if (reason == EXIT_REASON_EPT_VIOLATION && ept_violation_done(cpu, regs))
-        action = NULL; /* the runtime's own: not the spec's to answer */
-    else if (!action) {
-        hv_log_fatal(
-            "uefi-hv: cpu %u: unhandled VM exit %u (%s), qualification 0x%lx: stopping the machine\n",
-            cpu->index, reason, hv_exit_reason_name(reason), vmread(EXIT_QUALIFICATION));
-        log_guest_state(cpu);
-        hv_power_off();
+    /* An EPT violation the runtime answers itself is not the spec's. */
+    enum hv_exit_result result = HV_RESUME_SAME;
+    if (!(reason == EXIT_REASON_EPT_VIOLATION && ept_violation_done(cpu, regs))) {
+        if (!action) {
+            hv_log_fatal(
+                "uefi-hv: cpu %u: unhandled VM exit %u (%s), qualification 0x%lx: stopping the machine\n",
+                cpu->index, reason, hv_exit_reason_name(reason), vmread(EXIT_QUALIFICATION));
+            log_guest_state(cpu);
+            hv_power_off();
+        }
+        result = action(cpu, regs);
     }
-    switch (action ? action(cpu, regs) : HV_RESUME_SAME) {
+    switch (result) {
     case HV_RESUME_NEXT:
         hv_advance_rip();
         break;

@@ -35,6 +35,41 @@ struct hv_cpuid_bit {
 };
 extern const struct hv_cpuid_bit hv_cpuid_hidden[];
 
+/* Event information: VM-entry interruption information, VM-exit
+ * interruption information and IDT-vectoring information share one format
+ * (SDM 26.8.3 "VM-Entry Controls for Event Injection", 29.2.2 "Information
+ * for VM Exits Due to Vectored Events", 29.2.4 "Information for VM Exits
+ * That Occur During Event Delivery"). */
+#define INTR_INFO_VECTOR(i)     ((i) & 0xFF)
+#define INTR_INFO_TYPE(i)       (((i) >> 8) & 7)
+#define INTR_INFO_ERROR_CODE    (1U << 11)
+#define INTR_INFO_NMI_UNBLOCKED (1U << 12) /* "NMI unblocking due to IRET"; reserved on entry */
+#define INTR_INFO_VALID         (1U << 31)
+#define INTR_TYPE_EXTERNAL      0
+#define INTR_TYPE_NMI           2
+#define INTR_TYPE_HW_EXCEPTION  3
+#define INTR_TYPE_SOFT_INTR     4 /* INT n */
+#define INTR_TYPE_PRIV_SOFT_EXC 5 /* INT1 */
+#define INTR_TYPE_SOFT_EXC      6 /* INT3, INTO */
+
+/* Guest interruptibility state (SDM 26.4.2 "Guest Non-Register State"). */
+#define BLOCKING_BY_STI_MOV_SS 3ULL /* bits 0-1 */
+#define BLOCKING_BY_NMI        (1ULL << 3)
+
+/* Exception and interrupt vectors the runtime raises or recognises (SDM
+ * Vol. 3A, "Exception and Interrupt Vectors"), and RFLAGS bits it reads. */
+#define VECTOR_NMI 2
+#define VECTOR_UD  6
+#define VECTOR_DF  8
+#define VECTOR_TS  10
+#define VECTOR_NP  11
+#define VECTOR_SS  12
+#define VECTOR_GP  13
+#define RFLAGS_TF  (1ULL << 8)
+#define RFLAGS_IF  (1ULL << 9)
+#define RFLAGS_NT  (1ULL << 14)
+#define RFLAGS_VM  (1ULL << 17)
+
 /* Guest activity states (SDM 26.4.2 "Guest Non-Register State"). */
 #define HV_ACTIVITY_ACTIVE        0
 #define HV_ACTIVITY_HLT           1

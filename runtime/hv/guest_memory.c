@@ -10,13 +10,9 @@
 #include "cpu.h"
 #include "exits.h"
 
-#define X86_CR0_PG   (1ULL << 31)
-#define X86_CR4_PSE  (1ULL << 4)
-#define X86_CR4_PAE  (1ULL << 5)
-#define X86_CR4_LA57 (1ULL << 12)
-#define PTE_PRESENT  (1ULL << 0)
-#define PTE_LARGE    (1ULL << 7)
-#define PTE_FRAME    0x000FFFFFFFFFF000ULL /* bits 51:12 */
+#define PTE_PRESENT (1ULL << 0)
+#define PTE_LARGE   (1ULL << 7)
+#define PTE_FRAME   0x000FFFFFFFFFF000ULL /* bits 51:12 */
 
 /* Guest-linear to guest-physical in every paging mode (SDM 4.1 "Paging
  * Modes and Control Bits"): none, 32-bit, PAE, 4-level and 5-level. Access

@@ -16,10 +16,9 @@
 #define HOST_TR          0x18
 #define HOST_GDT_ENTRIES 5 /* null, code, data, TSS (two slots) */
 
-#define PTE_P    (1ULL << 0)
-#define PTE_W    (1ULL << 1)
-#define PTE_PS   (1ULL << 7)
-#define CR4_LA57 (1ULL << 12)
+#define PTE_P  (1ULL << 0)
+#define PTE_W  (1ULL << 1)
+#define PTE_PS (1ULL << 7)
 
 extern UINT8 hv_host_exception_stubs[]; /* vmexit.S: 32 stubs, 16 bytes apart */
 extern void hv_host_interrupt_stub(void);
@@ -99,7 +98,7 @@ static EFI_STATUS build_host_page_tables(void)
     /* HOST_CR4 is the firmware's: with 5-level paging (CR4.LA57) a PML5 goes
      * on top, its first entry for the identity map and its last for the
      * microcode window (SDM 4.5 "4-Level Paging and 5-Level Paging"). */
-    if (read_cr4() & CR4_LA57) {
+    if (read_cr4() & X86_CR4_LA57) {
         UINT64 *pml5 = hv_alloc_table();
         if (!pml5)
             return EFI_OUT_OF_RESOURCES;
@@ -134,8 +133,7 @@ EFI_STATUS hv_build_host_environment(void)
 /* One CPU's memory is one allocation, whatever the number of CPUs: its
  * struct hv_cpu, a page with its GDT and TSS, its host stack, its VMXON
  * region and its VMCS (each page-aligned, as VMXON and VMPTRLD require). */
-#define CPU_STRUCT_PAGES ((sizeof(struct hv_cpu) + HV_PAGE_SIZE - 1) / HV_PAGE_SIZE)
-#define CPU_BLOCK_PAGES  (CPU_STRUCT_PAGES + 1 + HV_HOST_STACK_SIZE / HV_PAGE_SIZE + 2 + IST_STACKS)
+#define CPU_BLOCK_PAGES (HV_CPU_STRUCT_PAGES + 1 + HV_HOST_STACK_SIZE / HV_PAGE_SIZE + 2 + IST_STACKS)
 
 struct hv_cpu *hv_alloc_cpu(UINT32 index)
 {
@@ -143,7 +141,7 @@ struct hv_cpu *hv_alloc_cpu(UINT32 index)
     if (!block)
         return NULL;
     struct hv_cpu *cpu = (struct hv_cpu *)block;
-    UINT8 *page = block + CPU_STRUCT_PAGES * HV_PAGE_SIZE; /* the GDT at the start, the TSS after it */
+    UINT8 *page = block + HV_CPU_STRUCT_PAGES * HV_PAGE_SIZE; /* the GDT at the start, the TSS after it */
     cpu->index = index;
     cpu->host_stack = page + HV_PAGE_SIZE;
     cpu->vmxon_region = cpu->host_stack + HV_HOST_STACK_SIZE;

@@ -20,9 +20,6 @@
 
 #if HV_APIC_ICR_EMULATION
 
-#define RFLAGS_IF (1ULL << 9)
-#define VECTOR_GP 13
-
 /* Local APIC registers (SDM 12.4.1 "The Intel APIC Architecture", Table 12-1). */
 #define APIC_LDR      0x0D0
 #define APIC_DFR      0x0E0

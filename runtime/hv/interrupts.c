@@ -16,12 +16,6 @@
 #include "interrupts.h"
 #if HV_ACTION_DISPATCH_IDT
 
-#define INTR_INFO_VALID        (1U << 31) /* the format of SDM 26.8.3, 26.9.2 and 26.9.3 */
-#define INTR_INFO_VECTOR       0xFFU
-#define INTR_TYPE_EXTERNAL     0
-#define RFLAGS_IF              (1ULL << 9)
-#define BLOCKING_BY_STI_MOV_SS 3ULL /* interruptibility state bits 0-1 */
-
 /* One CPU's share: written only by that CPU, in VMX root with interrupts off. */
 struct hv_irq_state {
     UINT64 pending[4]; /* bit v: vector v waits for the guest */
@@ -101,7 +95,7 @@ void hv_irq_exit(struct hv_cpu *cpu)
         irq_state[cpu->index].counting = FALSE;
         return;
     }
-    UINT32 vector = info & INTR_INFO_VECTOR;
+    UINT32 vector = INTR_INFO_VECTOR(info);
     irq_state[cpu->index].count[vector]++;
     const UINT64 *gate = (const UINT64 *)(HV_DISPATCH_IDT_BASE + 16 * vector);
     UINT64 handler = (gate[0] & 0xFFFF) | ((gate[0] >> 48) & 0xFFFF) << 16 | (gate[1] & 0xFFFFFFFFULL) << 32;

@@ -19,8 +19,6 @@
 #include "cpu.h"
 #include "exits.h"
 
-#define VECTOR_GP 13
-
 /* SDM 11.11.1 "Microcode Update", Table 11-7 "Microcode Update Field
  * Definitions": the 48-byte header before the update data. */
 struct microcode_header {

@@ -20,13 +20,6 @@
 #include "cpu.h"
 #include "exits.h"
 
-#define INTR_INFO_VALID        (1U << 31)
-#define INTR_TYPE(info)        (((info) >> 8) & 7)
-#define INTR_TYPE_NMI          2
-#define VECTOR_NMI             2
-#define BLOCKING_BY_STI_MOV_SS 3ULL
-#define BLOCKING_BY_NMI        (1ULL << 3)
-
 static void set_nmi_window(struct hv_cpu *cpu, BOOLEAN on)
 {
     if (!(cpu->controls[HV_CTL_PIN] & HV_PIN_VIRTUAL_NMIS))
@@ -92,7 +85,7 @@ enum hv_exit_result hv_action_nmi(struct hv_cpu *cpu, struct hv_guest_regs *regs
 {
     (void)regs;
     UINT32 info = (UINT32)vmread(VM_EXIT_INTR_INFO);
-    if (!(info & INTR_INFO_VALID) || INTR_TYPE(info) != INTR_TYPE_NMI) {
+    if (!(info & INTR_INFO_VALID) || INTR_INFO_TYPE(info) != INTR_TYPE_NMI) {
         hv_log_fatal("uefi-hv: cpu %u: exception exit, interruption information 0x%x\n", cpu->index, info);
         return HV_STOP;
     }

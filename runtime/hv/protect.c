@@ -24,13 +24,9 @@
 #include "cpu.h"
 #include "exits.h"
 
-#define VECTOR_GP 13
-
 static volatile UINT32 generation; /* bumped when pages are hidden after launch */
 
 #if HV_SELF_PROTECTION
-/* The struct hv_cpu pages at the start of each CPU's allocation (host_env.c). */
-#define CPU_STRUCT_PAGES ((sizeof(struct hv_cpu) + HV_PAGE_SIZE - 1) / HV_PAGE_SIZE)
 
 /* Every page of every resident range, hidden (or, `show`, the identity map
  * again). Splitting a large page may take tables, which are hypervisor pages
@@ -63,7 +59,7 @@ BOOLEAN hv_protect_before_launch(UINT64 image, UINTN image_pages)
     if (!hide_all() || !show(image, image_pages))
         return FALSE;
     for (UINT32 i = 0; i < hv.cpu_count; i++)
-        if (!show((UINT64)hv.cpus[i], CPU_STRUCT_PAGES))
+        if (!show((UINT64)hv.cpus[i], HV_CPU_STRUCT_PAGES))
             return FALSE;
     hv_say("uefi-hv: the hypervisor's memory is hidden from the guest in EPT (its image and CPU records "
            "at ExitBootServices)\n");

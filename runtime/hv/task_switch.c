@@ -24,24 +24,7 @@
 #define SOURCE_JMP  2
 #define SOURCE_GATE 3 /* a task gate in the IDT */
 
-#define INTR_INFO_VALID      (1U << 31)
-#define INTR_INFO_TYPE(i)    (((i) >> 8) & 7)
-#define INTR_INFO_ERROR_CODE (1U << 11)
-#define INTR_TYPE_NMI        2
-#define INTR_TYPE_SOFT_INTR  4 /* INT n: returns after the instruction */
-#define INTR_TYPE_SOFT_EXC   6 /* INT3, INTO */
-
-#define RFLAGS_NT       (1U << 14)
-#define RFLAGS_VM       (1U << 17)
-#define CR0_TS          (1ULL << 3)
-#define CR0_PG          (1ULL << 31)
-#define CR4_PAE         (1ULL << 5)
-#define DR7_LOCAL       0x155ULL /* L0-L3 and LE: cleared by a task switch (SDM 19.2.4) */
-#define BLOCKING_BY_NMI (1ULL << 3)
-
-#define VECTOR_TS 10
-#define VECTOR_NP 11
-#define VECTOR_GP 13
+#define DR7_LOCAL 0x155ULL /* L0-L3 and LE: cleared by a task switch (SDM 19.2.4) */
 
 /* Descriptor types (SDM 3.5 "System Descriptor Types"). */
 #define TYPE_LDT        2
@@ -113,16 +96,25 @@ static BOOLEAN write_descriptor(UINT16 selector, UINT64 desc)
     return descriptor_address(selector, &at) && hv_guest_write(at, &desc, sizeof desc);
 }
 
-/* SDM 3.4.5 "Segment Descriptors", in the VMCS's access-rights format (SDM
- * 26.4.1 "Guest Register State"). */
-static void load_segment(UINT32 seg, UINT16 selector, UINT64 desc)
+/* A descriptor's base and limit (SDM 3.4.5 "Segment Descriptors"). */
+static UINT64 descriptor_base(UINT64 desc)
+{
+    return ((desc >> 16) & 0xFFFFFF) | ((desc >> 32) & 0xFF000000);
+}
+
+static UINT32 descriptor_limit(UINT64 desc)
 {
     UINT32 limit = (UINT32)((desc & 0xFFFF) | ((desc >> 32) & 0xF0000));
-    if (desc & (1ULL << 55)) /* G: 4 KiB units */
-        limit = limit << 12 | 0xFFF;
+    return desc & (1ULL << 55) ? limit << 12 | 0xFFF : limit; /* G: 4 KiB units */
+}
+
+/* A segment register from its descriptor, the access rights in the VMCS's
+ * format (SDM 26.4.1 "Guest Register State"). */
+static void load_segment(UINT32 seg, UINT16 selector, UINT64 desc)
+{
     vmwrite(segments[seg].selector, selector);
-    vmwrite(segments[seg].base, ((desc >> 16) & 0xFFFFFF) | ((desc >> 32) & 0xFF000000));
-    vmwrite(segments[seg].limit, limit);
+    vmwrite(segments[seg].base, descriptor_base(desc));
+    vmwrite(segments[seg].limit, descriptor_limit(desc));
     vmwrite(segments[seg].ar, (desc >> 40) & 0xF0FF);
 }
 
@@ -168,8 +160,8 @@ static enum hv_exit_result load_segments(const struct tss32 *t)
         if (!read_descriptor(selector, &desc) || !((desc >> 44) & 1)) /* a code or data segment */
             return fault(VECTOR_TS, selector);
         if (!DESC_PRESENT(desc))
-            return fault(seg == SEG_SS ? 12 : VECTOR_NP, selector); /* #SS for SS */
-        load_segment(seg, selector, desc | 1ULL << 40);             /* accessed */
+            return fault(seg == SEG_SS ? VECTOR_SS : VECTOR_NP, selector);
+        load_segment(seg, selector, desc | 1ULL << 40); /* accessed */
     }
     return HV_RESUME_SAME;
 }
@@ -198,11 +190,8 @@ enum hv_exit_result hv_action_task_switch(struct hv_cpu *cpu, struct hv_guest_re
     }
     if (!DESC_PRESENT(desc))
         return fault(VECTOR_NP, selector);
-    UINT64 new_base = ((desc >> 16) & 0xFFFFFF) | ((desc >> 32) & 0xFF000000);
-    UINT32 new_limit = (UINT32)((desc & 0xFFFF) | ((desc >> 32) & 0xF0000));
-    if (desc & (1ULL << 55))
-        new_limit = new_limit << 12 | 0xFFF;
-    if (new_limit < TSS32_MIN_LIMIT || !hv_guest_read(new_base, &next, sizeof next))
+    UINT64 new_base = descriptor_base(desc);
+    if (descriptor_limit(desc) < TSS32_MIN_LIMIT || !hv_guest_read(new_base, &next, sizeof next))
         return fault(VECTOR_TS, selector);
 
     /* The old task's state into its TSS (step 8). Its EIP is where it goes
@@ -247,10 +236,10 @@ enum hv_exit_result hv_action_task_switch(struct hv_cpu *cpu, struct hv_guest_re
     /* The new task (steps 12-13): TR, CR0.TS, CR3, the registers, LDTR and
      * the segments. */
     load_segment(SEG_TR, selector, desc);
-    vmwrite(GUEST_CR0, vmread(GUEST_CR0) | CR0_TS);
-    if (vmread(GUEST_CR0) & CR0_PG) {
+    vmwrite(GUEST_CR0, vmread(GUEST_CR0) | X86_CR0_TS);
+    if (vmread(GUEST_CR0) & X86_CR0_PG) {
         vmwrite(GUEST_CR3, next.cr3);
-        if (vmread(GUEST_CR4) & CR4_PAE) { /* PAE paging: the PDPTEs come with CR3 (SDM 28.3.2.4) */
+        if (vmread(GUEST_CR4) & X86_CR4_PAE) { /* PAE paging: the PDPTEs come with CR3 (SDM 28.3.2.4) */
             volatile UINT64 *pdpte = (volatile UINT64 *)(UINT64)(next.cr3 & 0xFFFFFFE0U);
             vmwrite(GUEST_PDPTR0, pdpte[0]);
             vmwrite(GUEST_PDPTR1, pdpte[1]);

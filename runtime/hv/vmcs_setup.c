@@ -12,9 +12,6 @@
 #include "exits.h"
 #include "vmcs_setup.h"
 
-#define X86_CR0_PE (1ULL << 0)
-#define X86_CR0_PG (1ULL << 31)
-
 UINT64 hv_constant_host_state[HV_HOST_FIELD_COUNT];
 BOOLEAN hv_constant_host_state_ready;
 
