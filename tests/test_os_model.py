@@ -114,6 +114,10 @@ def test_under_the_hypervisor_both_cpus_see_it_through_the_os_takeover(
     # A GDT the OS points into the hypervisor's memory is a zeroed one.
     assert re.search(r"^OSMODEL: BSP: a GDT in the hypervisor's memory \(0x[0-9a-f]+\) holds no descriptor, "
                      r"as a zeroed one$", r.serial, re.M), r.serial[-3000:]
+    # So does an IDT: INT 32 with its gate there raises #GP(32 * 8 + 2), as
+    # with its gate in a zeroed page.
+    assert re.search(r"^OSMODEL: BSP: an IDT in the hypervisor's memory \(0x[0-9a-f]+\) holds no gate: INT 32 "
+                     r"raised #GP\(0x102\), as with a zeroed one$", r.serial, re.M), r.serial[-3000:]
     assert_no_leftovers(r)
 
 

@@ -210,12 +210,11 @@ EFI_STATUS hv_build_msr_bitmap(void)
 }
 
 #if HV_ACTION_VMCALL
-/* The VMCALL interface, docs/vmcall.md. Only CPL 0 may call it; the CPL is
- * the DPL of SS (SDM 6.5 "Privilege Levels"). A VMCALL that is not ours raises #UD, as it does
- * on a machine without a hypervisor. */
+/* The VMCALL interface, docs/vmcall.md. Only CPL 0 may call it. A VMCALL
+ * that is not ours raises #UD, as it does on a machine without a hypervisor. */
 enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
-    if ((vmread(GUEST_SS_AR_BYTES) >> 5) & 3) {
+    if (hv_guest_cpl() != 0) {
         hv_inject_exception(VECTOR_UD, FALSE, 0);
         return HV_RESUME_SAME;
     }
@@ -316,10 +315,16 @@ enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *r
 #if HV_ACTION_XSETBV
 /* XSETBV exits unconditionally (SDM 27.1.2 "Instructions That Cause VM Exits
  * Unconditionally"): executed for the guest; an invalid XCR0 value raises #GP
- * in the host, which becomes the guest's. */
+ * in the host, which becomes the guest's. At CPL > 0 the CPU raises #GP
+ * before the exit (SDM 26.1.1); Bochs exits first, so the CPL is checked here
+ * too, as KVM does: a ring-3 XSETBV never reaches XCR0. */
 enum hv_exit_result hv_action_xsetbv(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     (void)cpu;
+    if (hv_guest_cpl() != 0) {
+        hv_inject_exception(VECTOR_GP, TRUE, 0);
+        return HV_RESUME_SAME;
+    }
     UINT64 value = (regs->rdx & 0xFFFFFFFFULL) << 32 | (regs->rax & 0xFFFFFFFFULL);
     /* The guest's CR4.OSXSAVE is set (else XSETBV would have raised #UD in
      * the guest, before any exit); the host's may not be: set it meanwhile. */

@@ -1,6 +1,7 @@
 # The fuzzer's instructions (fuzz.c), each of which may fault: a #UD or #GP
 # resumes after it (fuzz_ud_handler, fuzz_gp_handler in IDT vectors 6 and 13
-# while the fuzzer runs), and the routine returns the vector, or 0.
+# while the fuzzer runs), and the routine returns the vector, or 0. The same
+# in ring 3, where the handlers run on the TSS's RSP0 stack and IRETQ back.
 
     .text
 
@@ -81,8 +82,79 @@ fuzz_mov_cr4:
 1:  mov fuzz_vector(%rip), %rax
     ret
 
+# UINT64 fuzz_lock_or_zero(UINT64 *address): a write that leaves the word as
+# it was, atomically (LOCK OR of 0), for pages that may not be hidden yet.
+    .globl fuzz_lock_or_zero
+fuzz_lock_or_zero:
+    FAULT_RESUMES_AT 1f
+    lock orq $0, (%rdi)
+1:  mov fuzz_vector(%rip), %rax
+    ret
+
+# UINT64 fuzz_store(UINT64 *address, UINT64 value)
+    .globl fuzz_store
+fuzz_store:
+    FAULT_RESUMES_AT 1f
+    mov %rsi, (%rdi)
+1:  mov fuzz_vector(%rip), %rax
+    ret
+
+# void fuzz_in_ring3(void (*fn)(void *), void *arg, UINT64 user_cs,
+#                    UINT64 user_ss)
+# fn(arg) at CPL 3 with interrupts off (IRETQ to a frame of our own, SDM 6.14.2),
+# on this stack below the saved state. Its return is a UD2 at fuzz_ring3_done,
+# which fuzz_ud_handler turns into the return to ring 0: the stack and the
+# selectors (IRETQ to ring 3 cleared DS to GS, the fault left SS null) back.
+    .globl fuzz_in_ring3
+fuzz_in_ring3:
+    push %rbx
+    push %rbp
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov %ds, ring0_ds(%rip)
+    mov %es, ring0_es(%rip)
+    mov %fs, ring0_fs(%rip)
+    mov %gs, ring0_gs(%rip)
+    mov %ss, ring0_ss(%rip)
+    mov %rsp, ring0_rsp(%rip)
+    lea -64(%rsp), %rax
+    and $-16, %rax
+    push %rcx                    # SS
+    push %rax                    # RSP
+    pushq $2                     # RFLAGS: IF = 0, IOPL = 0
+    push %rdx                    # CS
+    lea 1f(%rip), %rax
+    push %rax                    # RIP
+    mov %rdi, %rax
+    mov %rsi, %rdi
+    iretq
+1:  call *%rax
+fuzz_ring3_done:
+    ud2
+fuzz_back_in_ring0:
+    mov ring0_ss(%rip), %ss
+    mov ring0_rsp(%rip), %rsp
+    mov ring0_ds(%rip), %ds
+    mov ring0_es(%rip), %es
+    mov ring0_fs(%rip), %fs
+    mov ring0_gs(%rip), %gs
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %rbp
+    pop %rbx
+    ret
+
     .globl fuzz_ud_handler
 fuzz_ud_handler:
+    push %rax
+    lea fuzz_ring3_done(%rip), %rax
+    cmp %rax, 8(%rsp)            # the saved RIP: ring 3's work is done
+    pop %rax
+    je fuzz_back_in_ring0
     movq $6, fuzz_vector(%rip)
     jmp 1f
     .globl fuzz_gp_handler
@@ -101,5 +173,17 @@ fuzz_resume:
     .quad 0
 fuzz_vector:
     .quad 0
+ring0_rsp:
+    .quad 0
+ring0_ds:
+    .word 0
+ring0_es:
+    .word 0
+ring0_fs:
+    .word 0
+ring0_gs:
+    .word 0
+ring0_ss:
+    .word 0
 
     .section .note.GNU-stack, "", @progbits

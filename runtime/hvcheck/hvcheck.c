@@ -80,11 +80,6 @@ static BOOLEAN hypervisor_present(void)
     return r[1] == SIGNATURE_EBX && r[2] == SIGNATURE_ECX && r[3] == SIGNATURE_EDX;
 }
 
-struct dtr {
-    UINT16 limit;
-    UINT64 base;
-} __attribute__((packed));
-
 struct idt_gate hvcheck_set_gate(UINT32 vector, void (*handler)(void))
 {
     struct dtr idtr;

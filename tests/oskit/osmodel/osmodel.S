@@ -246,4 +246,14 @@ osmodel_try_store_insn:
 osmodel_try_store_resume:
     ret
 
+/* UINT64 osmodel_try_int32(void): 0, or the error code of the #GP that INT 32
+ * raised (osmodel_exception resumes after it). */
+    .globl osmodel_try_int32, osmodel_try_int32_insn, osmodel_try_int32_resume
+osmodel_try_int32:
+    xorl %eax, %eax
+osmodel_try_int32_insn:
+    int $32
+osmodel_try_int32_resume:
+    ret
+
     .section .note.GNU-stack, "", @progbits

@@ -209,16 +209,24 @@ static __attribute__((noreturn)) void halt_forever(void)
 }
 
 extern char osmodel_try_store_insn[], osmodel_try_store_resume[];
+extern char osmodel_try_int32_insn[], osmodel_try_int32_resume[];
 UINT64 osmodel_try_store(volatile UINT64 *address, UINT64 value);
+UINT64 osmodel_try_int32(void);
 
 /* Called by every exception stub: frame = vector, error code, RIP, CS, ...;
  * frame[-1] is the interrupted RAX. A #GP of osmodel_try_store resumes after
- * its store with RAX = 1 (returns 1); anything else stops the model. */
+ * its store with RAX = 1, one of osmodel_try_int32 after its INT with RAX =
+ * the error code (returns 1); anything else stops the model. */
 UINT64 osmodel_exception(UINT64 *frame)
 {
     if (frame[0] == 13 && frame[2] == (UINT64)osmodel_try_store_insn) {
         frame[2] = (UINT64)osmodel_try_store_resume;
         frame[-1] = 1;
+        return 1;
+    }
+    if (frame[0] == 13 && frame[2] == (UINT64)osmodel_try_int32_insn) {
+        frame[2] = (UINT64)osmodel_try_int32_resume;
+        frame[-1] = frame[1];
         return 1;
     }
     unsigned int r[4];
@@ -499,6 +507,29 @@ static int check_resident_memory(UINTN map_size, UINTN desc_size)
  * the VMCALLs that would map or remove the hypervisor are refused. The number
  * of failed checks. */
 #define VMCALL_REFUSED 0xFFFFFFFFFFFFFFFDULL
+
+/* An IDT across two pages of linear memory at 4 GiB (unused by the model):
+ * its vectors 0-31 at the end of the first, the model's own gates, and
+ * vector 32 at the start of the second, which maps `page`. INT 32 there; the
+ * #GP error code it raised, or 0 (vector 32's gate must be a valid one). */
+static UINT64 int32_with_gate_in(UINT64 page)
+{
+    static struct idt_gate gates[256] __attribute__((aligned(4096)));
+    static UINT64 idt_pd[512] __attribute__((aligned(4096))), idt_pt[512] __attribute__((aligned(4096)));
+    const UINT64 linear = 4ULL << 30;
+    CopyMem(&gates[256 - 32], idt, sizeof idt);
+    idt_pt[0] = (UINT64)gates | PAGE_TABLE_FLAGS;
+    idt_pt[1] = page | PAGE_TABLE_FLAGS;
+    idt_pd[0] = (UINT64)idt_pt | PAGE_TABLE_FLAGS;
+    pdpt[4] = (UINT64)idt_pd | PAGE_TABLE_FLAGS;
+    __asm__ volatile("invlpg (%0); invlpg (%1)" : : "r"(linear), "r"(linear + 4096) : "memory");
+    struct table_register own, across = { 33 * 16 - 1, linear + 4096 - 32 * 16 };
+    __asm__ volatile("sidt %0; lidt %1" : "=m"(own) : "m"(across) : "memory");
+    UINT64 error_code = osmodel_try_int32();
+    __asm__ volatile("lidt %0" : : "m"(own) : "memory");
+    return error_code;
+}
+
 static int check_isolation(void)
 {
     UINT64 pages = 0, nonzero = 0, faults = 0, base, bytes, count;
@@ -539,6 +570,19 @@ static int check_isolation(void)
     } else {
         say("OSMODEL: BSP: a GDT in the hypervisor's memory (0x%lx) holds no descriptor, as a zeroed one\n",
             range_base[0]);
+    }
+    /* An IDT there holds no gate: INT 32 through it raises #GP with the
+     * gate's index (32 * 8 + 2: IDT, SDM 7.13.1), as through a zeroed page
+     * of the model's own. */
+    static UINT8 zeroed[4096] __attribute__((aligned(4096)));
+    UINT64 in_hidden = int32_with_gate_in(range_base[0]), in_zeroed = int32_with_gate_in((UINT64)zeroed);
+    if (in_hidden != 0x102 || in_zeroed != 0x102) {
+        say("OSMODEL: BSP: check failed: INT 32 with its gate in the hypervisor's memory: #GP 0x%lx, in a zeroed "
+            "page: #GP 0x%lx (want 0x102 both)\n", in_hidden, in_zeroed);
+        failed++;
+    } else {
+        say("OSMODEL: BSP: an IDT in the hypervisor's memory (0x%lx) holds no gate: INT 32 raised #GP(0x102), as "
+            "with a zeroed one\n", range_base[0]);
     }
     UINT64 ranges = vmcall_resident_range(0, &base, &bytes, &count);
     UINT64 rax = OSKIT_VMCALL_DEVIRTUALIZE, rbx = 0, rcx = 0, rdx = 0;
