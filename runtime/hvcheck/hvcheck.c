@@ -628,6 +628,9 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
         return EFI_OUT_OF_RESOURCES;
     }
 
+    /* The exits of the firmware boot, before hvcheck adds its own. */
+    hvcheck_bench_start(bsp, count);
+
     /* The fuzzer first (`fuzz=N seed=S`): the checks must pass after it. */
     UINT64 operations = load_option(image, L"fuzz=", 0);
     if (operations)
@@ -654,6 +657,9 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
         print_result(i, &results[i], &passed, &total);
     hvcheck_irq_checks(bsp, count, &passed, &total);
 
+    hvcheck_bench_idle();
+    hvcheck_bench_round_trips(bsp, FALSE);
+
     /* The summary: exits by reason, per CPU, from the hypervisor's counters. */
     Print(L"hvcheck: summary: %d of %d CPU(s) virtualised, %d of %d checks passed\n", virtualised, count,
           passed, total);
@@ -676,6 +682,7 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
             uefi_call_wrapper(mp->StartupThisAP, 7, mp, ap_devirtualize, i, NULL, 0, (VOID *)i, NULL);
     }
     devirtualize(&results[bsp]);
+    hvcheck_bench_round_trips(bsp, TRUE);
     for (UINTN i = 0; i < count; i++)
         print_result(i, &results[i], &passed, &total);
     check_uefi(&results[bsp], image); /* and the firmware still works */
