@@ -120,7 +120,8 @@ class HypervisorPlan:
     vmcall: dict                       # base, pong and the functions (docs/vmcall.md)
     exits: list                        # {reason, action, number}, the implied handlers included
     actions: dict                      # every action of model.EXIT_ACTIONS -> used by the spec
-    cpuid: dict                        # signature: bool, hide: [{name, leaf, reg, reg_index, bit}]
+    cpuid: dict                        # signature: bool, hide: [{name, leaf, reg, reg_index, bit}],
+                                       # fast: bool, full_path_leaves: [int] (vmexit.S's short path)
     dispatch_idt_global: str           # the global dispatch_idt finds the host IDT through
     owned_vectors: list                # `own`: the hypervisor's vectors, sorted
     owned_masks: list                  # ... as four 64-bit words
@@ -274,7 +275,7 @@ def lower(spec: model.Spec) -> Plan:
 
     exits: list[dict[str, Any]] = []
     actions: dict[str, bool] = {}
-    cpuid_opts: dict[str, Any] = {"signature": False, "hide": []}
+    cpuid_opts: dict[str, Any] = {"signature": False, "hide": [], "fast": False, "full_path_leaves": []}
     dispatch_idt_global = ""
     owned_vectors = []
     for handler in spec.exits:
@@ -287,6 +288,12 @@ def lower(spec: model.Spec) -> Plan:
                 hidden = model.CPUID_HIDE[name]          # parse accepts no other name
                 cpuid_opts["hide"].append({"name": name, "leaf": hidden.leaf, "reg": hidden.reg,
                                            "reg_index": CPUID_REGS.index(hidden.reg), "bit": hidden.bit})
+            # The CPUID exit's short path (vmexit.S) passes a leaf through as
+            # it is; the leaves the action changes take the full path: 1 and 7
+            # (bits that mirror the guest's CR4, the hypervisor bit, WAITPKG),
+            # every leaf with a bit the spec hides, and 0x400000xx (its own).
+            cpuid_opts["fast"] = handler.reason == "cpuid"
+            cpuid_opts["full_path_leaves"] = sorted({0x1, 0x7} | {h["leaf"] for h in cpuid_opts["hide"]})
         if handler.action == "dispatch_idt":
             dispatch_idt_global = str(handler.options.get("idt_base", "host_idt_base"))
             owned_vectors = sorted(handler.options.get("own", []))

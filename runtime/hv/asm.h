@@ -5,6 +5,14 @@
 #ifndef UEFI_HV_ASM_H
 #define UEFI_HV_ASM_H
 
+/* The first fields of struct hv_cpu (hv.h), which the VM-exit entry reads
+ * and counts (exits.c checks the offsets at compile time). */
+#define HV_CPU_DUE         0 /* 8 bytes: an NMI, its window, an INVEPT; 0 when nothing is due */
+#define HV_CPU_EXIT_REASON 8
+#define HV_CPU_EXIT_COUNT  16
+
+#ifdef __ASSEMBLER__
+
 /* struct hv_guest_regs (hv.h), from RAX at the lowest address: the x86
  * register-number order, RSP a placeholder (the guest's is GUEST_RSP). */
 .macro PUSH_GUEST_REGS
@@ -114,4 +122,5 @@
     mov %rbp, %rsp
 .endm
 
+#endif /* __ASSEMBLER__ */
 #endif /* UEFI_HV_ASM_H */

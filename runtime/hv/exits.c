@@ -10,6 +10,7 @@
 #include "exits.h"
 #include "interrupts.h"
 #include "vmcs_setup.h"
+#include "asm.h" /* HV_CPU_*: the offsets vmexit.S uses */
 
 #define PENDING_DBG_BS (1ULL << 14)
 #define DEBUGCTL_BTF   (1ULL << 1) /* single-step on branches only */
@@ -254,7 +255,7 @@ enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *r
             status = HV_VMCALL_BAD_ARGUMENT;
             break;
         }
-        regs->rbx = target->exits_total;
+        regs->rbx = hv_exits_total(target);
         break;
     }
     case HV_VMCALL_GET_IRQ_COUNT: {
@@ -631,21 +632,40 @@ static BOOLEAN ept_violation_done(struct hv_cpu *cpu, struct hv_guest_regs *regs
     return FALSE;
 }
 
+/* vmexit.S reads struct hv_cpu's first fields at these offsets. */
+_Static_assert(__builtin_offsetof(struct hv_cpu, nmi_pending) == HV_CPU_DUE &&
+                   __builtin_offsetof(struct hv_cpu, nmi_window) == HV_CPU_DUE + 2 &&
+                   __builtin_offsetof(struct hv_cpu, ept_flush_due) == HV_CPU_DUE + 4,
+               "asm.h: HV_CPU_DUE");
+_Static_assert(__builtin_offsetof(struct hv_cpu, exit_reason) == HV_CPU_EXIT_REASON,
+               "asm.h: HV_CPU_EXIT_REASON");
+_Static_assert(__builtin_offsetof(struct hv_cpu, exit_count) == HV_CPU_EXIT_COUNT,
+               "asm.h: HV_CPU_EXIT_COUNT");
+
+/* All of a CPU's VM exits: the sum of its counters (one increment an exit). */
+UINT64 hv_exits_total(const struct hv_cpu *cpu)
+{
+    UINT64 total = 0;
+    for (UINT32 i = 0; i < HV_EXIT_REASON_COUNT; i++)
+        total += cpu->exit_count[i];
+    return total;
+}
+
+/* The full path (vmexit.S): every exit its short path does not answer. */
 void hv_vmexit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
 {
-    UINT32 reason = (UINT32)vmread(VM_EXIT_REASON);
+    UINT32 reason = cpu->exit_reason; /* read by vmexit.S */
     if (reason & EXIT_REASON_ENTRY_FAILURE) {
         /* SDM 28.8 "VM-Entry Failures During or After Loading Guest State": a
          * VM entry that failed after loading guest state. */
         hv_log_fatal("uefi-hv: cpu %u: VM entry failed: exit reason %u (%s), qualification 0x%lx\n",
                      cpu->index, reason & 0xFFFF, hv_exit_reason_name(reason), vmread(EXIT_QUALIFICATION));
         log_guest_state(cpu);
-        if (!cpu->exits_total) /* the launch itself: the firmware goes on without VMX */
+        if (!hv_exits_total(cpu)) /* the launch itself: the firmware goes on without VMX */
             hv_launch_entry_failed(cpu, regs);
         hv_power_off();
     }
     reason &= 0xFFFF;
-    cpu->exits_total++;
     hv_protection_sync(cpu);
     hv_exit_action action = NULL;
     if (reason < HV_EXIT_REASON_COUNT) {

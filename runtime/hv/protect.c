@@ -24,8 +24,6 @@
 #include "cpu.h"
 #include "exits.h"
 
-static volatile UINT32 generation; /* bumped when pages are hidden after launch */
-
 #if HV_SELF_PROTECTION
 
 /* Every page of every resident range, hidden (or, `show`, the identity map
@@ -104,7 +102,9 @@ enum hv_exit_result hv_exit_boot_services(struct hv_cpu *cpu, struct hv_guest_re
                      cpu->index);
         return HV_STOP;
     }
-    __atomic_add_fetch(&generation, 1, __ATOMIC_SEQ_CST);
+    for (UINT32 i = 0; i < hv.cpu_count; i++)
+        if (hv.cpus[i])
+            __atomic_store_n(&hv.cpus[i]->ept_flush_due, 1, __ATOMIC_SEQ_CST);
     hv_protection_sync(cpu);
     hv_log("uefi-hv: cpu %u: ExitBootServices: all of the hypervisor's memory is hidden from the guest\n",
            cpu->index);
@@ -119,14 +119,13 @@ enum hv_exit_result hv_exit_boot_services(struct hv_cpu *cpu, struct hv_guest_re
     return HV_RESUME_SAME;
 }
 
-/* At every VM exit: this CPU's EPT translations, dropped once after pages
- * were hidden (INVEPT single-context where the CPU has it, else all). */
+/* At every VM exit of the full path (and none of the short path while one
+ * is due): this CPU's EPT translations, dropped once after pages were hidden
+ * (INVEPT single-context where the CPU has it, else all). */
 void hv_protection_sync(struct hv_cpu *cpu)
 {
-    UINT32 now = __atomic_load_n(&generation, __ATOMIC_SEQ_CST);
-    if (cpu->ept_generation == now)
+    if (!__atomic_exchange_n(&cpu->ept_flush_due, 0, __ATOMIC_SEQ_CST))
         return;
-    cpu->ept_generation = now;
     UINT64 cap = hv.ept_vpid_cap; /* INVEPT (bit 20): single-context (25), all-context (26) */
     if (!(cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_EPT) || !(cap >> 20 & 1))
         return;

@@ -2,6 +2,7 @@
 # the host exception stubs and the fault-tolerant MSR/XCR accessors.
 
 #include "vmx.h"        /* VMCS encodings, from the spec's catalogue */
+#include "spec.h"       /* HV_FAST_CPUID */
 #include "asm.h"
 
     .text
@@ -9,12 +10,69 @@
 # ---------------------------------------------------------------------------
 # hv_vmexit_entry: HOST_RIP. The processor arrives here with RSP = HOST_RSP (SDM
 # 29.5.3 "Loading Host RIP, RSP, RFLAGS, and SSP"); the slot at HOST_RSP holds
-# this CPU's struct hv_cpu *. Guest GPRs are saved in the x86 register-number
-# order (struct hv_guest_regs). Nothing else: the hypervisor's C touches no
-# x87/SSE/AVX register (-mgeneral-regs-only), so the guest's stay in place.
+# this CPU's struct hv_cpu *. The exit reason is read once, into the struct.
+#
+# The short path first (HV_FAST_CPUID, from the spec): a CPUID exit, the one
+# that comes by the thousand (firmware, an OS at boot, every idle BSP), is
+# answered here with two scratch registers, when its leaf is one the spec
+# passes through as it is and nothing else is due: no NMI to inject or window
+# to close (nmi.c), no INVEPT due since pages were hidden (protect.c),
+# no STI or MOV SS blocking that the instruction's end must clear (SDM 26.4.2)
+# and no single step to trap (RFLAGS.TF). Its VMREADs: the reason, the
+# interruptibility state and RFLAGS for those two checks, the instruction's
+# length and RIP to step over it. Anything else takes the full path.
+#
+# The full path saves the guest's GPRs in the x86 register-number order
+# (struct hv_guest_regs) and calls hv_vmexit_handler. Nothing else: the
+# hypervisor's C touches no x87/SSE/AVX register (-mgeneral-regs-only), so the
+# guest's stay in place.
 # ---------------------------------------------------------------------------
     .globl hv_vmexit_entry
 hv_vmexit_entry:
+    push %rsi
+    push %rdi
+    mov 16(%rsp), %rsi                  # struct hv_cpu *
+    mov $VM_EXIT_REASON, %edi
+    vmread %rdi, %rdi
+#if HV_FAST_CPUID
+    cmp $EXIT_REASON_CPUID, %edi
+    jne .Lfull_path
+    cmpq $0, HV_CPU_DUE(%rsi)           # an NMI or an INVEPT due
+    jne .Lcpuid_full_path
+    lea -0x40000000(%rax), %edi         # the leaf: 0x400000xx is the hypervisor's
+    cmp $0xFF, %edi
+    jbe .Lcpuid_full_path
+    .irp leaf, HV_CPUID_FULL_PATH_LEAVES
+    cmp $\leaf, %eax
+    je .Lcpuid_full_path
+    .endr
+    mov $GUEST_INTERRUPTIBILITY_INFO, %edi
+    vmread %rdi, %rdi
+    test $3, %edi                       # blocking by STI, by MOV SS
+    jnz .Lcpuid_full_path
+    mov $GUEST_RFLAGS, %edi
+    vmread %rdi, %rdi
+    test $0x100, %edi                   # TF
+    jnz .Lcpuid_full_path
+    cpuid                               # the guest's EAX and ECX in, its EAX-EDX out
+    incq (HV_CPU_EXIT_COUNT + 8 * EXIT_REASON_CPUID)(%rsi)
+    mov $VM_EXIT_INSTRUCTION_LEN, %edi
+    vmread %rdi, %rdi
+    mov $GUEST_RIP, %esi
+    vmread %rsi, -8(%rsp)               # below RSP: the NMI and #MC handlers have IST stacks
+    add %rdi, -8(%rsp)
+    vmwrite -8(%rsp), %rsi
+    pop %rdi
+    pop %rsi
+    vmresume
+    jmp .Lvmresume_failed
+.Lcpuid_full_path:
+    mov $EXIT_REASON_CPUID, %edi
+#endif
+.Lfull_path:
+    mov %edi, HV_CPU_EXIT_REASON(%rsi)
+    pop %rdi
+    pop %rsi
     PUSH_GUEST_REGS
     mov %rsp, %rdi              # struct hv_guest_regs *
     mov 128(%rsp), %rsi         # struct hv_cpu *
@@ -22,6 +80,7 @@ hv_vmexit_entry:
     POP_GUEST_REGS
     vmresume
     # VMRESUME failed (VMfailInvalid/VMfailValid, SDM 32.3 "VMX Instructions"): report it.
+.Lvmresume_failed:
     mov (%rsp), %rdi
     call hv_vmresume_failed
 1:  cli
