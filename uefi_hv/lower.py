@@ -138,6 +138,7 @@ class HypervisorPlan:
     protection_violation: str          # option self_protection_violation
     os_may_devirtualize: bool          # option os_may_devirtualize, os_may_map_hypervisor
     os_may_map_hypervisor: bool
+    cpuid_exit_counts: bool            # option cpuid_exit_counts: CPUID leaf 0x40000002
 
 
 @dataclass
@@ -361,6 +362,7 @@ def lower(spec: model.Spec) -> Plan:
                                                        model.SETTING_DEFAULTS["self_protection_violation"])),
             os_may_devirtualize=spec.bool_setting("os_may_devirtualize"),
             os_may_map_hypervisor=spec.bool_setting("os_may_map_hypervisor"),
+            cpuid_exit_counts=spec.bool_setting("cpuid_exit_counts"),
             host_page_tables="host_cr3" in host_symbols,
         ),
         vmx=VmxPlan(

@@ -423,6 +423,11 @@ SETTING_INFO = {s.name: s for s in (
                 "VMCALL DEVIRTUALIZE is answered after ExitBootServices too (else the OS gets an error)"),
     SettingInfo("os_may_map_hypervisor", "bool", False,
                 "VMCALL GET_RESIDENT_RANGES is answered after ExitBootServices too (else the OS gets an error)"),
+    SettingInfo("cpuid_exit_counts", "bool", False,
+                "CPUID leaf 0x40000002 answers, from any ring, the calling CPU's VM exits of the reason in ECX "
+                "(EAX: bits 31:0, EDX: bits 63:32; EBX: all of its exits): for benchmarks of code that runs in "
+                "ring 3, as Linux's /init. It tells ring 3 how often the rest of the system exits, a side "
+                "channel: off but for such builds"),
 )}
 
 #: The values `option self_protection_violation` takes.

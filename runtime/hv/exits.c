@@ -73,7 +73,8 @@ static void log_guest_state(struct hv_cpu *cpu)
 #if HV_ACTION_CPUID
 /* CPUID exits unconditionally (SDM 27.1.2 "Instructions That Cause VM Exits
  * Unconditionally"). Leaf 1 says a hypervisor is present (ECX[31]) and hides
- * what the spec hides; 0x40000000 is ours. */
+ * what the spec hides; 0x40000000 and 0x40000001 are ours (the signature, the
+ * version), and 0x40000002 with option cpuid_exit_counts. */
 enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     UINT32 leaf = (UINT32)regs->rax, subleaf = (UINT32)regs->rcx, r[4] = { 0, 0, 0, 0 };
@@ -86,6 +87,11 @@ enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *re
             r[3] = HV_SIGNATURE_EDX;
         } else if (leaf == 0x40000001U) {
             r[0] = HV_VERSION_NUMBER;
+        } else if (HV_CPUID_EXIT_COUNTS && leaf == 0x40000002U) {
+            UINT64 n = subleaf < HV_EXIT_REASON_COUNT ? cpu->exit_count[subleaf] : 0;
+            r[0] = (UINT32)n;
+            r[3] = (UINT32)(n >> 32);
+            r[1] = (UINT32)hv_exits_total(cpu);
         }
 #else
         cpuid(leaf, subleaf, r);

@@ -62,7 +62,12 @@ def probe_defines(spec: Path = DEFAULT_SPEC) -> list[str]:
             f"-DOSKIT_EXIT_REASON_EPT_VIOLATION={parsed.exit_reasons['ept_violation'].number}",
             f"-DOSKIT_EXIT_REASON_INIT={parsed.exit_reasons['init_signal'].number}",
             f"-DOSKIT_EXIT_REASON_SIPI={parsed.exit_reasons['sipi'].number}",
-            f"-DOSKIT_EXIT_REASON_TASK_SWITCH={parsed.exit_reasons['task_switch'].number}"]
+            f"-DOSKIT_EXIT_REASON_TASK_SWITCH={parsed.exit_reasons['task_switch'].number}",
+            f"-DOSKIT_EXIT_REASON_CPUID={parsed.exit_reasons['cpuid'].number}",
+            # Every reason's name by number, for the exit counts /init prints.
+            f"-DOSKIT_EXIT_REASON_COUNT={max(r.number for r in parsed.exit_reasons.values()) + 1}",
+            "-DOSKIT_EXIT_REASON_NAMES=" + ",".join(f'[{r.number}]="{name}"'
+                                                    for name, r in parsed.exit_reasons.items())]
 
 
 def build_oscheck(output: Path, spec: Path = DEFAULT_SPEC) -> Path:

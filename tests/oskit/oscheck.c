@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sched.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <termios.h>
@@ -98,6 +99,43 @@ static void check_vmcall_from_ring3(void)
     sigaction(SIGILL, &old, NULL);
 }
 
+/* With `option cpuid_exit_counts` (a benchmark's build; CPUID leaf
+ * 0x40000002, docs/vmcall.md): each online CPU's VM exits so far, by reason,
+ * read on that CPU, before /init adds its own. Each read is a CPUID exit
+ * itself: those of the reads are taken off (the reason's own read is the
+ * (number + 1)th on that CPU; the leaf-0x40000000 probe is one more on the
+ * first CPU). */
+#define LEAF_EXIT_COUNTS 0x40000002U
+static void print_exit_counts(long cpus)
+{
+    static const char *const names[OSKIT_EXIT_REASON_COUNT] = { OSKIT_EXIT_REASON_NAMES };
+    static unsigned long long counts[OSKIT_EXIT_REASON_COUNT];
+    unsigned int r[4];
+    int first = sched_getcpu();
+    for (long c = 0; c < cpus; c++) {
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(c, &one);
+        if (sched_setaffinity(0, sizeof one, &one) != 0 || sched_getcpu() != c) {
+            printf("OSCHECK: exits on cpu %ld: not read (sched_setaffinity: %s)\n", c, strerror(errno));
+            continue;
+        }
+        for (unsigned int k = 0; k < OSKIT_EXIT_REASON_COUNT; k++) {
+            hvprobe_cpuid(LEAF_EXIT_COUNTS, k, r);
+            counts[k] = (unsigned long long)r[3] << 32 | r[0];
+        }
+        counts[OSKIT_EXIT_REASON_CPUID] -= OSKIT_EXIT_REASON_CPUID + 1 + (c == first);
+        unsigned long long total = 0;
+        printf("OSCHECK: exits on cpu %ld:", c);
+        for (unsigned int k = 0; k < OSKIT_EXIT_REASON_COUNT; k++)
+            if (counts[k]) {
+                printf(" %s=%llu", names[k] ? names[k] : "unknown", counts[k]);
+                total += counts[k];
+            }
+        printf(total ? " (total %llu)\n" : " none (total %llu)\n", total);
+    }
+}
+
 int main(void)
 {
     struct hvprobe p;
@@ -128,6 +166,11 @@ int main(void)
     printf("OSCHECK: /init running, %ld CPUs online, expecting signature '%s'\n",
            cpus, OSKIT_SIGNATURE);
     printf("OSCHECK: TSC at /init: %llu\n", (unsigned long long)tsc_hi << 32 | tsc_lo);
+    unsigned int leaf[4];
+    hvprobe_cpuid(HVPROBE_LEAF_SIGNATURE, 0, leaf);
+    if (memcmp(&leaf[1], OSKIT_SIGNATURE, 4) == 0 && memcmp(&leaf[2], OSKIT_SIGNATURE + 4, 4) == 0 &&
+        memcmp(&leaf[3], OSKIT_SIGNATURE + 8, 4) == 0 && leaf[0] >= LEAF_EXIT_COUNTS && leaf[0] < 0x40000100U)
+        print_exit_counts(cpus);
     hvprobe_run(&p);
     printf("OSCHECK: CPUID.1:ECX hypervisor=%u vmx=%u; leaf 0x40000000: max 0x%x '%s'\n",
            p.hypervisor_bit, p.vmx_bit, p.max_leaf, p.signature);
