@@ -137,6 +137,19 @@ def test_lines_hvcheck_did_not_print_are_missing_not_zero(tmp_path):
     assert failed["missing"] == ["hvcheck: failed: timeout after 120 s (console: logs/hvcheck-bochs.txt)"]
 
 
+def test_the_full_run_has_the_stages_of_the_issue_and_quick_only_the_first_four(tmp_path):
+    full = [label for label, _ in Bench(tmp_path, tmp_path).stages()]
+    assert len(full) == 12
+    assert full[3] == "hvcheck in Bochs 3, 2 CPUs"
+    assert [label for label in full if label.startswith("Linux to /init")] == [
+        "Linux to /init, 1 CPU, without a hypervisor", "Linux to /init, 1 CPU, with uefi-hv",
+        "Linux to /init, 2 CPUs, without a hypervisor", "Linux to /init, 2 CPUs, with uefi-hv"]
+    assert sum("interrupts.hv" in label for label in full) == 2 and "QEMU/KVM" in full[-1]
+    quick = Bench(tmp_path, tmp_path, quick=True)
+    assert [label for label, _ in quick.stages()] == full[:3] + ["hvcheck in Bochs 3, 1 CPU"]
+    assert {quick.results[k]["status"] for k in ("interrupts", "linux", "kvm")} == {"skipped (--quick)"}
+
+
 # --- the report ------------------------------------------------------------------------------------
 
 def assert_png(path: Path) -> None:

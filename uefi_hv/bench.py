@@ -152,6 +152,10 @@ def last_log_tick(log: str) -> Optional[int]:
     return int(ticks[-1]) if ticks else None
 
 
+def cpus_text(n: int) -> str:
+    return f"{n} CPU{'s' if n != 1 else ''}"
+
+
 def idle_ms(workload: str) -> Optional[int]:
     m = _IDLE.search(workload)
     return int(m[1]) if m else None
@@ -271,7 +275,7 @@ class Bench:
     # -- the plan
 
     def stages(self) -> list[tuple[str, Callable[[], None]]]:
-        cpus = f"{self.cpus} CPU{'s' if self.cpus > 1 else ''}"
+        cpus = cpus_text(self.cpus)
         plan = [("parse + check, and a fresh `uefi-hv check`", self.tools_check),
                 ("generate", self.tools_generate),
                 ("build BOOTX64.EFI and hvcheck.efi", self.tools_build),
@@ -284,7 +288,7 @@ class Bench:
         plan.append(("Linux: Debian's kernel, /init and the images", self.linux_prepare))
         for n in LINUX_CPUS:
             for hypervisor in (False, True):
-                plan.append((f"Linux to /init, {n} CPU{'s' if n > 1 else ''}, "
+                plan.append((f"Linux to /init, {cpus_text(n)}, "
                              f"{'with uefi-hv' if hypervisor else 'without a hypervisor'}",
                              functools.partial(self.linux_boot, n, hypervisor)))
         plan.append((f"hvcheck in QEMU/KVM, {cpus} (where KVM runs nested VMX)", self.hvcheck_kvm))
@@ -395,7 +399,7 @@ class Bench:
             status = f"missing: no 'OSCHECK: TSC at /init' line (logs/{name}.txt)"
         elif result.ok and (online is None or int(online[1]) != cpus):
             status = f"failed: Linux brought up {online[1] if online else 'an unknown number of'} CPUs, not {cpus}"
-        workload = f"Linux to /init ({cpus} CPU{'s' if cpus > 1 else ''})"
+        workload = f"Linux to /init ({cpus_text(cpus)})"
         run = {"status": status, "init_tsc": init_tsc, "last_log_tick": last_log_tick(result.log),
                "wall_s": round(result.elapsed, 1),
                "exits": parse_oscheck_exits(result.serial, workload) if hypervisor else []}
@@ -497,7 +501,8 @@ def missing_figures(results: dict) -> list[str]:
     sections = [("hvcheck", hvcheck), ("resident memory", results.get("resident", {})),
                 ("Linux", results.get("linux", {})), ("QEMU/KVM", results.get("kvm", {}))]
     sections += [(f"interrupts ({v})", s) for v, s in results.get("interrupts", {}).get("variants", {}).items()]
-    sections += [(f"Linux, {n} CPU(s), {k}", run) for n, entry in results.get("linux", {}).get("runs", {}).items()
+    sections += [(f"Linux, {cpus_text(int(n))}, {k}", run)
+                 for n, entry in results.get("linux", {}).get("runs", {}).items()
                  for k, run in entry.items() if isinstance(run, dict)]
     for name, section in sections:
         status = section.get("status", "")

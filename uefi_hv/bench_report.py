@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from uefi_hv.bench import KVM_LABEL, idle_ms
+from uefi_hv.bench import KVM_LABEL, cpus_text, idle_ms
 from uefi_hv.errors import MissingEnvironment
 
 REPORT = "BENCHMARKS.md"
@@ -31,7 +31,7 @@ def write_report(results: dict, outdir: Path) -> list[Path]:
     outdir.mkdir(parents=True, exist_ok=True)
     paths = [outdir / REPORT, outdir / JSON, outdir / EXITS_CHART, outdir / ROUND_TRIPS_CHART]
     paths[1].write_text(json.dumps(results, indent=2) + "\n")
-    exits_chart(exit_series(results), paths[2])
+    exits_chart(exit_records(results), paths[2])
     round_trips_chart(results, paths[3])
     paths[0].write_text(markdown(results))
     return paths
@@ -39,16 +39,15 @@ def write_report(results: dict, outdir: Path) -> list[Path]:
 
 # --- reading the results --------------------------------------------------------------------
 
-def exit_series(results: dict) -> list[tuple[str, dict[str, int], int]]:
-    """(label, counts by reason, total) per workload and CPU: hvcheck's
+def exit_records(results: dict) -> list[dict]:
+    """{"workload", "cpu", "counts", "total"} per workload and CPU: hvcheck's
     firmware boot and idle stretch, then Linux to /init where measured."""
     records = list(results.get("hvcheck", {}).get("exits", []))
     for n, entry in sorted(results.get("linux", {}).get("runs", {}).items()):
         records += entry.get("with", {}).get("exits", [])
     # Workloads in the order they ran, CPUs in order within each.
     order = {workload: i for i, workload in reversed(list(enumerate(r["workload"] for r in records)))}
-    records.sort(key=lambda r: (order[r["workload"]], r["cpu"]))
-    return [(f"{r['workload']}, cpu {r['cpu']}", r["counts"], r["total"]) for r in records]
+    return sorted(records, key=lambda r: (order[r["workload"]], r["cpu"]))
 
 
 def _round_trips_by_mode(section: dict) -> dict[tuple[int, str], dict[str, dict]]:
@@ -110,24 +109,26 @@ def _grouped_bars(ax: Any, categories: list[str], series: list[tuple[str, list[f
     ax.set_xticklabels(categories, rotation=30, ha="right", fontsize=8)
 
 
-def exits_chart(series: list[tuple[str, dict[str, int], int]], path: Path) -> None:
+def exits_chart(records: list[dict], path: Path) -> None:
     """Exits by reason per workload and CPU, grouped by reason, log scale
     (a firmware boot's thousands next to an idle stretch's few)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=FIGSIZE)
     ax.set_title("VM exits by reason per workload (Bochs 3)")
     totals: dict[str, int] = {}
-    for _, counts, _ in series:
-        for reason, n in counts.items():
+    for record in records:
+        for reason, n in record["counts"].items():
             totals[reason] = totals.get(reason, 0) + n
     if not totals:
-        _no_data(ax, "no exit counts: missing (see BENCHMARKS.md)" if not series
+        _no_data(ax, "no exit counts: missing (see BENCHMARKS.md)" if not records
                  else "no exits in any workload")
     else:
         reasons = sorted(totals, key=lambda r: (-totals[r], r))
-        _grouped_bars(ax, reasons, [(f"{label} ({total})", [counts.get(r, 0) for r in reasons])
-                                    for label, counts, total in series])
+        _grouped_bars(ax, reasons, [(f"{r['workload']}, cpu {r['cpu']} ({r['total']})",
+                                     [r["counts"].get(reason, 0) for reason in reasons]) for r in records])
         ax.set_yscale("log")
+        ax.set_ylim(bottom=0.5)          # from below 1, so that a single exit shows as a bar
+        ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}"))
         ax.set_ylabel("exits (log scale)")
         # Beside the axes: over them it would hide the tall bars.
         ax.legend(fontsize=7, title="workload, cpu (total)", title_fontsize=7, loc="upper left",
@@ -261,17 +262,19 @@ def _resident_section(resident: dict) -> str:
     total = resident["per_cpu_kib"] * cpus + resident["shared_kib"] + resident["code_kib"]
     return ("As the hypervisor prints it at start-up (`resident memory ... KiB per CPU + ... KiB shared + "
             "... KiB code`).\n\n"
-            + _table(["per CPU", "shared", "code", f"in all, {cpus} CPU{'s' if cpus > 1 else ''}"],
+            + _table(["per CPU", "shared", "code", f"in all, {cpus_text(cpus)}"],
                      [[f"{resident[k]} KiB" for k in ("per_cpu_kib", "shared_kib", "code_kib")] + [f"{total} KiB"]]))
+
+
+def _mean_min(figure: Optional[dict]) -> str:
+    return f"{figure['mean']} ({figure['min']})" if figure else "-"
 
 
 def _round_trips_section(section: dict, unit: str) -> str:
     rows = []
     for cpu, reason, hv, bare in _round_trip_rows(section):
-        def cell(figure: Optional[dict]) -> str:
-            return f"{figure['mean']} ({figure['min']})" if figure else "-"
-        added = f"+{hv['mean'] - bare['mean']}" if hv and bare else "-"
-        rows.append([cpu, reason, cell(hv), cell(bare), added])
+        added = f"{hv['mean'] - bare['mean']:+}" if hv and bare else "-"
+        rows.append([cpu, reason, _mean_min(hv), _mean_min(bare), added])
     loops = {r["n"] for r in section.get("round_trips", [])}
     if not rows:
         return _status_line(section) + "Round trips: **missing** (hvcheck printed no round-trip line).\n"
@@ -280,9 +283,9 @@ def _round_trips_section(section: dict, unit: str) -> str:
 
 
 def _exits_section(results: dict) -> str:
-    rows = [[label.rsplit(", cpu ", 1)[0], label.rsplit(", cpu ", 1)[1], total,
-             " ".join(f"{k}={v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"]
-            for label, counts, total in exit_series(results)]
+    rows = [[r["workload"], r["cpu"], r["total"],
+             " ".join(f"{k}={v}" for k, v in sorted(r["counts"].items(), key=lambda kv: -kv[1])) or "none"]
+            for r in exit_records(results)]
     text = _table(["workload", "cpu", "total", "by reason"], rows) if rows else \
         "Exits by reason: **missing** (hvcheck printed no exit-count line).\n"
     idle = sorted((r["cpu"], r["total"] * 1000 / ms)
@@ -357,9 +360,10 @@ def markdown(results: dict) -> str:
     commit = results.get("git_commit", "unknown")
     dirty = " (with uncommitted changes)" if results.get("git_dirty") else ""
     bochs = results.get("bochs", {}).get("description", "Bochs: unknown")
-    mode = ("`--quick`: the tools, resident memory and hvcheck on one CPU; the interrupt path, Linux and "
+    cpus = cpus_text(results.get("cpus", 1))
+    mode = (f"`--quick`: the tools, resident memory and hvcheck on {cpus}; the interrupt path, Linux and "
             "QEMU/KVM skipped" if results.get("quick") else
-            f"the full run, hvcheck on {results.get('cpus')} CPU(s)")
+            f"the full run, hvcheck and the interrupt path on {cpus}")
     hvcheck, kvm = results.get("hvcheck", {}), results.get("kvm", {})
     parts = [
         "# uefi-hv benchmarks\n",
@@ -375,7 +379,7 @@ def markdown(results: dict) -> str:
         _tools_section(results.get("tools", {})),
         "## b. Resident memory\n",
         _resident_section(results.get("resident", {})),
-        f"## c. VM-exit round trips (hvcheck, Bochs 3, {hvcheck.get('cpus', '?')} CPU(s))\n",
+        f"## c. VM-exit round trips (hvcheck, Bochs 3, {cpus})\n",
         _round_trips_section(hvcheck, "TSC ticks = Bochs instructions"),
         f"![round trips by reason, under uefi-hv against bare]({ROUND_TRIPS_CHART})\n",
         "## c. Exits by reason\n",
