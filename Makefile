@@ -20,7 +20,7 @@ PYTHON_STAMP := $(VENV)/.uefi-hv-installed
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="tests/test_image.py -x"
 PYTEST_ARGS ?=
 
-.PHONY: setup debs bochs run test clean flash
+.PHONY: setup debs bochs run test bench clean flash
 
 setup: debs $(PYTHON_STAMP) $(BOCHS)
 
@@ -47,7 +47,7 @@ $(BOCHS): tools/build-bochs.sh $(wildcard tools/bochs-patches/*.patch)
 
 $(PYTHON_STAMP): pyproject.toml
 	@test -x $(BIN)/python || python3 -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	@touch $@
 
 # The default spec's hypervisor, with hvcheck.efi chained: QEMU with KVM where
@@ -68,6 +68,14 @@ run: setup
 # 5 (no tests collected) fails like any other.
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+# The project's figures (issue 14): the tools' times, sizes, resident memory,
+# VM-exit round trips and exits by reason in Bochs, the interrupt path, and
+# Linux to /init with and without the hypervisor on 1 and 2 CPUs (about six
+# minutes of Bochs). Writes bench/BENCHMARKS.md, benchmarks.json, the charts
+# and the consoles they come from (bench/logs/).
+bench: setup
+	$(BIN)/uefi-hv bench -o bench
 
 clean:
 	rm -rf $(BUILD) runs .pytest_cache .hypothesis

@@ -30,9 +30,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from uefi_hv import DSL_DIR  # noqa: E402
+from uefi_hv.bench import hvcheck_image  # noqa: E402
 from uefi_hv.build import build_hypervisor  # noqa: E402
 from uefi_hv.emulate import boot, find_bochs  # noqa: E402
-from uefi_hv.image import make_image  # noqa: E402
 from uefi_hv.errors import UserError  # noqa: E402
 
 #: The tests both Bochs versions can run: not the models 2.7 lacks, not Linux
@@ -43,8 +43,7 @@ COMMON_TESTS = ("not sapphire and not arrow_lake and not the_projects_bochs "
 
 def make_run_image(tmp: Path) -> Path:
     """What `make run` boots: the default spec's hypervisor, hvcheck chained."""
-    efi = build_hypervisor(DSL_DIR / "default.hv", tmp / "hv")
-    return make_image(efi["BOOTX64.EFI"], tmp / "hv.img", chain=efi["hvcheck.efi"])
+    return hvcheck_image(build_hypervisor(DSL_DIR / "default.hv", tmp / "hv"), tmp / "hv.img")
 
 
 def boot_times(image: Path, bochs: str, repeat: int, tmp: Path) -> list[float]:

@@ -27,6 +27,7 @@ HANDLERS = {
     "run": "uefi_hv.emulate",
     "flash": "uefi_hv.flash",
     "devices": "uefi_hv.flash",
+    "bench": "uefi_hv.bench",
 }
 
 
@@ -97,6 +98,15 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--to-file", action="store_true", help="the target is a regular file (for images)")
 
     sub.add_parser("devices", help="list removable USB block devices")
+
+    s = sub.add_parser("bench", help="measure the tools, the hypervisor in Bochs and a Linux boot; "
+                                     "write BENCHMARKS.md, benchmarks.json and charts")
+    s.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="where the report goes (default: the repository's bench/)")
+    s.add_argument("--quick", action="store_true",
+                   help="the tools and hvcheck on one CPU only (seconds; the test suite's)")
+    s.add_argument("--cpus", type=int, default=None, metavar="N",
+                   help="CPUs of the hvcheck and interrupt-path boots (default 2, with --quick 1)")
     return p
 
 

@@ -83,8 +83,9 @@ def generate_hypervisor(spec_path: str, outdir: Path, check: bool = True,
     from the spec at `spec_path` into `outdir`/hv and `outdir`/hvcheck.
     With `check`, the spec must pass the static SDM checks (SpecError
     otherwise); without, it is only parsed (tests of the run-time checks).
-    `idt_base_from_vmcs` is for benchmarks/bench_interrupts.py only: the
-    interrupt path VMREADs HOST_IDTR_BASE instead of reading the global.
+    `idt_base_from_vmcs` is for the benchmarks only (uefi_hv/bench.py,
+    benchmarks/bench_interrupts.py): the interrupt path VMREADs
+    HOST_IDTR_BASE instead of reading the global.
     Returns {"BOOTX64.EFI": [sources...], "hvcheck.efi": [sources...]}: the
     generated files, then the hand-written runtime's (runtime/hv, runtime/hvcheck)."""
     from uefi_hv import check as check_step
