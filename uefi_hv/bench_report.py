@@ -296,8 +296,8 @@ def _exits_section(results: dict) -> str:
     linux = results.get("linux", {})
     if linux.get("status") == "measured" and not any(
             entry.get("with", {}).get("exits") for entry in linux.get("runs", {}).values()):
-        text += ("\nLinux to /init: not measured (/init printed no `OSCHECK: exits on cpu C: ...` line; "
-                 "tests/oskit/oscheck.c would have to ask the hypervisor for its counters).")
+        text += ("\nLinux to /init: **missing** (/init printed no `OSCHECK: exits on cpu C: ...` line: "
+                 "the hypervisor was built without `option cpuid_exit_counts`?).")
     return text + "\n"
 
 
@@ -379,7 +379,10 @@ def markdown(results: dict) -> str:
         _tools_section(results.get("tools", {})),
         "## b. Resident memory\n",
         _resident_section(results.get("resident", {})),
-        f"## c. VM-exit round trips (hvcheck, Bochs 3, {cpus})\n",
+        "## c. VM-exit round trips (hvcheck, Bochs 3, 1 CPU)\n",
+        "On one CPU, where Bochs's TSC advances once per instruction of that CPU (with more, it "
+        "advances for every CPU's instructions in turn and a round trip reads about that many times "
+        "longer). A VMREAD counts as one instruction here; on hardware it costs tens of cycles.\n",
         _round_trips_section(hvcheck, "TSC ticks = Bochs instructions"),
         f"![round trips by reason, under uefi-hv against bare]({ROUND_TRIPS_CHART})\n",
         "## c. Exits by reason\n",
