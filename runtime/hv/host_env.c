@@ -130,16 +130,31 @@ EFI_STATUS hv_build_host_environment(void)
     return status;
 }
 
-/* One CPU's memory is one allocation, whatever the number of CPUs: its
- * struct hv_cpu, a page with its GDT and TSS, its host stack, its VMXON
- * region and its VMCS (each page-aligned, as VMXON and VMPTRLD require). */
+/* Each CPU's memory: its struct hv_cpu, a page with its GDT and TSS, its host
+ * stack, its VMXON region and its VMCS (each page-aligned, as VMXON and
+ * VMPTRLD require) and its IST stacks. */
 #define CPU_BLOCK_PAGES (HV_CPU_STRUCT_PAGES + 1 + HV_HOST_STACK_SIZE / HV_PAGE_SIZE + 2 + IST_STACKS)
 
-struct hv_cpu *hv_alloc_cpu(UINT32 index)
+static struct hv_cpu *init_cpu(UINT32 index, UINT8 *block);
+
+/* Every CPU's memory in one allocation, whatever their number (one record
+ * in memory.c): first the table of their struct hv_cpu pointers (hv.cpus),
+ * then a block per CPU. */
+BOOLEAN hv_alloc_cpus(UINT32 count)
 {
-    UINT8 *block = hv_alloc_pages(CPU_BLOCK_PAGES);
-    if (!block)
-        return NULL;
+    UINTN table_pages = (count * sizeof(struct hv_cpu *) + HV_PAGE_SIZE - 1) / HV_PAGE_SIZE;
+    UINT8 *memory = hv_alloc_pages(table_pages + (UINTN)count * CPU_BLOCK_PAGES);
+    if (!memory)
+        return FALSE;
+    hv.cpus = (struct hv_cpu **)memory;
+    hv.cpu_table_pages = table_pages;
+    for (UINT32 i = 0; i < count; i++)
+        hv.cpus[i] = init_cpu(i, memory + (table_pages + (UINTN)i * CPU_BLOCK_PAGES) * HV_PAGE_SIZE);
+    return TRUE;
+}
+
+static struct hv_cpu *init_cpu(UINT32 index, UINT8 *block)
+{
     struct hv_cpu *cpu = (struct hv_cpu *)block;
     UINT8 *page = block + HV_CPU_STRUCT_PAGES * HV_PAGE_SIZE; /* the GDT at the start, the TSS after it */
     cpu->index = index;

@@ -137,6 +137,7 @@ static void launch_ap(struct hv_cpu *cpu)
 static EFI_STATUS give_up(EFI_HANDLE image, EFI_STATUS status)
 {
     hv_free_all();
+    hv.cpus = NULL; /* freed with the rest */
     hv_say("uefi-hv: VMX is off on every CPU and the hypervisor's memory is freed; the boot continues\n");
     hv_start_next_image(image);
     return status;
@@ -145,12 +146,13 @@ static EFI_STATUS give_up(EFI_HANDLE image, EFI_STATUS status)
 static void report_failures(void)
 {
     for (UINT32 i = 0; i < hv.cpu_count; i++)
-        if (hv.cpus[i] && hv.cpus[i]->status == HV_CPU_FAILED)
+        if (hv.cpus && hv.cpus[i] && hv.cpus[i]->status == HV_CPU_FAILED)
             hv_say("uefi-hv: cpu %u: %s\n", i, hv.cpus[i]->error);
 }
 
 static EFI_STATUS hv_main(EFI_HANDLE image)
 {
+    UINT64 started = rdtsc();
     hv_use_firmware_console(TRUE);
     hv_say("uefi-hv %s: VMX hypervisor generated from %s\n", HV_VERSION, HV_SPEC_NAME);
 
@@ -213,9 +215,8 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
 #endif
     hv_say("uefi-hv: microcode revision 0x%x\n", hv_microcode_revision());
     shared_pages = hv_allocated_pages();
-    for (UINT32 i = 0; i < hv.cpu_count; i++)
-        if (!(hv.cpus[i] = hv_alloc_cpu(i)))
-            return give_up(image, EFI_OUT_OF_RESOURCES);
+    if (!hv_alloc_cpus(hv.cpu_count))
+        return give_up(image, EFI_OUT_OF_RESOURCES);
     UINTN per_cpu_pages = (hv_allocated_pages() - shared_pages) / hv.cpu_count;
     bsp = hv.cpus[bsp_number < hv.cpu_count ? bsp_number : 0];
     bsp->is_bsp = TRUE;
@@ -270,6 +271,7 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
            "code\n",
            hv.launched_count, hv.cpu_count, (unsigned)(per_cpu_pages * 4), (unsigned)(shared_pages * 4),
            (unsigned)(image_pages * 4));
+    hv_say("uefi-hv: start-up took %lu TSC ticks\n", rdtsc() - started);
     /* The boot manager goes on with the next boot option when an option
      * returns an error, and shows its menu after EFI_SUCCESS (UEFI 2.10 3.1.1
      * "Boot Manager Programming"): with nothing chained, EFI_NOT_FOUND lets

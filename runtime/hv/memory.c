@@ -6,9 +6,9 @@
  */
 #include "hv.h"
 
-/* The shared tables, one allocation per CPU (host_env.c: hv_alloc_cpu), and
- * the resident image copy. */
-#define HV_MAX_RECORDS (HV_MAX_CPUS + 64)
+/* The shared tables, page-table chunks, one allocation for all CPUs
+ * (host_env.c: hv_alloc_cpus), and the resident image copy. */
+#define HV_MAX_RECORDS 64
 
 /* Kept in address order, so that GET_RESIDENT_RANGES merges neighbours in
  * one pass without a copy (it runs on a 16 KiB host stack). */

@@ -10,7 +10,8 @@
  *
  * 1. Before the first VMLAUNCH: every allocation (EPT, the host's page
  *    tables, VMXON regions, VMCSs, the MSR bitmap, host stacks, GDTs, TSSs,
- *    the IDT) except the struct hv_cpu pages, which efi_main still reads.
+ *    the IDT) except the struct hv_cpu pages and the table of pointers to
+ *    them, which efi_main still reads.
  * 2. At ExitBootServices (the firmware signals the event efi_main created,
  *    whose notify function is a VMCALL): everything, the image and the
  *    struct hv_cpu pages too. From then on the OS also gets an error from
@@ -55,6 +56,8 @@ static BOOLEAN show(UINT64 base, UINTN pages)
 BOOLEAN hv_protect_before_launch(UINT64 image, UINTN image_pages)
 {
     if (!hide_all() || !show(image, image_pages))
+        return FALSE;
+    if (!show((UINT64)hv.cpus, hv.cpu_table_pages))
         return FALSE;
     for (UINT32 i = 0; i < hv.cpu_count; i++)
         if (!show((UINT64)hv.cpus[i], HV_CPU_STRUCT_PAGES))
