@@ -92,7 +92,7 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
     UINT8 *base = (UINT8 *)self->ImageBase;
     UINTN pages = (self->ImageSize + HV_PAGE_SIZE - 1) / HV_PAGE_SIZE;
     EFI_PHYSICAL_ADDRESS copy = 0;
-    status = uefi_call_wrapper(BS->AllocatePages, 4, AllocateAnyPages, EfiRuntimeServicesCode, pages, &copy);
+    status = hv_allocate_runtime(EfiRuntimeServicesCode, pages, &copy);
     if (EFI_ERROR(status)) {
         Print(L"uefi-hv: cannot allocate %u pages of runtime memory: %r\n", pages, status);
         return status;

@@ -30,19 +30,67 @@ static BOOLEAN add_record(EFI_PHYSICAL_ADDRESS base, UINTN pages, BOOLEAN image)
     return TRUE;
 }
 
+/* REP STOSQ/MOVSQ for the 8-byte words, then the bytes left: no libc here,
+ * and a C loop that gcc might turn into a memset call. Bochs counts a string
+ * instruction's every element as one instruction, a byte loop four a byte
+ * (start-up zeroes every page it allocates). */
 void hv_zero(void *p, UINTN n)
 {
-    volatile UINT8 *b = p;
-    while (n--)
-        *b++ = 0;
+    UINTN words = n / 8, bytes = n % 8;
+    __asm__ volatile("rep stosq; mov %3, %%rcx; rep stosb"
+                     : "+D"(p), "+c"(words)
+                     : "a"(0), "r"(bytes)
+                     : "memory");
 }
 
 void hv_copy(void *dst, const void *src, UINTN n)
 {
-    UINT8 *d = dst;
-    const UINT8 *s = src;
-    while (n--)
-        *d++ = *s++;
+    UINTN words = n / 8, bytes = n % 8;
+    __asm__ volatile("rep movsq; mov %3, %%rcx; rep movsb"
+                     : "+D"(dst), "+S"(src), "+c"(words)
+                     : "r"(bytes)
+                     : "memory");
+}
+
+static EFI_PHYSICAL_ADDRESS top_of_free_memory(void)
+{
+    UINTN entries = 0, key, size;
+    UINT32 version;
+    EFI_MEMORY_DESCRIPTOR *map = LibMemoryMap(&entries, &key, &size, &version);
+    EFI_PHYSICAL_ADDRESS top = 0;
+    for (UINTN i = 0; map && i < entries; i++) {
+        EFI_MEMORY_DESCRIPTOR *d = (EFI_MEMORY_DESCRIPTOR *)((UINT8 *)map + i * size);
+        EFI_PHYSICAL_ADDRESS end = d->PhysicalStart + d->NumberOfPages * HV_PAGE_SIZE;
+        if (d->Type == EfiConventionalMemory && d->NumberOfPages >= 512 && end > top)
+            top = end;
+    }
+    if (map)
+        FreePool(map);
+    return top;
+}
+
+/*
+ * Runtime memory of `type`, all of the hypervisor's in one range where it
+ * can: the first allocation at the top of the highest free memory, each
+ * next one right below the last. An OS's memory map then has one reserved
+ * range more, not one per allocation: Linux prints every range of its map at
+ * boot, which in Bochs costs about 50,000 instructions a character on the
+ * serial console (scattered allocations made its boot 0.8 % longer). Anywhere
+ * when that place is taken.
+ */
+EFI_STATUS hv_allocate_runtime(EFI_MEMORY_TYPE type, UINTN pages, EFI_PHYSICAL_ADDRESS *base)
+{
+    static EFI_PHYSICAL_ADDRESS below; /* where the next one ends; 0: to be found, 1: no such place */
+    if (!below)
+        below = top_of_free_memory() ?: 1;
+    if (below > pages * HV_PAGE_SIZE) {
+        EFI_PHYSICAL_ADDRESS at = below - pages * HV_PAGE_SIZE;
+        if (!EFI_ERROR(uefi_call_wrapper(BS->AllocatePages, 4, AllocateAddress, type, pages, &at))) {
+            below = *base = at;
+            return EFI_SUCCESS;
+        }
+    }
+    return uefi_call_wrapper(BS->AllocatePages, 4, AllocateAnyPages, type, pages, base);
 }
 
 /* Zeroed, page-aligned, identity-mapped (UEFI runs with VA == PA). */
@@ -51,8 +99,7 @@ void *hv_alloc_pages(UINTN pages)
     EFI_PHYSICAL_ADDRESS base = 0;
     if (record_count == HV_MAX_RECORDS)
         return NULL;
-    EFI_STATUS status =
-        uefi_call_wrapper(BS->AllocatePages, 4, AllocateAnyPages, EfiRuntimeServicesData, pages, &base);
+    EFI_STATUS status = hv_allocate_runtime(EfiRuntimeServicesData, pages, &base);
     if (EFI_ERROR(status))
         return NULL;
     add_record(base, pages, FALSE);
