@@ -217,6 +217,7 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     shared_pages = hv_allocated_pages();
     if (!hv_alloc_cpus(hv.cpu_count))
         return give_up(image, EFI_OUT_OF_RESOURCES);
+    shared_pages += hv.cpu_table_pages; /* the table of struct hv_cpu pointers */
     UINTN per_cpu_pages = (hv_allocated_pages() - shared_pages) / hv.cpu_count;
     bsp = hv.cpus[bsp_number < hv.cpu_count ? bsp_number : 0];
     bsp->is_bsp = TRUE;
