@@ -52,41 +52,46 @@ void hv_copy(void *dst, const void *src, UINTN n)
                      : "memory");
 }
 
-static EFI_PHYSICAL_ADDRESS top_of_free_memory(void)
+/* The start of the lowest free memory from 1 MiB up with room for all of the
+ * hypervisor (2 MiB), or 0. */
+static EFI_PHYSICAL_ADDRESS low_free_memory(void)
 {
     UINTN entries = 0, key, size;
     UINT32 version;
     EFI_MEMORY_DESCRIPTOR *map = LibMemoryMap(&entries, &key, &size, &version);
-    EFI_PHYSICAL_ADDRESS top = 0;
+    EFI_PHYSICAL_ADDRESS low = 0;
     for (UINTN i = 0; map && i < entries; i++) {
         EFI_MEMORY_DESCRIPTOR *d = (EFI_MEMORY_DESCRIPTOR *)((UINT8 *)map + i * size);
-        EFI_PHYSICAL_ADDRESS end = d->PhysicalStart + d->NumberOfPages * HV_PAGE_SIZE;
-        if (d->Type == EfiConventionalMemory && d->NumberOfPages >= 512 && end > top)
-            top = end;
+        if (d->Type == EfiConventionalMemory && d->PhysicalStart >= 0x100000 && d->NumberOfPages >= 512 &&
+            (!low || d->PhysicalStart < low))
+            low = d->PhysicalStart;
     }
     if (map)
         FreePool(map);
-    return top;
+    return low;
 }
 
 /*
  * Runtime memory of `type`, all of the hypervisor's in one range where it
- * can: the first allocation at the top of the highest free memory, each
- * next one right below the last. An OS's memory map then has one reserved
- * range more, not one per allocation: Linux prints every range of its map at
- * boot, which in Bochs costs about 50,000 instructions a character on the
- * serial console (scattered allocations made its boot 0.8 % longer). Anywhere
- * when that place is taken.
+ * can: the first allocation at the start of the lowest free memory from
+ * 1 MiB up (right above the legacy hole at 640 KiB-1 MiB, when it is free),
+ * each next right above the last. An OS's memory map then has one reserved
+ * range more, not one per allocation, and one that extends the hole an OS
+ * already reports (Linux prints every range of its map at boot, at about
+ * 50,000 Bochs instructions a character on the serial console: five lines
+ * more where the range lies amid free memory). Anywhere when that place is
+ * taken.
  */
 EFI_STATUS hv_allocate_runtime(EFI_MEMORY_TYPE type, UINTN pages, EFI_PHYSICAL_ADDRESS *base)
 {
-    static EFI_PHYSICAL_ADDRESS below; /* where the next one ends; 0: to be found, 1: no such place */
-    if (!below)
-        below = top_of_free_memory() ?: 1;
-    if (below > pages * HV_PAGE_SIZE) {
-        EFI_PHYSICAL_ADDRESS at = below - pages * HV_PAGE_SIZE;
+    static EFI_PHYSICAL_ADDRESS next; /* where the next one starts; 0: to be found, 1: no such place */
+    if (!next)
+        next = low_free_memory() ?: 1;
+    if (next != 1) {
+        EFI_PHYSICAL_ADDRESS at = next;
         if (!EFI_ERROR(uefi_call_wrapper(BS->AllocatePages, 4, AllocateAddress, type, pages, &at))) {
-            below = *base = at;
+            *base = at;
+            next = at + pages * HV_PAGE_SIZE;
             return EFI_SUCCESS;
         }
     }
