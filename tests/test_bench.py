@@ -143,7 +143,7 @@ def test_the_full_run_has_the_stages_of_the_issue_and_quick_only_the_first_four(
     assert full[3] == "hvcheck in Bochs 3, 2 CPUs"
     assert [label for label in full if label.startswith("Linux to /init")] == [
         "Linux to /init, 1 CPU, without a hypervisor", "Linux to /init, 1 CPU, with uefi-hv",
-        "Linux to /init, 2 CPUs, without a hypervisor", "Linux to /init, 2 CPUs, with uefi-hv"]
+        "Linux to /init, 2 CPUs, 3 runs, without a hypervisor", "Linux to /init, 2 CPUs, 3 runs, with uefi-hv"]
     assert sum("interrupts.hv" in label for label in full) == 2 and "QEMU/KVM" in full[-1]
     quick = Bench(tmp_path, tmp_path, quick=True)
     assert [label for label, _ in quick.stages()] == full[:3] + ["hvcheck in Bochs 3, 1 CPU"]

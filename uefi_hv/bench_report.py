@@ -335,10 +335,20 @@ def linux_section(linux: dict) -> str:
         overhead = entry.get("overhead_percent")
         rows.append([n, tsc(bare), tsc(hv), "-" if overhead is None else f"{overhead:+.3f} %",
                      tick(bare), tick(hv), f"{bare.get('wall_s', '-')} / {hv.get('wall_s', '-')}"])
+    spreads = []
+    for n, entry in sorted(linux["runs"].items()):
+        for side in ("without", "with"):
+            tscs = entry.get(side, {}).get("init_tscs", [])
+            if len(tscs) > 1:
+                spreads.append(f"{n} CPUs {side}: {', '.join(f'{v:,}' for v in tscs)} "
+                               f"(spread {(max(tscs) - min(tscs)) / min(tscs) * 100:.2f} %)")
+    note = ("\nWhere a row took several boots, its TSC is their median: identical boots on two CPUs reach /init "
+            "up to about half a percent apart, as Bochs interleaves the CPUs and where the AP's start-up falls in "
+            "that varies. The boots: " + "; ".join(spreads) + ".\n") if spreads else ""
     return (f"Bochs 3, model `{linux.get('cpu_model')}`. Instructions from power-on (TSC at /init; the Bochs "
             "log's last tick, when the run ended on /init's verdict, beside it).\n\n"
             + _table(["CPUs", "TSC at /init, without", "with uefi-hv", "overhead", "last tick, without",
-                      "with uefi-hv", "wall s (without / with)"], rows))
+                      "with uefi-hv", "wall s (without / with)"], rows) + note)
 
 
 def _not_measured(results: dict) -> list[str]:
