@@ -343,8 +343,13 @@ def linux_section(linux: dict) -> str:
                 spreads.append(f"{n} CPUs {side}: {', '.join(f'{v:,}' for v in tscs)} "
                                f"(spread {(max(tscs) - min(tscs)) / min(tscs) * 100:.2f} %)")
     note = ("\nWhere a row took several boots, its TSC is their median: identical boots on two CPUs reach /init "
-            "up to about half a percent apart, as Bochs interleaves the CPUs and where the AP's start-up falls in "
-            "that varies. The boots: " + "; ".join(spreads) + ".\n") if spreads else ""
+            "a little apart, as Bochs interleaves the CPUs and where the AP's start-up falls in that varies. The "
+            "boots: " + "; ".join(spreads) + ".\n") if spreads else ""
+    if len(linux["runs"]) > 1:
+        note += ("\nTwo CPUs run with Bochs's `cpu: quantum=1`. Its SMP loop runs one trace of each CPU in turn and "
+                 "advances time by the mean of what they ran, a halted CPU counting as `quantum` instructions (16 "
+                 "by default): with 16 the TSC of a two-CPU boot depends on the length of the BSP's traces while "
+                 "the AP halts, and read +1.2 to +1.6 % with the hypervisor; with 1 it follows the instructions.\n")
     return (f"Bochs 3, model `{linux.get('cpu_model')}`. Instructions from power-on (TSC at /init; the Bochs "
             "log's last tick, when the run ended on /init's verdict, beside it).\n\n"
             + _table(["CPUs", "TSC at /init, without", "with uefi-hv", "overhead", "last tick, without",

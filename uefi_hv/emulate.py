@@ -741,7 +741,8 @@ class BochsMachine(Machine):
 
     def __init__(self, image, cpus: int = 1, cpu_model: Optional[str] = None, run_dir=None,
                  bochs: Optional[str] = None, memory_mib: int = MEMORY_MIB,
-                 stream: Stream = None, check_image: bool = True, tolerate: Sequence[str] = ()):
+                 stream: Stream = None, check_image: bool = True, tolerate: Sequence[str] = (),
+                 smp_quantum: Optional[int] = None):
         if check_image:
             check_bootable(image)
         self.tolerate = tuple(tolerate)
@@ -749,6 +750,7 @@ class BochsMachine(Machine):
         self.cpus = cpus
         self.bochs = find_bochs(bochs)
         self.cpu_model = cpu_model or DEFAULT_BOCHS_CPU
+        self.smp_quantum = smp_quantum
         if self.bochs.models and self.cpu_model not in self.bochs.models:
             raise UsageError(f"error: {self.bochs} has no CPU model '{self.cpu_model}'; "
                              f"it has: {', '.join(self.bochs.models)}")
@@ -770,7 +772,8 @@ class BochsMachine(Machine):
                       bochs=self.bochs, rom=self.rom, vgarom=self.vgarom,
                       rom_address=f"{bochs_rom_address(self.rom):#x}",
                       memory_mib=self.memory_mib, cpus=self.cpus, cpu_model=self.cpu_model,
-                      msrs=self.msrs, image=self.disk, serial=self.serial_path, log=self.log_path)
+                      smp_quantum=self.smp_quantum, msrs=self.msrs, image=self.disk, serial=self.serial_path,
+                      log=self.log_path)
 
     @property
     def msrs(self) -> Optional[Path]:
@@ -855,11 +858,11 @@ class BochsMachine(Machine):
 
 
 def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shutdown,
-                cpu_model, bochs, run_dir, stream, tolerate=()) -> BootResult:
+                cpu_model, bochs, run_dir, stream, tolerate=(), smp_quantum=None) -> BootResult:
     """One Bochs run; a run whose Bochs stalled (BOCHS_STALLED) is run again,
     at most BOCHS_STALL_RETRIES times, its files kept in run_dir/stalled-N."""
     result = _boot_bochs_once(image, cpus, timeout, expect, fail, expect_shutdown,
-                              cpu_model, bochs, run_dir, stream, tolerate)
+                              cpu_model, bochs, run_dir, stream, tolerate, smp_quantum)
     for attempt in range(1, BOCHS_STALL_RETRIES + 1):
         if result.ok or not result.reason.startswith(BOCHS_STALLED):
             break
@@ -869,7 +872,7 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
             if path.is_file():
                 path.rename(kept / path.name)
         retried = _boot_bochs_once(image, cpus, timeout, expect, fail, expect_shutdown,
-                                   cpu_model, bochs, result.run_dir, stream, tolerate)
+                                   cpu_model, bochs, result.run_dir, stream, tolerate, smp_quantum)
         retried.reason += f" (run again: the first {result.reason[0].lower()}{result.reason[1:]})"
         retried.pids = result.pids + retried.pids
         result = retried
@@ -877,10 +880,11 @@ def _boot_bochs(image: Path, cpus: int, timeout: float, expect, fail, expect_shu
 
 
 def _boot_bochs_once(image: Path, cpus: int, timeout: float, expect, fail, expect_shutdown,
-                     cpu_model, bochs, run_dir, stream, tolerate=()) -> BootResult:
+                     cpu_model, bochs, run_dir, stream, tolerate=(), smp_quantum=None) -> BootResult:
     start = time.monotonic()
     machine = BochsMachine(image, cpus=cpus, cpu_model=cpu_model, run_dir=run_dir,
-                           bochs=bochs, stream=stream, check_image=False, tolerate=tolerate)
+                           bochs=bochs, stream=stream, check_image=False, tolerate=tolerate,
+                           smp_quantum=smp_quantum)
     result = BootResult(False, "", "bochs", machine.run_dir)
     try:
         machine.start()
@@ -959,7 +963,7 @@ def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
          expect: Sequence[str] = (), fail: Sequence[str] = (),
          expect_shutdown: bool = True, cpu_model: Optional[str] = None,
          bochs: Optional[str] = None, run_dir=None, stream: Stream = None,
-         tolerate: Sequence[str] = ()) -> BootResult:
+         tolerate: Sequence[str] = (), smp_quantum: Optional[int] = None) -> BootResult:
     """Boot the GPT image `image` and judge the run.
 
     expect/fail: console markers (regexes or plain strings, matched per line);
@@ -967,7 +971,9 @@ def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
     is the success (when `expect_shutdown`). Bochs runs also fail on a VMFAIL,
     VMENTER FAIL, triple fault or panic in its log (but the known, harmless
     ones of BOCHS_KNOWN_PANICS, and log lines holding one of `tolerate`, for a
-    test that causes them). `bochs` chooses the Bochs (find_bochs). `auto` is QEMU with KVM
+    test that causes them). `bochs` chooses the Bochs (find_bochs). `smp_quantum`
+    sets Bochs's `cpu: quantum` (what a halted CPU counts for in each round
+    of the SMP loop; the benchmark's Linux boots use 1). `auto` is QEMU with KVM
     when kvm_vmx_usable(), else Bochs. Bad input (no image, no ESP) raises a
     UserError before anything starts.
     """
@@ -987,7 +993,7 @@ def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
         return _boot_qemu(image, cpus, timeout, list(expect), list(fail), expect_shutdown,
                           run_dir, stream)
     return _boot_bochs(image, cpus, timeout, list(expect), list(fail), expect_shutdown,
-                       cpu_model, bochs, run_dir, stream, tolerate)
+                       cpu_model, bochs, run_dir, stream, tolerate, smp_quantum)
 
 
 # --- CLI --------------------------------------------------------------------------------------
