@@ -71,7 +71,7 @@ test: setup
 
 # The project's figures (issue 14): the tools' times, sizes, resident memory,
 # VM-exit round trips and exits by reason in Bochs, the interrupt path, and
-# Linux to /init with and without the hypervisor on 1 and 2 CPUs (about seven
+# Linux to /init with and without the hypervisor on 1 and 2 CPUs (about fifteen
 # minutes of Bochs). Writes bench/BENCHMARKS.md, benchmarks.json, the charts
 # and the consoles they come from (bench/logs/).
 bench: setup

@@ -77,8 +77,9 @@ LINUX_RUNS = {1: 1, 2: 3}   # boots of each (see Bench.linux_boot)
 # `cpu: quantum` instructions (16 by default). With 16, the TSC at /init of a
 # two-CPU boot depends on how long the BSP's traces are while the AP halts,
 # not only on how much it runs: with the hypervisor that read +1.2 to +1.6 %,
-# with quantum 1 about nothing (bochs-3.0 main.cc, the SMP branch of
-# bx_begin_simulation). So two-CPU boots run with quantum 1.
+# with quantum 1 it is within the spread of identical boots (bochs-3.0
+# main.cc, the SMP branch of bx_begin_simulation). So two-CPU boots run
+# with quantum 1 (about 2.5 minutes each instead of 1).
 LINUX_SMP_QUANTUM = 1
 LINUX_TIMEOUT_S = {1: 400, 2: 600}
 LINUX_CMDLINE = "console=ttyS0 panic=-1"

@@ -349,7 +349,8 @@ def linux_section(linux: dict) -> str:
         note += ("\nTwo CPUs run with Bochs's `cpu: quantum=1`. Its SMP loop runs one trace of each CPU in turn and "
                  "advances time by the mean of what they ran, a halted CPU counting as `quantum` instructions (16 "
                  "by default): with 16 the TSC of a two-CPU boot depends on the length of the BSP's traces while "
-                 "the AP halts, and read +1.2 to +1.6 % with the hypervisor; with 1 it follows the instructions.\n")
+                 "the AP halts, and read +1.2 to +1.6 % with the hypervisor; with 1 it follows the instructions "
+                 "closely enough that the two-CPU overhead is within the spread of identical boots.\n")
     return (f"Bochs 3, model `{linux.get('cpu_model')}`. Instructions from power-on (TSC at /init; the Bochs "
             "log's last tick, when the run ended on /init's verdict, beside it).\n\n"
             + _table(["CPUs", "TSC at /init, without", "with uefi-hv", "overhead", "last tick, without",

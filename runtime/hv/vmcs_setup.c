@@ -408,6 +408,35 @@ BOOLEAN hv_launch_cpu(struct hv_cpu *cpu)
 }
 
 /*
+ * The guest's TR, as the VMCS holds it (selector, base, limit, access
+ * rights), loaded into the CPU. LTR reads the descriptor from the GDT, and
+ * the guest's GDT may no longer hold it: a CPU keeps TR after its GDT
+ * changes, and a TR selector past the GDT's limit is a state the guest can
+ * be in (hvcheck's fuzz leaves one). So the descriptor is built from the
+ * VMCS before VMXOFF (tr_descriptor), available (LTR faults on a busy one,
+ * SDM 9.2.4 "Task Register"), and a GDT is loaded whose entry `tr` is it:
+ * base = the descriptor's address - the selector's offset. Then the guest's
+ * GDT again.
+ */
+static void tr_descriptor(UINT64 descriptor[2])
+{
+    UINT64 base = vmread(GUEST_TR_BASE), limit = vmread(GUEST_TR_LIMIT), ar = vmread(GUEST_TR_AR_BYTES);
+    if (ar & (1ULL << 15)) /* G: the descriptor's limit counts 4-KiB units */
+        limit >>= 12;
+    descriptor[0] = (limit & 0xFFFF) | (base & 0xFFFFFF) << 16 | (ar & 0xFD) << 40 |
+                    (limit >> 16 & 0xF) << 48 | (ar >> 12 & 0xF) << 52 | (base >> 24 & 0xFF) << 56;
+    descriptor[1] = base >> 32;
+}
+
+static void load_tr(UINT16 tr, UINT64 descriptor[2], const struct hv_dtr *guest_gdtr)
+{
+    struct hv_dtr only_tr = { (UINT16)((tr & ~7U) + 15), (UINT64)descriptor - (tr & ~7U) };
+    lgdt(&only_tr);
+    __asm__ volatile("ltr %0" : : "r"(tr) : "memory");
+    lgdt(guest_gdtr);
+}
+
+/*
  * VMX off on this CPU, and the guest's state (from the VMCS) loaded into the
  * CPU itself, so that it continues natively at `rip` with the GPRs of
  * `regs`. Runs in VMX root on the host stack; the firmware's page tables map
@@ -425,7 +454,8 @@ static void __attribute__((noreturn)) leave_vmx(struct hv_cpu *cpu, struct hv_gu
     UINT16 ds = (UINT16)vmread(GUEST_DS_SELECTOR), es = (UINT16)vmread(GUEST_ES_SELECTOR);
     UINT16 fs = (UINT16)vmread(GUEST_FS_SELECTOR), gs = (UINT16)vmread(GUEST_GS_SELECTOR);
     UINT16 tr = (UINT16)vmread(GUEST_TR_SELECTOR);
-    UINT64 fs_base = vmread(GUEST_FS_BASE), gs_base = vmread(GUEST_GS_BASE);
+    UINT64 fs_base = vmread(GUEST_FS_BASE), gs_base = vmread(GUEST_GS_BASE), tr_desc[2];
+    tr_descriptor(tr_desc);
 
     vmclear((UINT64)cpu->vmcs);
     vmxoff();
@@ -434,11 +464,8 @@ static void __attribute__((noreturn)) leave_vmx(struct hv_cpu *cpu, struct hv_gu
     write_cr0(cr0);
     lgdt(&gdtr);
     lidt(&idtr);
-    if (tr & ~7U) {
-        /* LTR faults on a busy TSS descriptor: the guest's is busy (SDM 9.2.4 "Task Register"). */
-        *(UINT64 *)(gdtr.base + (tr & ~7U)) &= ~(1ULL << 41);
-        __asm__ volatile("ltr %0" : : "r"(tr) : "memory");
-    }
+    if (tr & ~7U)
+        load_tr(tr, tr_desc, &gdtr);
     __asm__ volatile("mov %0, %%ds; mov %1, %%es; mov %2, %%fs; mov %3, %%gs"
                      :
                      : "r"(ds), "r"(es), "r"(fs), "r"(gs)

@@ -379,17 +379,19 @@ static const char *ring3_enter(struct ring3 *r)
 
 /* The firmware's page tables, CR4, GDT and TR (its descriptor made available
  * again, so that LTR takes it). A firmware without a TR (selector 0, which
- * LTR cannot load) keeps our GDT, a copy of its own with three entries more,
- * and our TSS: the TR selector must name a descriptor in the GDT in force,
- * for whoever reloads TR from it (DEVIRTUALIZE does). Their page is boot
- * services memory, the OS's after ExitBootServices, when it has its own. */
+ * LTR cannot load) keeps ours, past the limit of its own GDT, as a CPU
+ * does after its GDT changes; our page stays (boot services memory, the
+ * OS's after ExitBootServices), since TR points into it. DEVIRTUALIZE at
+ * hvcheck's end then has to reload such a TR from the VMCS, not the GDT. */
 static void ring3_leave(struct ring3 *r)
 {
-    __asm__ volatile("mov %0, %%cr3; mov %1, %%cr4" ::"r"(r->firmware_cr3), "r"(r->firmware_cr4) : "memory");
+    __asm__ volatile("mov %0, %%cr3; mov %1, %%cr4; lgdt %2" ::"r"(r->firmware_cr3), "r"(r->firmware_cr4),
+                     "m"(r->firmware_gdtr)
+                     : "memory");
     if (r->firmware_tr) {
         UINT8 *type = (UINT8 *)r->firmware_gdtr.base + (r->firmware_tr & ~7) + 5;
         *type &= ~0x02; /* busy -> available */
-        __asm__ volatile("lgdt %0; ltr %1" ::"m"(r->firmware_gdtr), "r"(r->firmware_tr) : "memory");
+        __asm__ volatile("ltr %0" ::"r"(r->firmware_tr) : "memory");
         uefi_call_wrapper(BS->FreePages, 2, r->gdt, 1);
     }
     uefi_call_wrapper(BS->FreePages, 2, r->tables, r->table_pages);
