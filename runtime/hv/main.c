@@ -150,6 +150,23 @@ static void report_failures(void)
             hv_say("uefi-hv: cpu %u: %s\n", i, hv.cpus[i]->error);
 }
 
+/* An AMD (or Hygon) CPU that has SVM, AMD's virtualisation: the vendor
+ * string of CPUID.0 and CPUID.80000001:ECX.SVM[2] (AMD APM vol. 2, 15.4
+ * "Enabling SVM"). Whether the firmware locked it off (VM_CR.SVMDIS) is not
+ * read: an emulator without VM_CR (QEMU's TCG) would #GP. */
+static BOOLEAN amd_svm_present(void)
+{
+    UINT32 r[4];
+    cpuid(0, 0, r);
+    BOOLEAN amd = (r[1] == 0x68747541U && r[3] == 0x69746E65U && r[2] == 0x444D4163U) || /* "AuthenticAMD" */
+                  (r[1] == 0x6F677948U && r[3] == 0x6E65476EU && r[2] == 0x656E6975U);   /* "HygonGenuine" */
+    cpuid(0x80000000U, 0, r);
+    if (!amd || r[0] < 0x80000001U)
+        return FALSE;
+    cpuid(0x80000001U, 0, r);
+    return (r[2] >> 2) & 1;
+}
+
 static EFI_STATUS hv_main(EFI_HANDLE image)
 {
     UINT64 started = rdtsc();
@@ -166,8 +183,12 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     UINT32 r[4];
     cpuid(1, 0, r);
     if (!(r[2] & (1U << 5))) {
-        hv_say("uefi-hv: VMX is not available on this CPU (CPUID.1:ECX.VMX[5] = 0); "
-               "the hypervisor is not started\n");
+        hv_say("uefi-hv: VMX is not available on this CPU (CPUID.1:ECX.VMX[5] = 0)%s; the hypervisor is not "
+               "started\n",
+               amd_svm_present()
+                   ? ": it is an AMD CPU with SVM (CPUID.80000001:ECX.SVM[2] = 1), which uefi-hv "
+                     "does not drive yet"
+                   : "");
         hv_start_next_image(image);
         return EFI_UNSUPPORTED;
     }
