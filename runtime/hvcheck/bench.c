@@ -20,9 +20,7 @@
  */
 #include "hvcheck.h"
 
-#define ROUNDS              64
-#define MSR_FEATURE_CONTROL 0x3AU
-#define CR4_OSXSAVE         (1ULL << 18)
+#define ROUNDS 64
 
 static UINT64 *boot_counts; /* [cpu][reason]: the exit counters when hvcheck started */
 static UINTN cpus, bsp_index;
@@ -143,7 +141,7 @@ static UINT64 once(enum trip trip, UINT32 xcr0_lo, UINT32 xcr0_hi)
         __asm__ volatile("vmcall" : "+a"(a), "+b"(b), "+c"(c), "+d"(d)::"memory");
         break;
     case TRIP_RDMSR:
-        __asm__ volatile("rdmsr" : "=a"(a), "=d"(d) : "c"(MSR_FEATURE_CONTROL));
+        __asm__ volatile("rdmsr" : "=a"(a), "=d"(d) : "c"(MSR_IA32_FEATURE_CONTROL));
         break;
     case TRIP_XSETBV:
         __asm__ volatile("xsetbv" ::"a"(xcr0_lo), "d"(xcr0_hi), "c"(0));

@@ -31,22 +31,18 @@
  */
 #include "hvcheck.h"
 
-#define MSR_IA32_EFER 0xC0000080U
-#define EFER_LME      (1ULL << 8)
-#define CR4_OSXSAVE   (1ULL << 18)
+#define EFER_LME (1ULL << 8)
 
 /* fuzz_asm.S: each returns the vector of the fault the instruction raised
- * (6, 13), or 0. */
+ * (6, 13), or 0 (fault_asm.h); as does hvcheck_try_wrmsr. */
 UINT64 fuzz_vmcall(UINT64 regs[4]);
 UINT64 fuzz_rdmsr(UINT32 msr, UINT64 *value);
-UINT64 fuzz_wrmsr(UINT32 msr, UINT64 value);
 UINT64 fuzz_xsetbv(UINT32 xcr, UINT64 value);
 UINT64 fuzz_mov_cr0(UINT64 value);
 UINT64 fuzz_mov_cr4(UINT64 value);
 UINT64 fuzz_lock_or_zero(volatile UINT64 *address);
 UINT64 fuzz_store(volatile UINT64 *address, UINT64 value);
 extern void fuzz_ud_handler(void);
-extern void fuzz_gp_handler(void);
 /* fn(arg) at CPL 3 on this stack, interrupts off; back in ring 0 after. */
 void fuzz_in_ring3(void (*fn)(void *), void *arg, UINT64 user_cs, UINT64 user_ss);
 
@@ -171,11 +167,11 @@ static void msr(struct outcomes *o, BOOLEAN write)
          * Vol. 4, IA32_EFER; the VMCS saves and loads EFER around exits). */
         UINT64 efer = 0;
         fuzz_rdmsr(MSR_IA32_EFER, &efer);
-        fault = fuzz_wrmsr(MSR_IA32_EFER, efer & ~EFER_LME);
+        fault = hvcheck_try_wrmsr(MSR_IA32_EFER, efer & ~EFER_LME);
         if (!fault)
-            fuzz_wrmsr(MSR_IA32_EFER, efer);
+            hvcheck_try_wrmsr(MSR_IA32_EFER, efer);
     } else {
-        fault = fuzz_wrmsr(writable_msr_number(), argument());
+        fault = hvcheck_try_wrmsr(writable_msr_number(), argument());
     }
     o->done[write ? OP_WRMSR : OP_RDMSR]++;
     o->gp[write ? OP_WRMSR : OP_RDMSR] += fault == 13;
@@ -450,7 +446,7 @@ void hvcheck_fuzz(UINT64 seed, UINT64 operations)
     if (r[2] & (1U << 26)) /* XSAVE: CR4.OSXSAVE on for the fuzz, so that XSETBV exits */
         cr4 |= CR4_OSXSAVE;
     __asm__ volatile("mov %0, %%cr4" ::"r"(cr4) : "memory");
-    struct idt_gate ud = hvcheck_set_gate(6, fuzz_ud_handler), gp = hvcheck_set_gate(13, fuzz_gp_handler);
+    struct idt_gate ud = hvcheck_set_gate(6, fuzz_ud_handler), gp = hvcheck_set_gate(13, hvcheck_gp_handler);
     ring0 = (struct run){ .operations = operations - operations / 2, .cr0 = cr0, .cr4 = cr4 };
     ring3 = (struct run){ .operations = operations / 2, .cr0 = cr0, .cr4 = cr4 & ~(CR4_SMEP | CR4_SMAP) };
     __asm__ volatile("rdtsc; shl $32, %%rdx; or %%rdx, %%rax" : "=a"(t0)::"rdx");

@@ -1,16 +1,11 @@
-# The fuzzer's instructions (fuzz.c), each of which may fault: a #UD or #GP
-# resumes after it (fuzz_ud_handler, fuzz_gp_handler in IDT vectors 6 and 13
-# while the fuzzer runs), and the routine returns the vector, or 0. The same
-# in ring 3, where the handlers run on the TSS's RSP0 stack and IRETQ back.
+# The fuzzer's instructions (fuzz.c), each of which may fault (fault_asm.h:
+# the routine returns the vector, or 0; hvcheck_try_wrmsr is hvcheck_asm.S's).
+# The same in ring 3, where the handlers run on the TSS's RSP0 stack and
+# IRETQ back.
+
+#include "fault_asm.h"
 
     .text
-
-# The routine's resume point, and no fault yet.
-.macro FAULT_RESUMES_AT label
-    lea \label(%rip), %rax
-    mov %rax, fuzz_resume(%rip)
-    movq $0, fuzz_vector(%rip)
-.endm
 
 # UINT64 fuzz_vmcall(UINT64 regs[4]): RAX, RBX, RCX, RDX in and out.
     .globl fuzz_vmcall
@@ -27,7 +22,7 @@ fuzz_vmcall:
     mov %rbx, 8(%r8)
     mov %rcx, 16(%r8)
     mov %rdx, 24(%r8)
-1:  mov fuzz_vector(%rip), %rax
+1:  RETURN_FAULT_VECTOR
     pop %rbx
     ret
 
@@ -40,19 +35,7 @@ fuzz_rdmsr:
     shl $32, %rdx
     or %rdx, %rax
     mov %rax, (%rsi)
-1:  mov fuzz_vector(%rip), %rax
-    ret
-
-# UINT64 fuzz_wrmsr(UINT32 msr, UINT64 value)
-    .globl fuzz_wrmsr
-fuzz_wrmsr:
-    FAULT_RESUMES_AT 1f
-    mov %edi, %ecx
-    mov %rsi, %rax
-    mov %rsi, %rdx
-    shr $32, %rdx
-    wrmsr
-1:  mov fuzz_vector(%rip), %rax
+1:  RETURN_FAULT_VECTOR
     ret
 
 # UINT64 fuzz_xsetbv(UINT32 xcr, UINT64 value)
@@ -64,7 +47,7 @@ fuzz_xsetbv:
     mov %rsi, %rdx
     shr $32, %rdx
     xsetbv
-1:  mov fuzz_vector(%rip), %rax
+1:  RETURN_FAULT_VECTOR
     ret
 
 # UINT64 fuzz_mov_cr0(UINT64 value), fuzz_mov_cr4(UINT64 value)
@@ -72,14 +55,14 @@ fuzz_xsetbv:
 fuzz_mov_cr0:
     FAULT_RESUMES_AT 1f
     mov %rdi, %cr0
-1:  mov fuzz_vector(%rip), %rax
+1:  RETURN_FAULT_VECTOR
     ret
 
     .globl fuzz_mov_cr4
 fuzz_mov_cr4:
     FAULT_RESUMES_AT 1f
     mov %rdi, %cr4
-1:  mov fuzz_vector(%rip), %rax
+1:  RETURN_FAULT_VECTOR
     ret
 
 # UINT64 fuzz_lock_or_zero(UINT64 *address): a write that leaves the word as
@@ -88,7 +71,7 @@ fuzz_mov_cr4:
 fuzz_lock_or_zero:
     FAULT_RESUMES_AT 1f
     lock orq $0, (%rdi)
-1:  mov fuzz_vector(%rip), %rax
+1:  RETURN_FAULT_VECTOR
     ret
 
 # UINT64 fuzz_store(UINT64 *address, UINT64 value)
@@ -96,7 +79,7 @@ fuzz_lock_or_zero:
 fuzz_store:
     FAULT_RESUMES_AT 1f
     mov %rsi, (%rdi)
-1:  mov fuzz_vector(%rip), %rax
+1:  RETURN_FAULT_VECTOR
     ret
 
 # void fuzz_in_ring3(void (*fn)(void *), void *arg, UINT64 user_cs,
@@ -148,31 +131,19 @@ fuzz_back_in_ring0:
     pop %rbx
     ret
 
+# The #UD handler while the fuzzer runs: hvcheck_ud_handler's, but a #UD at
+# fuzz_ring3_done is ring 3's work done.
     .globl fuzz_ud_handler
 fuzz_ud_handler:
     push %rax
     lea fuzz_ring3_done(%rip), %rax
-    cmp %rax, 8(%rsp)            # the saved RIP: ring 3's work is done
+    cmp %rax, 8(%rsp)            # the saved RIP
     pop %rax
     je fuzz_back_in_ring0
-    movq $6, fuzz_vector(%rip)
-    jmp 1f
-    .globl fuzz_gp_handler
-fuzz_gp_handler:
-    add $8, %rsp                 # the error code
-    movq $13, fuzz_vector(%rip)
-1:  push %rax
-    mov fuzz_resume(%rip), %rax
-    mov %rax, 8(%rsp)            # the saved RIP: the routine's resume point
-    pop %rax
-    iretq
+    jmp hvcheck_ud_handler
 
     .data
     .balign 8
-fuzz_resume:
-    .quad 0
-fuzz_vector:
-    .quad 0
 ring0_rsp:
     .quad 0
 ring0_ds:

@@ -184,7 +184,7 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
 
     /* IA32_FEATURE_CONTROL as the spec's msr_bitmap answers it. */
     before = exit_count(EXIT_RDMSR);
-    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0x3A));
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(MSR_IA32_FEATURE_CONTROL));
     after = exit_count(EXIT_RDMSR);
     record(r, "IA32_FEATURE_CONTROL reads locked, VMX off", (lo & 1) && !(lo & 6) && after - before == 1,
            "value 0x%x, RDMSR exits %u", lo, after - before);
@@ -195,8 +195,8 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     UINT64 ud = hvcheck_try_vmxon();
     hvcheck_restore_gate(6, saved);
     after = exit_count(EXIT_VMXON);
-    record(r, "VMXON in the guest raises #UD", ud == 1 && after - before == 1, "#UD %u, VMXON exits %u", ud,
-           after - before);
+    record(r, "VMXON in the guest raises #UD", ud == 6 && after - before == 1,
+           "fault vector %u, VMXON exits %u", ud, after - before);
 
     /* Every other VMX instruction exits unconditionally in VMX non-root
      * operation (SDM 27.1.2) and is answered as on a CPU without VMX: #UD. */
@@ -207,7 +207,7 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     saved = hvcheck_set_gate(6, hvcheck_ud_handler);
     for (UINT64 i = 0; i < 10; i++) {
         before = exit_count(vmx_exits[i]);
-        vmx_ud += hvcheck_try_vmx(i);
+        vmx_ud += hvcheck_try_vmx(i) == 6;
         vmx_exited += exit_count(vmx_exits[i]) - before == 1;
     }
     hvcheck_restore_gate(6, saved);
@@ -227,13 +227,19 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     /* IA32_EFER without LME in IA-32e mode faults in the CPU itself (SDM
      * Vol. 4, IA32_EFER): EFER is the guest's, saved and loaded around exits. */
     UINT64 efer_before, efer_after;
-    __asm__ volatile("rdmsr; shl $32, %%rdx; or %%rdx, %%rax" : "=a"(efer_before) : "c"(0xC0000080U) : "rdx");
+    __asm__ volatile("rdmsr; shl $32, %%rdx; or %%rdx, %%rax"
+                     : "=a"(efer_before)
+                     : "c"(MSR_IA32_EFER)
+                     : "rdx");
     saved = hvcheck_set_gate(13, hvcheck_gp_handler);
-    UINT64 efer_gp = hvcheck_try_wrmsr(0xC0000080U, efer_before & ~(1ULL << 8));
+    UINT64 efer_gp = hvcheck_try_wrmsr(MSR_IA32_EFER, efer_before & ~(1ULL << 8));
     hvcheck_restore_gate(13, saved);
-    __asm__ volatile("rdmsr; shl $32, %%rdx; or %%rdx, %%rax" : "=a"(efer_after) : "c"(0xC0000080U) : "rdx");
-    record(r, "IA32_EFER without LME raises #GP, EFER unchanged", efer_gp == 1 && efer_after == efer_before,
-           "#GP %u, EFER 0x%x after", efer_gp, efer_after);
+    __asm__ volatile("rdmsr; shl $32, %%rdx; or %%rdx, %%rax"
+                     : "=a"(efer_after)
+                     : "c"(MSR_IA32_EFER)
+                     : "rdx");
+    record(r, "IA32_EFER without LME raises #GP, EFER unchanged", efer_gp == 13 && efer_after == efer_before,
+           "fault vector %u, EFER 0x%x after", efer_gp, efer_after);
 
     /* GETSEC: SMX is hidden (CPUID.1:ECX[6]), and GETSEC raises #UD as on a
      * CPU without SMX (natively while CR4.SMXE is clear, else by its VM exit,
@@ -242,8 +248,8 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     saved = hvcheck_set_gate(6, hvcheck_ud_handler);
     ud = hvcheck_try_getsec();
     hvcheck_restore_gate(6, saved);
-    record(r, "SMX hidden and GETSEC raises #UD", !((c[2] >> 6) & 1) && ud == 1, "CPUID.1:ECX 0x%x, #UD %u",
-           c[2], ud);
+    record(r, "SMX hidden and GETSEC raises #UD", !((c[2] >> 6) & 1) && ud == 6,
+           "CPUID.1:ECX 0x%x, fault vector %u", c[2], ud);
 
     /* Writing a VMX capability MSR faults, as on a CPU without VMX. */
     before = exit_count(EXIT_WRMSR);
@@ -251,12 +257,12 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     UINT64 gp = hvcheck_try_wrmsr(MSR_IA32_VMX_BASIC, 0);
     hvcheck_restore_gate(13, saved);
     after = exit_count(EXIT_WRMSR);
-    record(r, "WRMSR IA32_VMX_BASIC raises #GP", gp == 1 && after - before == 1, "#GP %u, WRMSR exits %u", gp,
-           after - before);
+    record(r, "WRMSR IA32_VMX_BASIC raises #GP", gp == 13 && after - before == 1,
+           "fault vector %u, WRMSR exits %u", gp, after - before);
     /* A fault pushes RFLAGS with RF set, so that IRET back to the faulting
      * instruction does not stop again on an instruction breakpoint (SDM 19.3.1.1
      * "Instruction-Breakpoint Exception Condition"); an injected #GP is a fault. */
-    record(r, "the injected #GP pushes RFLAGS.RF (a fault)", gp == 1 && (hvcheck_fault_rflags >> 16) & 1,
+    record(r, "the injected #GP pushes RFLAGS.RF (a fault)", gp == 13 && (hvcheck_fault_rflags >> 16) & 1,
            "RFLAGS image 0x%x", hvcheck_fault_rflags, 0);
 
     /* Microcode: "must not be performed during VMX non-root operation" (SDM
@@ -287,7 +293,7 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
         saved = hvcheck_set_gate(6, hvcheck_ud_handler);
         UINT64 tpause_ud = hvcheck_try_tpause(((UINT64)thi << 32 | tlo) + 1000);
         hvcheck_restore_gate(6, saved);
-        record(r, "TPAUSE works where CPUID shows WAITPKG", !tpause_ud, "#UD %u", tpause_ud, 0);
+        record(r, "TPAUSE works where CPUID shows WAITPKG", !tpause_ud, "fault vector %u", tpause_ud, 0);
     } else {
         record(r, "WAITPKG not shown by CPUID (no TPAUSE to try)", TRUE, "ECX 0x%x", c7[2], 0);
     }
@@ -300,7 +306,7 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
         UINT64 cr4;
         UINT32 lo, hi, lo2, hi2;
         __asm__ volatile("mov %%cr4, %0" : "=r"(cr4));
-        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4 | (1ULL << 18)) : "memory");
+        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4 | CR4_OSXSAVE) : "memory");
         __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
         before = exit_count(EXIT_XSETBV);
         __asm__ volatile("xsetbv" ::"a"(lo), "d"(hi), "c"(0) : "memory");
@@ -313,10 +319,10 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
         /* CPUID.1:ECX.OSXSAVE (bit 27) mirrors CR4.OSXSAVE (SDM Vol. 2A,
          * CPUID): the guest's CR4, not the one the hypervisor runs with. */
         UINT32 set, clear;
-        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4 | (1ULL << 18)) : "memory");
+        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4 | CR4_OSXSAVE) : "memory");
         cpuid(1, c);
         set = (c[2] >> 27) & 1;
-        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4 & ~(1ULL << 18)) : "memory");
+        __asm__ volatile("mov %0, %%cr4" ::"r"(cr4 & ~CR4_OSXSAVE) : "memory");
         cpuid(1, c);
         clear = (c[2] >> 27) & 1;
         __asm__ volatile("mov %0, %%cr4" ::"r"(cr4) : "memory");

@@ -1,13 +1,10 @@
-# hvcheck's assembly: the VMCALL wrapper and a VMXON that survives its #UD.
+# hvcheck's assembly: the VMCALL wrapper, the instructions it tries that may
+# fault (fault_asm.h) and the handlers that resume after them, and the
+# handlers of the single-step and NMI checks.
+
+#include "fault_asm.h"
 
     .text
-
-# The try routines below: a #UD of the instruction they try resumes at
-# `label` with RAX = 1 (hvcheck_ud_handler).
-.macro UD_RESUMES_AT label
-    lea \label(%rip), %rax
-    mov %rax, hvcheck_ud_resume(%rip)
-.endm
 
 # void hvcheck_vmcall(UINT64 function, UINT64 rbx, UINT64 rcx, UINT64 out[4])
 # The interface of docs/vmcall.md: RAX = function, RBX/RCX = arguments;
@@ -28,37 +25,42 @@ hvcheck_vmcall:
     pop %rbx
     ret
 
-# One #UD handler for the instructions hvcheck tries (installed in IDT vector
-# 6 for each test): the try routine returns 1, from the address it put in
-# hvcheck_ud_resume before the instruction. It and the #GP handler keep the
-# RFLAGS image of the fault in hvcheck_fault_rflags.
+# The #UD and #GP handlers of fault_asm.h: the vector and the RFLAGS image
+# the fault pushed recorded, the saved RIP replaced by the routine's resume
+# point (with the error code of #GP dropped first).
     .globl hvcheck_ud_handler
 hvcheck_ud_handler:
-    mov $1, %eax
-    mov 16(%rsp), %rdx           # the RFLAGS image the fault pushed
-    mov %rdx, hvcheck_fault_rflags(%rip)
-    mov hvcheck_ud_resume(%rip), %rdx
-    mov %rdx, (%rsp)             # the saved RIP: past the instruction
+    movq $6, hvcheck_fault_vector(%rip)
+    jmp 1f
+    .globl hvcheck_gp_handler
+hvcheck_gp_handler:
+    add $8, %rsp                 # the error code
+    movq $13, hvcheck_fault_vector(%rip)
+1:  push %rax
+    mov 24(%rsp), %rax           # the RFLAGS image
+    mov %rax, hvcheck_fault_rflags(%rip)
+    mov hvcheck_fault_resume(%rip), %rax
+    mov %rax, 8(%rsp)            # the saved RIP
+    pop %rax
     iretq
 
-# UINT64 hvcheck_try_vmxon(void): 1 when VMXON raised #UD, else 0.
+# UINT64 hvcheck_try_vmxon(void)
     .globl hvcheck_try_vmxon
 hvcheck_try_vmxon:
-    UD_RESUMES_AT 1f
-    xor %eax, %eax
+    FAULT_RESUMES_AT 1f
     sub $16, %rsp
     movq $0, (%rsp)
     vmxon (%rsp)
 1:  add $16, %rsp
+    RETURN_FAULT_VECTOR
     ret
 
-# UINT64 hvcheck_try_vmx(UINT64 which): 1 when the VMX instruction `which`
-# raised #UD, else 0: 0 VMCLEAR, 1 VMPTRLD, 2 VMPTRST, 3 VMREAD, 4 VMWRITE,
-# 5 VMLAUNCH, 6 VMRESUME, 7 VMXOFF, 8 INVEPT, 9 INVVPID (memory operands
-# on the stack, zeroed).
+# UINT64 hvcheck_try_vmx(UINT64 which): the VMX instruction `which`: 0 VMCLEAR,
+# 1 VMPTRLD, 2 VMPTRST, 3 VMREAD, 4 VMWRITE, 5 VMLAUNCH, 6 VMRESUME, 7 VMXOFF,
+# 8 INVEPT, 9 INVVPID (memory operands on the stack, zeroed).
     .globl hvcheck_try_vmx
 hvcheck_try_vmx:
-    UD_RESUMES_AT 2f
+    FAULT_RESUMES_AT 2f
     sub $16, %rsp
     movq $0, (%rsp)
     movq $0, 8(%rsp)
@@ -96,49 +98,46 @@ hvcheck_try_vmx:
     .balign 8
     invvpid (%rsp), %rcx
     jmp 3f
-3:  xor %eax, %eax
+3:
 2:  add $16, %rsp
+    RETURN_FAULT_VECTOR
     ret
 
-# UINT64 hvcheck_try_getsec(void): 1 when GETSEC (EAX = 0, CAPABILITIES)
-# raised #UD, else 0.
+# UINT64 hvcheck_try_getsec(void): GETSEC with EAX = 0 (CAPABILITIES).
     .globl hvcheck_try_getsec
 hvcheck_try_getsec:
-    UD_RESUMES_AT 1f
     push %rbx
+    FAULT_RESUMES_AT 1f
     xor %eax, %eax
     xor %ebx, %ebx
     getsec
-    xor %eax, %eax
 1:  pop %rbx
+    RETURN_FAULT_VECTOR
     ret
 
-# UINT64 hvcheck_try_tpause(UINT64 deadline): 1 when TPAUSE raised #UD, else
-# 0. ECX = 0: the C0.2 state, until the TSC reaches `deadline` (EDX:EAX).
+# UINT64 hvcheck_try_tpause(UINT64 deadline): ECX = 0: the C0.2 state, until
+# the TSC reaches `deadline` (EDX:EAX).
     .globl hvcheck_try_tpause
 hvcheck_try_tpause:
-    UD_RESUMES_AT 1f
+    FAULT_RESUMES_AT 1f
     mov %rdi, %rax
     mov %rdi, %rdx
     shr $32, %rdx
     xor %ecx, %ecx
     tpause %ecx
-    xor %eax, %eax
-1:  ret
+1:  RETURN_FAULT_VECTOR
+    ret
 
-# UINT64 hvcheck_try_wrmsr(UINT32 msr, UINT64 value): 1 when WRMSR raised
-# #GP (the handler below, in IDT vector 13 for the test, resumes there).
+# UINT64 hvcheck_try_wrmsr(UINT32 msr, UINT64 value)
     .globl hvcheck_try_wrmsr
 hvcheck_try_wrmsr:
+    FAULT_RESUMES_AT 1f
     mov %edi, %ecx
     mov %rsi, %rax
     mov %rsi, %rdx
     shr $32, %rdx
     wrmsr
-    xor %eax, %eax
-    ret
-hvcheck_wrmsr_faulted:
-    mov $1, %eax
+1:  RETURN_FAULT_VECTOR
     ret
 
 # UINT64 hvcheck_step_cpuid(void): CPUID with RFLAGS.TF set (POPF sets it,
@@ -175,18 +174,15 @@ hvcheck_nmi_handler:
     lock incq hvcheck_nmi_count(%rip)
     iretq
 
-    .globl hvcheck_gp_handler
-hvcheck_gp_handler:
-    add $8, %rsp                 # the error code
-    mov 16(%rsp), %rax           # the RFLAGS image the fault pushed
-    mov %rax, hvcheck_fault_rflags(%rip)
-    lea hvcheck_wrmsr_faulted(%rip), %rax
-    mov %rax, (%rsp)
-    iretq
-
     .data
     .balign 8
-hvcheck_ud_resume:
+    .globl hvcheck_fault_resume
+    .hidden hvcheck_fault_resume
+hvcheck_fault_resume:
+    .quad 0
+    .globl hvcheck_fault_vector
+    .hidden hvcheck_fault_vector
+hvcheck_fault_vector:
     .quad 0
     .globl hvcheck_db_count
 hvcheck_db_count:
