@@ -34,7 +34,7 @@
 #define EFER_LME (1ULL << 8)
 
 /* fuzz_asm.S: each returns the vector of the fault the instruction raised
- * (6, 13), or 0 (fault_asm.h); as does hvcheck_try_wrmsr. */
+ * (6, 13), or 0 (runtime/hvcheck/asm.h); as does hvcheck_try_wrmsr. */
 UINT64 fuzz_vmcall(UINT64 regs[4]);
 UINT64 fuzz_rdmsr(UINT32 msr, UINT64 *value);
 UINT64 fuzz_xsetbv(UINT32 xcr, UINT64 value);

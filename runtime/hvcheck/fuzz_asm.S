@@ -1,9 +1,9 @@
-# The fuzzer's instructions (fuzz.c), each of which may fault (fault_asm.h:
+# The fuzzer's instructions (fuzz.c), each of which may fault (asm.h:
 # the routine returns the vector, or 0; hvcheck_try_wrmsr is hvcheck_asm.S's).
 # The same in ring 3, where the handlers run on the TSS's RSP0 stack and
 # IRETQ back.
 
-#include "fault_asm.h"
+#include "asm.h"
 
     .text
 

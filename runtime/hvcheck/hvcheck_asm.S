@@ -1,8 +1,8 @@
 # hvcheck's assembly: the VMCALL wrapper, the instructions it tries that may
-# fault (fault_asm.h) and the handlers that resume after them, and the
+# fault (asm.h) and the handlers that resume after them, and the
 # handlers of the single-step and NMI checks.
 
-#include "fault_asm.h"
+#include "asm.h"
 
     .text
 
@@ -25,7 +25,7 @@ hvcheck_vmcall:
     pop %rbx
     ret
 
-# The #UD and #GP handlers of fault_asm.h: the vector and the RFLAGS image
+# The #UD and #GP handlers of asm.h: the vector and the RFLAGS image
 # the fault pushed recorded, the saved RIP replaced by the routine's resume
 # point (with the error code of #GP dropped first).
     .globl hvcheck_ud_handler

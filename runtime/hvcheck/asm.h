@@ -1,13 +1,14 @@
 /*
- * Instructions hvcheck tries that may fault (hvcheck_asm.S, fuzz_asm.S): a
- * routine names the point after its instruction where a #UD or #GP resumes,
- * and returns the vector that instruction raised (6, 13), or 0.
+ * hvcheck's assembly macros, for the instructions it tries that may fault
+ * (hvcheck_asm.S, fuzz_asm.S): a routine names the point after its
+ * instruction where a #UD or #GP resumes, and returns the vector that
+ * instruction raised (6, 13), or 0.
  * hvcheck_ud_handler and hvcheck_gp_handler (in IDT vectors 6 and 13 while
  * such a routine runs, from ring 0 or ring 3) record the vector and the
  * RFLAGS image the fault pushed, and resume there.
  */
-#ifndef HVCHECK_FAULT_ASM_H
-#define HVCHECK_FAULT_ASM_H
+#ifndef HVCHECK_ASM_H
+#define HVCHECK_ASM_H
 
 /* The routine's resume point, and no fault yet (RAX is scratch). */
 .macro FAULT_RESUMES_AT label
@@ -21,4 +22,4 @@
     mov hvcheck_fault_vector(%rip), %rax
 .endm
 
-#endif /* HVCHECK_FAULT_ASM_H */
+#endif /* HVCHECK_ASM_H */
