@@ -217,6 +217,13 @@ EFI_STATUS hv_build_msr_bitmap(void)
 }
 
 #if HV_ACTION_VMCALL
+/* The CPU a VMCALL argument names: its number, or ~0 for the caller; NULL
+ * past the last. */
+static struct hv_cpu *named_cpu(struct hv_cpu *caller, UINT64 which)
+{
+    return which == ~0ULL ? caller : which < hv.cpu_count ? hv.cpus[which] : NULL;
+}
+
 /* The VMCALL interface, docs/vmcall.md. Only CPL 0 may call it. A VMCALL
  * that is not ours raises #UD, as it does on a machine without a hypervisor. */
 enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *regs)
@@ -246,7 +253,7 @@ enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *r
         break;
     case HV_VMCALL_GET_EXIT_COUNT: {
         UINT64 reason = regs->rbx, which = regs->rcx;
-        struct hv_cpu *target = which == ~0ULL ? cpu : which < hv.cpu_count ? hv.cpus[which] : NULL;
+        struct hv_cpu *target = named_cpu(cpu, which);
         if (!target || reason >= HV_EXIT_REASON_COUNT) {
             status = HV_VMCALL_BAD_ARGUMENT;
             break;
@@ -256,7 +263,7 @@ enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *r
     }
     case HV_VMCALL_GET_EXIT_TOTAL: {
         UINT64 which = regs->rbx;
-        struct hv_cpu *target = which == ~0ULL ? cpu : which < hv.cpu_count ? hv.cpus[which] : NULL;
+        struct hv_cpu *target = named_cpu(cpu, which);
         if (!target) {
             status = HV_VMCALL_BAD_ARGUMENT;
             break;
@@ -266,7 +273,7 @@ enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *r
     }
     case HV_VMCALL_GET_IRQ_COUNT: {
         UINT64 vector = regs->rbx, which = regs->rcx;
-        struct hv_cpu *target = which == ~0ULL ? cpu : which < hv.cpu_count ? hv.cpus[which] : NULL;
+        struct hv_cpu *target = named_cpu(cpu, which);
         if (!target || vector > 255) {
             status = HV_VMCALL_BAD_ARGUMENT;
             break;

@@ -146,7 +146,7 @@ static EFI_STATUS give_up(EFI_HANDLE image, EFI_STATUS status)
 static void report_failures(void)
 {
     for (UINT32 i = 0; i < hv.cpu_count; i++)
-        if (hv.cpus && hv.cpus[i] && hv.cpus[i]->status == HV_CPU_FAILED)
+        if (hv.cpus && hv.cpus[i]->status == HV_CPU_FAILED) /* none before hv_alloc_cpus */
             hv_say("uefi-hv: cpu %u: %s\n", i, hv.cpus[i]->error);
 }
 

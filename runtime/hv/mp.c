@@ -54,7 +54,7 @@ static VOID EFIAPI run_on_ap(VOID *argument)
 {
     (void)argument;
     UINTN n = hv_who_am_i();
-    if (hv.cpus && n < hv.cpu_count && hv.cpus[n])
+    if (hv.cpus && n < hv.cpu_count)
         ap_work(hv.cpus[n]);
 }
 

@@ -106,8 +106,7 @@ enum hv_exit_result hv_exit_boot_services(struct hv_cpu *cpu, struct hv_guest_re
         return HV_STOP;
     }
     for (UINT32 i = 0; i < hv.cpu_count; i++)
-        if (hv.cpus[i])
-            __atomic_store_n(&hv.cpus[i]->ept_flush_due, 1, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&hv.cpus[i]->ept_flush_due, 1, __ATOMIC_SEQ_CST);
     hv_protection_sync(cpu);
     hv_log("uefi-hv: cpu %u: ExitBootServices: all of the hypervisor's memory is hidden from the guest\n",
            cpu->index);

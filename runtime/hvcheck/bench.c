@@ -22,13 +22,14 @@
 
 #define ROUNDS 64
 
-static UINT64 *boot_counts; /* [cpu][reason]: the exit counters when hvcheck started */
 static UINTN cpus, bsp_index;
 
-static UINT64 vmcall_reason_index(void)
+/* Where exit reason `number` is in hvcheck_exit_reasons (and in the counts
+ * read below), or HVCHECK_EXIT_REASON_COUNT. */
+static UINTN reason_index(UINT32 number)
 {
     for (UINTN k = 0; k < HVCHECK_EXIT_REASON_COUNT; k++)
-        if (hvcheck_exit_reasons[k].number == EXIT_VMCALL)
+        if (hvcheck_exit_reasons[k].number == number)
             return k;
     return HVCHECK_EXIT_REASON_COUNT;
 }
@@ -76,19 +77,20 @@ void hvcheck_bench_start(UINTN bsp, UINTN count)
 {
     bsp_index = bsp;
     cpus = count;
-    boot_counts = AllocateZeroPool(count * HVCHECK_EXIT_REASON_COUNT * sizeof(UINT64));
+    UINT64 *boot_counts = AllocateZeroPool(count * HVCHECK_EXIT_REASON_COUNT * sizeof(UINT64));
     if (!boot_counts)
         return;
     read_all(boot_counts, TRUE);
-    UINT64 *own = boot_counts + bsp * HVCHECK_EXIT_REASON_COUNT, v = vmcall_reason_index();
-    for (UINTN k = 0; k < HVCHECK_EXIT_REASON_COUNT; k++)
-        if (hvcheck_exit_reasons[k].number == EXIT_CPUID)
-            own[k] -= 2; /* hypervisor_present() */
+    UINT64 *own = boot_counts + bsp * HVCHECK_EXIT_REASON_COUNT;
+    UINTN c = reason_index(EXIT_CPUID), v = reason_index(EXIT_VMCALL);
+    if (c < HVCHECK_EXIT_REASON_COUNT)
+        own[c] -= 2; /* hypervisor_present() */
     if (v < HVCHECK_EXIT_REASON_COUNT)
         own[v] -= v + 1; /* this read, up to the VMCALL counter */
     UINT64 zero[HVCHECK_EXIT_REASON_COUNT] = { 0 };
     for (UINTN i = 0; i < count; i++)
         print_exits(i, "of the firmware boot", zero, boot_counts + i * HVCHECK_EXIT_REASON_COUNT);
+    FreePool(boot_counts);
 }
 
 /* Every CPU idle for 200 ms of the firmware's timer. */
@@ -108,7 +110,7 @@ void hvcheck_bench_idle(void)
     uefi_call_wrapper(BS->WaitForEvent, 3, 1, &timer, &which);
     read_all(after, FALSE);
     uefi_call_wrapper(BS->CloseEvent, 1, timer);
-    UINT64 v = vmcall_reason_index();
+    UINTN v = reason_index(EXIT_VMCALL);
     if (v < HVCHECK_EXIT_REASON_COUNT)
         after[bsp_index * HVCHECK_EXIT_REASON_COUNT + v] -= HVCHECK_EXIT_REASON_COUNT;
     for (UINTN i = 0; i < cpus; i++)
