@@ -148,3 +148,65 @@ def test_fields_json_lists_the_catalogue(capsys):
 
 def test_the_catalogue_is_written_in_the_dsl():
     assert (DSL_DIR / "vmcs.hv").read_text().count("index") > 150
+
+
+# --- the VMCB catalogue (dsl/vmcb.hv) against the AMD64 APM vol. 2 ----------------
+
+# Offsets in the VMCB, copied by hand from APM Tables B-1 and B-2 (and KVM's
+# struct vmcb_control_area / vmcb_save_area): save-area fields at 0x400 + the table's offset.
+VMCB_WELL_KNOWN = {
+    "INTERCEPT_CR": 0x000, "INTERCEPT_MISC1": 0x00C, "INTERCEPT_MISC2": 0x010, "IOPM_BASE_PA": 0x040,
+    "MSRPM_BASE_PA": 0x048, "TSC_OFFSET": 0x050, "GUEST_ASID": 0x058, "TLB_CONTROL": 0x05C, "VINTR": 0x060,
+    "INTERRUPT_SHADOW": 0x068, "EXITCODE": 0x070, "EXITINFO1": 0x078, "EXITINFO2": 0x080, "EXITINTINFO": 0x088,
+    "NP_CONTROL": 0x090, "EVENTINJ": 0x0A8, "N_CR3": 0x0B0, "VMCB_CLEAN": 0x0C0, "NEXT_RIP": 0x0C8,
+    "ES_SELECTOR": 0x400, "CS_SELECTOR": 0x410, "CS_ATTRIB": 0x412, "CS_LIMIT": 0x414, "CS_BASE": 0x418,
+    "GDTR_LIMIT": 0x464, "IDTR_BASE": 0x488, "TR_SELECTOR": 0x490, "CPL": 0x4CB, "EFER": 0x4D0,
+    "CR4": 0x548, "CR3": 0x550, "CR0": 0x558, "DR7": 0x560, "DR6": 0x568, "RFLAGS": 0x570, "RIP": 0x578,
+    "RSP": 0x5D8, "RAX": 0x5F8, "STAR": 0x600, "KERNEL_GS_BASE": 0x620, "SYSENTER_CS": 0x628, "CR2": 0x640,
+    "G_PAT": 0x668, "DBGCTL": 0x670,
+}
+
+# Exit codes from APM Appendix C (and KVM's uapi svm.h).
+SVM_EXIT_WELL_KNOWN = {
+    "intr": 0x60, "nmi": 0x61, "cpuid": 0x72, "hlt": 0x78, "ioio": 0x7B, "msr": 0x7C, "shutdown": 0x7F,
+    "vmrun": 0x80, "vmmcall": 0x81, "xsetbv": 0x8D, "npf": 0x400, "invalid": 0xFFFFFFFFFFFFFFFF,
+}
+
+
+@pytest.fixture(scope="module")
+def svm():
+    from uefi_hv.parse import parse_text
+
+    return parse_text('import "vmcs.hv"\nimport "vmcb.hv"\n', "catalogues.hv", DSL_DIR / "catalogues.hv")
+
+
+def test_vmcb_offsets_match_the_apm(svm):
+    for name, offset in VMCB_WELL_KNOWN.items():
+        assert svm.vmcb_fields[name].offset == offset, f"{name}: {svm.vmcb_fields[name].offset:#x} != {offset:#x}"
+    assert {f.area for f in svm.vmcb_fields.values()} == {"control", "save"}
+    for f in svm.vmcb_fields.values():
+        assert (f.offset < 0x400) == (f.area == "control"), f.name
+
+
+def test_svm_exit_codes_match_the_apm_and_mean_vmx_exit_reasons(svm):
+    for name, code in SVM_EXIT_WELL_KNOWN.items():
+        assert svm.svm_exits[name].code == code, name
+    for x in svm.svm_exits.values():
+        assert x.means is None or x.means in svm.exit_reasons, x.name
+        assert x.intercept is None or x.intercept in svm.intercepts, x.name
+    meaning = {x.name: x.means for x in svm.svm_exits.values()}
+    assert (meaning["cpuid"], meaning["vmmcall"], meaning["npf"], meaning["invalid"]) == \
+        ("cpuid", "vmcall", "ept_violation", None)
+
+
+def test_intercept_bits_match_the_apm(svm):
+    bits = {b.qualname: b.bit for b in svm.intercepts.values()}
+    assert (bits["misc1.intr"], bits["misc1.cpuid"], bits["misc1.hlt"], bits["misc1.msr_prot"]) == (0, 18, 24, 28)
+    assert (bits["misc1.shutdown"], bits["misc2.vmrun"], bits["misc2.vmmcall"], bits["misc2.xsetbv"]) == (31, 0, 1, 13)
+    assert {g.name: g.field for g in svm.intercept_groups.values()} == \
+        {"misc1": "INTERCEPT_MISC1", "misc2": "INTERCEPT_MISC2", "misc3": "INTERCEPT_MISC3"}
+
+
+def test_svm_msrs_join_the_vmx_catalogues(svm):
+    assert svm.msrs["VM_CR"].number == 0xC0010114 and svm.msrs["VM_HSAVE_PA"].number == 0xC0010117
+    assert svm.msrs["IA32_EFER"].number == 0xC0000080

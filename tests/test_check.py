@@ -77,6 +77,11 @@ VIOLATIONS = {
     "ICR-EMULATION": variant([("exit sipi\n", "")], "option apic_icr_emulation = on"),
     "MICROCODE-UPDATE": variant([("    write IA32_BIOS_UPDT_TRIG = microcode_update\n", "")]),
     "SELF-PROTECTION": variant(append='option self_protection_violation = "ignore"'),
+    # the VMCB catalogue (dsl/vmcb.hv, which default.hv imports)
+    "VMCB-AREA": variant(append="vmcb save at 0x400 { PAST_THE_PAGE at 0xC00 size 8 }"),
+    "VMCB-ALIGN": variant(append="vmcb control at 0x000 { ODD at 0x3F1 size 4 }"),
+    "VMCB-OVERLAP": variant(append="vmcb control at 0x000 { EXITCODE_LOW at 0x070 size 4 }"),
+    "SVM-EXIT-CODE": variant(append="svm_exit_codes { cpuid_too = 0x172 intercept misc1.cpuid means cpuid }"),
 }
 
 
@@ -105,7 +110,8 @@ def test_a_spec_breaking_the_rule_fails_with_the_check_id_section_and_line(check
         assert text.splitlines()[-1].strip() == "^"
 
 
-SHIPPED_SPECS = sorted(str(p.relative_to(DSL_DIR)) for p in DSL_DIR.rglob("*.hv") if p.name != "vmcs.hv")
+CATALOGUES = ("vmcs.hv", "vmcb.hv")        # imported by specs, not specs themselves
+SHIPPED_SPECS = sorted(str(p.relative_to(DSL_DIR)) for p in DSL_DIR.rglob("*.hv") if p.name not in CATALOGUES)
 
 
 def test_the_shipped_specs_are_found():
@@ -249,3 +255,41 @@ def test_the_icr_emulation_names_what_it_needs():
     assert "option apic_icr_emulation needs proc2.enable_ept in the controls block" in messages
     assert "option apic_icr_emulation needs `exit sipi -> sipi`" in messages
     assert not [d for d in diagnose(variant(append="option apic_icr_emulation = on")) if d.severity == "error"]
+
+
+# --- the VMCB catalogue ----------------------------------------------------------
+
+def vmcb_diagnostics(check_id, text):
+    return [d for d in diagnose(variant(append=text)) if d.check_id == check_id]
+
+
+def test_a_vmcb_field_outside_its_area_names_the_area_and_the_apm_table():
+    (d,) = vmcb_diagnostics("VMCB-AREA", "vmcb control at 0x000 { SPILLS at 0x3FC size 8 }")
+    assert "VMCB field SPILLS (0x3fc-0x403) is outside the control area (0x000-0x3ff)" in d.message
+    assert "APM Table B-1" in d.message
+    assert str(d).startswith("spec.hv:") and "error[VMCB-AREA, APM vol. 2 Appendix B]" in str(d)
+
+
+def test_overlapping_vmcb_fields_name_each_other_and_where_the_first_is():
+    (d,) = vmcb_diagnostics("VMCB-OVERLAP", "vmcb save at 0x400 { RIP_HIGH at 0x17C size 4 }")
+    assert d.loc.file == "spec.hv"
+    assert d.message.startswith("VMCB field RIP_HIGH (0x57c-0x57f) overlaps RIP (0x578-0x57f, at dsl/vmcb.hv:")
+    # a wide field overlapping one that is not its neighbour is found too
+    diags = vmcb_diagnostics("VMCB-OVERLAP", "vmcb control at 0x000 { WIDE at 0x3C0 size 0x30 NARROW at 0x3D0 size 1 "
+                                             "OTHER at 0x3E0 size 1 }")
+    assert [d.message.split(" (")[0] for d in diags] == ["VMCB field NARROW", "VMCB field OTHER"]
+
+
+def test_only_fields_of_2_4_or_8_bytes_must_be_aligned():
+    assert vmcb_diagnostics("VMCB-ALIGN", "vmcb control at 0x000 { BYTES at 0x3F1 size 15 }") == []
+    (d,) = vmcb_diagnostics("VMCB-ALIGN", "vmcb control at 0x000 { WORD at 0x3F1 size 2 }")
+    assert d.message.startswith("VMCB field WORD at 0x3f1 is 2 bytes but not 2-byte aligned")
+
+
+def test_an_intercepts_exit_code_is_its_vectors_base_plus_its_bit():
+    (d,) = vmcb_diagnostics("SVM-EXIT-CODE", VIOLATIONS["SVM-EXIT-CODE"].rsplit("\n", 1)[1])
+    assert "intercept misc1.cpuid (bit 18 of misc1) exits with 0x60 + 18 = 0x72; write cpuid_too = 0x72" in d.message
+    (d,) = vmcb_diagnostics("SVM-EXIT-CODE", "svm_exit_codes { vmrun_too = 0x90 intercept misc2.vmrun }")
+    assert "exits with 0x80 + 0 = 0x80" in d.message
+    # vector 5 (misc3) has no such rule here
+    assert vmcb_diagnostics("SVM-EXIT-CODE", "svm_exit_codes { invpcid = 0xA2 intercept misc3.invpcid }") == []

@@ -26,7 +26,9 @@ WORDS = [
     "pin.external_interrupt_exiting", "exit.host_address_space_size", "external_interrupts", "chain",
     "on", "off", "cpuid", "dispatch_idt", "idt_base", "hide", "vmx", "inject_ud", "external_interrupt",
     "interrupt_window", "triple_fault", "feature_control_locked", "inject_gp", "control", "guest", "host",
-    "natural", "16", "64", "\t", "\u00e9", "\u0000", "\ufeff", "\r", "\\",
+    "natural", "16", "64", "vmcb", "save", "at", "size", "intercepts", "svm_exit_codes", "intercept", "means",
+    "event_injection", "bits", "event_types", '"vmcb.hv"', "misc1.cpuid", "INTERCEPT_MISC1", "RIP",
+    "\t", "\u00e9", "\u0000", "\ufeff", "\r", "\\",
 ]
 
 tokens = st.sampled_from(WORDS)

@@ -117,3 +117,72 @@ def test_uefi_hv_generate_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "hv" / "spec.h").is_file()
     assert (tmp_path / "hvcheck" / "hvcheck.h").is_file()
+
+
+def test_svm_h_holds_the_vmcb_catalogue_as_plain_numbers_and_masks(tmp_path):
+    generate_hypervisor(DEFAULT, tmp_path, check=True)
+    text = (tmp_path / "hv" / "svm.h").read_text()
+    for line in ("#define HV_SVM 1", "#define VMCB_RIP 0x578", "#define VMCB_EXITCODE 0x070",
+                 "#define VMCB_CS_SELECTOR 0x410", "#define SVM_EXIT_CPUID 0x72", "#define SVM_EXIT_NPF 0x400",
+                 "#define SVM_EXIT_INVALID 0xFFFFFFFFFFFFFFFF", "#define SVM_INTERCEPT_CPUID (1U << 18)",
+                 "#define SVM_INTERCEPT_VMRUN (1U << 0)", "#define SVM_EVENTINJ_VALID (1ULL << 31)",
+                 "#define SVM_EVENTINJ_TYPE_SHIFT 8", "#define SVM_EVENTINJ_TYPE_MASK 0x700ULL",
+                 "#define SVM_EVENTINJ_ERROR_CODE_MASK 0xFFFFFFFF00000000ULL", "#define SVM_EVENT_TYPE_EXCEPTION 3",
+                 "#define HV_SVM_NO_MEANING 0xFFFF", "#define HV_SVM_EXIT_COUNT 31"):
+        assert line in text, line
+    assert "/* misc1, at VMCB_INTERCEPT_MISC1 */" in text
+    # what the assembly may use comes before the C-only part
+    assembler = text.split("#ifndef __ASSEMBLER__")[0]
+    assert "VMCB_RIP" in assembler and "SVM_EXIT_CPUID" in assembler and "SVM_INTERCEPT" not in assembler
+    defined = macros(tmp_path / "hv" / "svm.h")
+    assert int(defined["VMCB_EVENTINJ"], 0) == 0xA8 and int(defined["SVM_EXIT_VMMCALL"], 0) == 0x81
+    vmx = macros(tmp_path / "hv" / "vmx.h")
+    assert int(vmx["MSR_VM_HSAVE_PA"].rstrip("U"), 0) == 0xC0010117 and "MSR_IA32_EFER" in vmx
+    assert '#include "svm.h"' in (tmp_path / "hv" / "hv.h").read_text()
+
+
+def test_svm_exits_c_lists_each_exit_code_with_its_meaning_and_intercept(tmp_path):
+    generate_hypervisor(DEFAULT, tmp_path, check=True)
+    text = (tmp_path / "hv" / "svm_exits.c").read_text()
+    assert ('{ SVM_EXIT_CPUID, EXIT_REASON_CPUID, VMCB_INTERCEPT_MISC1, SVM_INTERCEPT_CPUID, "CPUID" },'
+            in text)
+    assert '{ SVM_EXIT_INVALID, HV_SVM_NO_MEANING, 0, 0, "VMRUN found the guest state invalid (15.5.1)" },' in text
+    assert text.index("SVM_EXIT_INTR,") < text.index("SVM_EXIT_CPUID,") < text.index("SVM_EXIT_NPF,")
+
+
+def test_a_spec_without_the_vmcb_catalogue_generates_hv_svm_0(tmp_path):
+    spec = tmp_path / "vmx_only.hv"
+    spec.write_text((DSL_DIR / "default.hv").read_text().replace('import "vmcb.hv"', "")
+                    .replace("hide = vmx, smx, svm", "hide = vmx, smx"))
+    generate_hypervisor(str(spec), tmp_path / "out", check=True)
+    svm_h = (tmp_path / "out" / "hv" / "svm.h").read_text()
+    assert "#define HV_SVM 0" in svm_h and "VMCB_" not in svm_h and "struct" not in svm_h
+    assert "hv_svm_exits" not in (tmp_path / "out" / "hv" / "svm_exits.c").read_text()
+
+
+@pytest.mark.parametrize("with_vmcb", [True, False])
+def test_the_svm_sources_compile_with_werror(tmp_path, with_vmcb):
+    """svm.h and svm_exits.c on their own (hv.h includes only generated
+    headers and gnu-efi's), with and without a VMCB catalogue."""
+    from uefi_hv.build import CFLAGS, INCLUDE_DIRS
+
+    spec = DEFAULT
+    if not with_vmcb:
+        spec = str(tmp_path / "vmx_only.hv")
+        Path(spec).write_text((DSL_DIR / "default.hv").read_text().replace('import "vmcb.hv"', ""))
+    generate_hypervisor(spec, tmp_path / "src", check=False)
+    hv = tmp_path / "src" / "hv"
+    run = subprocess.run(["gcc", *CFLAGS, f"-I{hv}", *(f"-I{d}" for d in INCLUDE_DIRS), "-c", str(hv / "svm_exits.c"),
+                          "-o", str(tmp_path / "svm_exits.o")], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    asm = tmp_path / "uses.S"
+    asm.write_text('#include "svm.h"\n#if HV_SVM\nmov $VMCB_RIP, %eax\ncmp $SVM_EXIT_CPUID, %eax\n#endif\n')
+    run = subprocess.run(["gcc", f"-I{hv}", "-c", str(asm), "-o", str(tmp_path / "uses.o")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_the_plans_parts_give_the_templates_distinct_names():
+    plan = lower(load_spec(DEFAULT))
+    parts = [set(vars(part)) for part in (plan.neutral, plan.vmx, plan.svm)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])

@@ -61,7 +61,7 @@ def test_controls_intercepts_and_exit_handlers():
     assert (i[0].first, i[0].last, i[0].access, i[0].action) == (0x3A, 0x3A, "read", "feature_control_locked")
     assert (i[2].first, i[2].last) == (0x480, 0x491)
     handlers = {h.reason: (h.action, h.options) for h in spec.exits}
-    assert handlers["cpuid"] == ("cpuid", {"hide": ["vmx", "smx"], "signature": True})
+    assert handlers["cpuid"] == ("cpuid", {"hide": ["vmx", "smx", "svm"], "signature": True})
     assert handlers["getsec"] == ("inject_ud", {})
     assert handlers["rdmsr"] == handlers["wrmsr"] == ("msr", {})
     assert handlers["vmlaunch"] == handlers["invvpid"] == ("inject_ud", {})
@@ -264,3 +264,104 @@ def test_an_imported_catalogue_is_read_once_per_version_and_each_spec_owns_its_t
     assert load_spec(tmp_path / "top.hv").controls == first.controls and "HOST_CR3" in first.fields
     cat.write_text(cat.read_text() + "msrs { MY_MSR = 0x1234 }\n")       # a new version on disk
     assert load_spec(tmp_path / "top.hv").msrs["MY_MSR"].number == 0x1234
+
+
+# --- the VMCB catalogue (dsl/vmcb.hv) -------------------------------------------------
+
+CATALOGUES = 'import "vmcs.hv"\nimport "vmcb.hv"\n'
+
+
+def test_the_vmcb_catalogue_parses_into_offsets_intercepts_exit_codes_and_event_fields():
+    spec = load_spec(DSL_DIR / "default.hv")
+    assert "vmcb.hv" in [p.rsplit("/", 1)[-1] for p in spec.files]
+    rip = spec.vmcb_fields["RIP"]
+    assert (rip.area, rip.offset, rip.size) == ("save", 0x578, 8)        # 0x400 + 0x178
+    assert spec.vmcb_fields["EXITCODE"].offset == 0x070
+    assert spec.vmcb_fields["CS_SELECTOR"].offset == 0x410 and spec.vmcb_fields["CS_SELECTOR"].description == ""
+    misc1 = spec.intercept_groups["misc1"]
+    assert misc1 == m.InterceptGroup("misc1", "INTERCEPT_MISC1", misc1.loc) and misc1.loc.file.endswith("vmcb.hv")
+    assert spec.intercepts["misc1.cpuid"].bit == 18 and spec.intercepts["misc2.vmrun"].mask == 1
+    cpuid = spec.svm_exits["cpuid"]
+    assert (cpuid.code, cpuid.intercept, cpuid.means, cpuid.description) == (0x72, "misc1.cpuid", "cpuid", "CPUID")
+    npf, invalid = spec.svm_exits["npf"], spec.svm_exits["invalid"]
+    assert (npf.code, npf.intercept, npf.means) == (0x400, None, "ept_violation")
+    assert (invalid.code, invalid.intercept, invalid.means) == (0xFFFFFFFFFFFFFFFF, None, None)
+    assert list(spec.svm_exits)[:3] == ["intr", "nmi", "init"]            # catalogue order
+    kind = spec.event_injection["type"]
+    assert (kind.first, kind.last, kind.width, kind.mask) == (8, 10, 3, 0x700)
+    assert spec.event_injection["valid"].mask == 1 << 31
+    assert {t.name: t.number for t in spec.event_types.values()}["exception"] == 3
+    # the second msrs block joins the first
+    assert spec.msrs["VM_HSAVE_PA"].number == 0xC0010117 and spec.msrs["IA32_EFER"].number == 0xC0000080
+
+
+def test_vmcb_entries_share_lines_and_their_descriptions_are_optional():
+    spec = parse(CATALOGUES + 'vmcb control at 0x000 { MINE at 0x300 size 4  YOURS at 0x304 size 2 "yours" }\n'
+                              'vmcb save at 0x400 { LATE at 0x800 size 8 }\n')
+    assert (spec.vmcb_fields["MINE"].offset, spec.vmcb_fields["MINE"].description) == (0x300, "")
+    assert (spec.vmcb_fields["YOURS"].size, spec.vmcb_fields["YOURS"].description) == (2, "yours")
+    assert spec.vmcb_fields["LATE"].offset == 0xC00 and spec.vmcb_fields["LATE"].loc.line == 4
+
+
+def test_the_words_of_the_vmcb_statements_are_still_names_elsewhere():
+    spec = parse(CATALOGUES + "const at = 1\nconst size = 2\nconst bits = 3\nconst intercept = 4\nconst means = 5\n"
+                              "vmcb control at 0x000 { size at 0x300 size 4 }\n"
+                              "svm_exit_codes { at = 0x1000 \"at\" }\n")
+    assert [spec.constants[n].value for n in ("at", "size", "bits", "intercept", "means")] == [1, 2, 3, 4, 5]
+    assert spec.vmcb_fields["size"].offset == 0x300 and spec.svm_exits["at"].code == 0x1000
+
+
+def test_a_spec_without_the_vmcb_catalogue_has_none():
+    spec = parse('import "vmcs.hv"\n')
+    assert not (spec.vmcb_fields or spec.intercepts or spec.svm_exits or spec.event_injection or spec.event_types)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("svm_exit_codes { mine = 0x1000 means cpuidd }",
+     "unknown exit reason 'cpuidd'; did you mean 'cpuid'?; `means` names the VMX exit reason"),
+    ("svm_exit_codes { mine = 0x1000 intercept misc1.cpuidd }",
+     "unknown intercept 'misc1.cpuidd'; did you mean 'misc1.cpuid'"),
+    ("svm_exit_codes { cpuid = 0x1000 }", "SVM exit code 'cpuid' is declared twice"),
+    ("svm_exit_codes { cpuid_again = 0x72 }", "SVM exit code 0x72 is declared twice (first as cpuid)"),
+    ("intercepts misc4 at INTERCEPT_MISC4 { mine bit 0 }",
+     "unknown VMCB field 'INTERCEPT_MISC4'; did you mean 'INTERCEPT_MISC3' or 'INTERCEPT_MISC2' or "
+     "'INTERCEPT_MISC1'?; `intercepts misc4 at FIELD` names the VMCB field"),
+    ("intercepts misc3 at INTERCEPT_MISC2 { mine bit 9 }", "intercepts misc3 is already at INTERCEPT_MISC3"),
+    ("intercepts misc4 at TLB_CONTROL { mine bit 9 }", "intercept misc4.mine is bit 9, outside TLB_CONTROL (1 byte)"),
+    ("intercepts misc3 at INTERCEPT_MISC3 { cpuid bit 9 }",
+     "intercept misc3.cpuid: misc1.cpuid has the name already; intercept names are unique across groups"),
+    ("intercepts misc3 at INTERCEPT_MISC3 { mine bit 2 }", "bit 2 of misc3 is already misc3.invpcid"),
+    ("intercepts misc3 at INTERCEPT_MISC3 { mine bit 32 }", "intercept bit 32 is not in a 32-bit intercept vector"),
+    ("vmcb stack at 0x000 { X at 0 size 1 }", "unknown VMCB area 'stack'; expected control or save"),
+    ("vmcb save at 0x400 { RIP at 0x300 size 8 }", "VMCB field RIP is declared twice (first at dsl/vmcb.hv:"),
+    ("vmcb save at 0x400 { NOTHING at 0x300 size 0 }", "VMCB field NOTHING has size 0"),
+    ("event_injection { mine bits 7..3 }", "bits 7..3 run backwards; write 3..7"),
+    ("event_injection { mine bit 64 }", "bit 64 of mine is outside EVENTINJ, a 64-bit field"),
+    ("event_injection { mine bits 9..12 }", "bits 9..12 of mine overlap type (bits 8..10)"),
+    ("event_types { nmi = 5 }", "event type 'nmi' is declared twice"),
+])
+def test_vmcb_catalogue_errors_point_at_their_line(text, message):
+    out, diags = errors(CATALOGUES + text + "\n")
+    assert message in out, out
+    assert diags and all(d.loc.file == "spec.hv" and d.loc.line == 3 for d in diags), out
+
+
+def test_a_wrong_meaning_in_an_imported_catalogue_points_into_that_file(tmp_path):
+    (tmp_path / "cat.hv").write_text((DSL_DIR / "vmcb.hv").read_text().replace("means cpuid ", "means cpuidd"))
+    (tmp_path / "top.hv").write_text('import "vmcs.hv"\nimport "cat.hv"\n')
+    with pytest.raises(SpecError) as e:
+        load_spec(tmp_path / "top.hv")
+    (d,) = e.value.diagnostics
+    assert d.loc.file.endswith("cat.hv") and d.loc.line > 1 and "unknown exit reason 'cpuidd'" in d.message
+
+
+def test_the_two_catalogues_are_shared_between_specs_not_declared_again():
+    from uefi_hv.resolve import catalogue_of
+
+    first = load_spec(DSL_DIR / "default.hv")
+    built = catalogue_of.cache_info().misses
+    again = load_spec(DSL_DIR / "default.hv")
+    assert catalogue_of.cache_info().misses == built
+    assert again.svm_exits == first.svm_exits and again.vmcb_fields == first.vmcb_fields
+    again.svm_exits.clear()
+    assert load_spec(DSL_DIR / "default.hv").svm_exits == first.svm_exits

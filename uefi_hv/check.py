@@ -1,7 +1,9 @@
 """check: the Intel SDM's rules that can be decided from a spec, one small
-function each, with a stable id and the SDM section it comes from.
+function each, with a stable id and the SDM section it comes from; and the
+AMD APM's rules on the VMCB catalogue (dsl/vmcb.hv).
 
-Every section is one of `SDM_SECTIONS`, numbered as in `SDM_EDITION`.
+Every section is one of `SDM_SECTIONS`, numbered as in `SDM_EDITION`, or
+one of `APM_SECTIONS` of `APM_EDITION`.
 
 What only the CPU can decide (fixed CR0/CR4 bits, allowed control settings
 from the capability MSRs) is returned by `runtime_rules()` as data; the
@@ -63,6 +65,25 @@ SDM_SECTIONS = {
 }
 
 
+#: The AMD manual the VMCB catalogue's checks cite.
+APM_EDITION = ("AMD64 Architecture Programmer's Manual, Volume 2: System Programming (publication 24593): "
+               "SVM in chapter 15")
+
+#: The APM vol. 2 sections the checks cite -> their titles.
+APM_SECTIONS = {
+    "Appendix B": "Layout of VMCB",
+    "Appendix C": "SVM Intercept Exit Codes",
+}
+
+
+def apm(*numbers: str) -> str:
+    """The section string of a check on the VMCB catalogue: "APM vol. 2 Appendix B"."""
+    unknown = [n for n in numbers if n not in APM_SECTIONS]
+    if unknown:
+        raise KeyError(f"APM section {', '.join(unknown)} is not in check.APM_SECTIONS")
+    return "APM vol. 2 " + ", ".join(numbers)
+
+
 def sdm(*numbers: str) -> str:
     """The section string of a check or rule: "SDM 28.2.3" (several: "SDM 25.8, 28.2.2").
     Each number must be in SDM_SECTIONS, so that its title is known."""
@@ -75,15 +96,17 @@ def sdm(*numbers: str) -> str:
 def cited(section: str) -> str:
     """A section with its titles, as docs and `uefi-hv explain` show it:
     'SDM 28.2.3 "Checks on Host Segment and Descriptor-Table Registers"'."""
-    if not section.startswith("SDM "):
-        return section
-    return "SDM " + ", ".join(f'{n} "{SDM_SECTIONS[n]}"' for n in section[4:].split(", "))
+    for prefix, titles in (("SDM ", SDM_SECTIONS), ("APM vol. 2 ", APM_SECTIONS)):
+        if section.startswith(prefix):
+            numbers = section[len(prefix):].split(", ")
+            return prefix + ", ".join(f'{n} "{titles[n]}"' for n in numbers)
+    return section
 
 
 @dataclass(frozen=True)
 class CheckInfo:
     id: str                 # stable: tests, docs and `uefi-hv explain` use it
-    section: str            # sdm("28.2.3"), or "docs/dsl.md#..." for the language's own rules
+    section: str            # sdm("28.2.3"), apm("Appendix B"), or "docs/dsl.md#..." for the language's own rules
     title: str
     text: str               # the rule in words (the function's docstring)
     fn: Callable
@@ -568,6 +591,68 @@ def check_extint_window(ctx: Ctx):
                    "exiting; add `exit interrupt_window -> inject_pending`", w.loc if w else h.loc)
 
 
+# --- the VMCB catalogue: APM vol. 2 Appendices B and C ----------------------------------
+
+def _span(f: m.VmcbField) -> str:
+    return f"{f.offset:#05x}" if f.size == 1 else f"{f.offset:#05x}-{f.end - 1:#05x}"
+
+
+@check("VMCB-AREA", apm("Appendix B"), "every VMCB field lies in its area")
+def check_vmcb_area(ctx: Ctx):
+    """The VMCB is one 4 KiB page: the control area (Table B-1) holds bytes
+    0x000-0x3FF, the state save area (Table B-2) 0x400-0xFFF. A field of
+    `vmcb control` or `vmcb save` lies wholly in its own area (its offset is
+    the area's base plus the offset written)."""
+    for f in ctx.spec.vmcb_fields.values():
+        first, end = m.VMCB_AREAS[f.area]
+        if not (first <= f.offset and f.end <= end):
+            yield (f"VMCB field {f.name} ({_span(f)}) is outside the {f.area} area ({first:#05x}-{end - 1:#05x}); "
+                   f"check its offset, and the area's base, against APM Table B-{1 if f.area == 'control' else 2}"), \
+                f.loc
+
+
+@check("VMCB-ALIGN", apm("Appendix B"), "VMCB fields of 2, 4 or 8 bytes are naturally aligned")
+def check_vmcb_align(ctx: Ctx):
+    """Every field of 2, 4 or 8 bytes in the APM's VMCB tables starts at a
+    multiple of its size; one that does not has a wrong offset or size."""
+    for f in ctx.spec.vmcb_fields.values():
+        if f.size in (2, 4, 8) and f.offset % f.size:
+            yield (f"VMCB field {f.name} at {f.offset:#05x} is {f.size} bytes but not {f.size}-byte aligned; "
+                   f"check its offset and size against the APM's table"), f.loc
+
+
+@check("VMCB-OVERLAP", apm("Appendix B"), "no two VMCB fields overlap")
+def check_vmcb_overlap(ctx: Ctx):
+    """Each byte of the VMCB belongs to at most one field: two fields that
+    share a byte mean a wrong offset or size in one of them."""
+    reaching: Optional[m.VmcbField] = None         # of the fields before, the one that ends last
+    for f in sorted(ctx.spec.vmcb_fields.values(), key=lambda f: (f.offset, f.end)):
+        if reaching is not None and f.offset < reaching.end:
+            later, earlier = (f, reaching) if _order(ctx.spec, f.loc) >= _order(ctx.spec, reaching.loc) \
+                else (reaching, f)
+            yield (f"VMCB field {later.name} ({_span(later)}) overlaps {earlier.name} ({_span(earlier)}, at "
+                   f"{earlier.loc}); one of their offsets or sizes is wrong"), later.loc
+        if reaching is None or f.end > reaching.end:
+            reaching = f
+
+
+@check("SVM-EXIT-CODE", apm("Appendix C"), "an intercept's exit code is its vector's base plus its bit")
+def check_svm_exit_codes(ctx: Ctx):
+    """An intercept of vector 3 (misc1, VMCB offset 0x00C) exits with code
+    0x60 plus its bit number, one of vector 4 (misc2, 0x010) with 0x80 plus
+    its bit: an svm_exit_codes entry that names such an intercept has that
+    code."""
+    for x in ctx.spec.svm_exits.values():
+        bit = ctx.spec.intercepts.get(x.intercept) if x.intercept else None
+        if bit is None or bit.group not in m.SVM_EXIT_CODE_BASES:
+            continue
+        base = m.SVM_EXIT_CODE_BASES[bit.group]
+        if x.code != base + bit.bit:
+            yield (f"SVM exit code {x.name} = {x.code:#x}, but intercept {bit.qualname} (bit {bit.bit} of "
+                   f"{bit.group}) exits with {base:#x} + {bit.bit} = {base + bit.bit:#x}; write "
+                   f"{x.name} = {base + bit.bit:#x}, or name its own intercept"), x.loc
+
+
 # --- the language's own rules ----------------------------------------------------
 
 @check("VALUE-WIDTH", sdm("Appendix B"), "constant values fit their field's width")
@@ -806,7 +891,7 @@ DOC_END = "<!-- checks:end -->"
 
 def checks_markdown() -> str:
     """The table of checks for docs/dsl.md, from the registry."""
-    rows = [f"Sections are numbered as in the {SDM_EDITION}.", "",
+    rows = [f"Sections are numbered as in the {SDM_EDITION}; APM sections as in the {APM_EDITION}.", "",
             "| id | section | severity | rule |", "|---|---|---|---|"]
     for c in CHECKS.values():
         text = " ".join(c.text.split()).replace("|", "\\|")
@@ -909,6 +994,8 @@ def cmd_explain(args) -> int:
     print(info.text)
     if info.section.startswith("SDM "):
         print(f"\n{cited(info.section)}; {SDM_EDITION}")
+    elif info.section.startswith("APM "):
+        print(f"\n{cited(info.section)}; {APM_EDITION}")
     return 0
 
 

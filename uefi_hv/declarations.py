@@ -153,11 +153,67 @@ class ControlBitDecl:
 
 @dataclass(frozen=True)
 class NumberedDecl:
-    """A line of an exit_reasons, vm_instruction_errors or msrs block."""
+    """A line of an exit_reasons, vm_instruction_errors, msrs or event_types block."""
 
-    table: str                     # "exit_reasons", "vm_instruction_errors" or "msrs"
+    table: str                     # "exit_reasons", "vm_instruction_errors", "msrs" or "event_types"
     name: str
     number: int
+    description: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class VmcbFieldDecl:
+    """A line of a `vmcb control` or `vmcb save` block: its offset made
+    absolute (the area's base added)."""
+
+    area: str                      # a key of model.VMCB_AREAS
+    name: str
+    offset: int                    # from the start of the VMCB
+    size: int                      # bytes
+    description: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class InterceptGroupDecl:
+    """`intercepts misc1 at INTERCEPT_MISC1 { ... }`: the group and the VMCB
+    field that holds its bits (a field another file may declare)."""
+
+    group: str
+    field: Name
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class InterceptBitDecl:
+    group: str
+    name: str
+    bit: int
+    description: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class SvmExitDecl:
+    """A line of svm_exit_codes; `intercept` (group.name) and `means` (an exit
+    reason) are looked up by resolve.py."""
+
+    name: str
+    code: int
+    intercept: Optional[Name]
+    means: Optional[Name]
+    description: str
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class EventFieldDecl:
+    """A line of event_injection: bits first..last (one bit: first == last)."""
+
+    name: str
+    first: int
+    last: int
     description: str
     loc: Loc
 
@@ -200,9 +256,11 @@ class ExitDecl:
     loc: Loc
 
 
-#: The declarations of the VMCS catalogue (dsl/vmcs.hv); the rest are the hypervisor's.
-CatalogueDecl = Union[FieldDecl, ControlBitDecl, NumberedDecl]
-CATALOGUE_DECLS = (FieldDecl, ControlBitDecl, NumberedDecl)
+#: The declarations of the catalogues (dsl/vmcs.hv, dsl/vmcb.hv); the rest are the hypervisor's.
+CatalogueDecl = Union[FieldDecl, ControlBitDecl, NumberedDecl, VmcbFieldDecl, InterceptGroupDecl,
+                      InterceptBitDecl, SvmExitDecl, EventFieldDecl]
+CATALOGUE_DECLS = (FieldDecl, ControlBitDecl, NumberedDecl, VmcbFieldDecl, InterceptGroupDecl, InterceptBitDecl,
+                   SvmExitDecl, EventFieldDecl)
 SpecDecl = Union[HypervisorDecl, OptionDecl, ConstDecl, GlobalDecl, HostAssignDecl, ControlReqDecl,
                  InterceptDecl, ExitDecl]
 Declaration = Union[CatalogueDecl, SpecDecl]
@@ -223,7 +281,7 @@ class SourceFile:
 
     @cached_property
     def only_catalogue(self) -> bool:
-        """It declares catalogue entries and nothing else (no imports either), as vmcs.hv."""
+        """It declares catalogue entries and nothing else (no imports either), as vmcs.hv and vmcb.hv."""
         return self.syntax_error is None and all(isinstance(e, CATALOGUE_DECLS + (Problem,)) for e in self.entries)
 
 

@@ -28,7 +28,23 @@ def environment() -> jinja2.Environment:
             lstrip_blocks=True,
         )
         _env.filters["hex"] = lambda v, digits=0: f"0x{v:0{digits}X}" if digits else f"0x{v:X}"
+        _env.filters["c_string"] = c_string
+        _env.filters["c_comment"] = lambda text: str(text).replace("*/", "* /")
     return _env
+
+
+def c_string(text: str) -> str:
+    """`text` as a C string literal: quoted, with backslashes, quotes and
+    anything outside printable ASCII escaped."""
+    out = []
+    for ch in str(text):
+        if ch in '\\"':
+            out.append("\\" + ch)
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.append("".join(f"\\{b:03o}" for b in ch.encode()))
+    return '"' + "".join(out) + '"'
 
 
 def generated_header(template: str, sources: list[str], comment: str = "//") -> str:
@@ -62,13 +78,13 @@ def generate_banner(outdir: Path) -> list[Path]:
 # --- the spec's headers and tables from templates/hv and templates/hvcheck ---
 
 def template_context(plan, idt_base_from_vmcs: bool = False) -> dict:
-    """The names the templates use: the plan's two halves, flat (lower.py
-    says what each means), and the benchmark's variant switch."""
-    return {**vars(plan.neutral), **vars(plan.vmx), "idt_base_from_vmcs": idt_base_from_vmcs}
+    """The names the templates use: the plan's parts, flat (lower.py says
+    what each means; no name is in two), and the benchmark's variant switch."""
+    return {**vars(plan.neutral), **vars(plan.vmx), **vars(plan.svm), "idt_base_from_vmcs": idt_base_from_vmcs}
 
 
-HV_TEMPLATES = ("vmx.h", "spec.h", "hv.h", "globals.c", "names.c", "dispatch.c", "rules.c",
-                "host_state.c")
+HV_TEMPLATES = ("vmx.h", "svm.h", "spec.h", "hv.h", "globals.c", "names.c", "dispatch.c", "rules.c",
+                "host_state.c", "svm_exits.c")
 HVCHECK_TEMPLATES = ("hvcheck.h", "hvcheck_names.c")
 
 

@@ -3,11 +3,13 @@ one place: the handlers the settings imply (HLT and MWAIT for
 `option apic_icr_emulation`), what
 each option does, the control masks, the host-state slots, the run-time rules.
 
-The plan has two halves. `neutral` is what any backend needs: the identity,
+The plan has three parts. `neutral` is what any backend needs: the identity,
 the VMCALL interface, the exits by reason and action, the interrupt vectors,
 the globals, the settings. `vmx` is Intel's: the VMCS catalogue, the control
-words, the host-state fields, the MSR intercepts, the run-time rules. A
-second backend (AMD SVM) reuses the front end and the neutral half.
+words, the host-state fields, the MSR intercepts, the run-time rules. `svm`
+is AMD's catalogue (dsl/vmcb.hv): the VMCB layout, the intercepts, the exit
+codes with the VMX exit reason each means; a second backend (AMD SVM)
+reuses the front end and the neutral half.
 generate.py renders templates from a plan; nothing there decides anything.
 """
 
@@ -165,11 +167,25 @@ class VmxPlan:
 
 
 @dataclass
+class SvmPlan:
+    """AMD SVM's catalogue, for svm.h: empty (svm False) when the spec imports none."""
+
+    svm: bool                          # the spec has a VMCB catalogue
+    vmcb_fields: list                  # {name, offset, size, description}, by offset
+    svm_intercepts: list               # {name, bit, group, field}, in catalogue order
+    svm_exits: list                    # {name, code, meaning, intercept_offset, intercept_mask, text}: C
+                                       # expressions (macros), in catalogue order
+    svm_event_injection: list          # {name, first, width, mask, description}, by first bit
+    svm_event_types: list              # {name, number, description}, by number
+
+
+@dataclass
 class Plan:
-    """A spec, lowered: the backend-neutral half and the VMX half."""
+    """A spec, lowered: the backend-neutral half, the VMX half and SVM's catalogue."""
 
     neutral: HypervisorPlan
     vmx: VmxPlan
+    svm: SvmPlan
 
 
 def _source_expression(source, spec) -> str:
@@ -385,6 +401,40 @@ def lower(spec: model.Spec) -> Plan:
             ept=bool(wanted["proc2"] & spec.controls["proc2.enable_ept"].mask)
             if "proc2.enable_ept" in spec.controls else False,
         ),
+        svm=_lower_svm(spec),
+    )
+
+
+def _lower_svm(spec: model.Spec) -> SvmPlan:
+    """The VMCB catalogue as svm.h names it: VMCB_<FIELD>, SVM_EXIT_<CODE>,
+    SVM_INTERCEPT_<BIT>, EXIT_REASON_<MEANS>."""
+    intercepts = []
+    for bit in spec.intercepts.values():
+        group = spec.intercept_groups.get(bit.group)
+        if group is None:
+            raise UserError(f"error: {spec.file}: intercept {bit.qualname} has no `intercepts {bit.group} at FIELD`")
+        intercepts.append({"name": bit.name, "bit": bit.bit, "group": bit.group, "field": group.field})
+    exits = []
+    for x in spec.svm_exits.values():
+        cause = spec.intercepts[x.intercept] if x.intercept else None
+        exits.append({
+            "name": x.name, "code": x.code,
+            "meaning": f"EXIT_REASON_{x.means.upper()}" if x.means else "HV_SVM_NO_MEANING",
+            "intercept_offset": f"VMCB_{spec.intercept_groups[cause.group].field}" if cause else "0",
+            "intercept_mask": f"SVM_INTERCEPT_{cause.name.upper()}" if cause else "0",
+            "text": x.description or x.name,
+        })
+    return SvmPlan(
+        svm=bool(spec.vmcb_fields),
+        vmcb_fields=[{"name": f.name, "offset": f.offset, "size": f.size, "description": f.description}
+                     for f in sorted(spec.vmcb_fields.values(), key=lambda f: (f.offset, f.name))],
+        svm_intercepts=intercepts,
+        svm_exits=exits,
+        svm_event_injection=[{"name": f.name, "first": f.first, "width": f.width, "mask": f.mask,
+                              "description": f.description}
+                             for f in sorted(spec.event_injection.values(), key=lambda f: f.first)],
+        svm_event_types=[{"name": t.name, "number": t.number, "description": t.description}
+                         for t in sorted(spec.event_types.values(), key=lambda t: (t.number, t.name))],
     )
 
 

@@ -212,6 +212,13 @@ class Spec:
     # added by the DSL step (parse.py, resolve.py):
     vm_instruction_errors: dict[str, "VmInstructionError"] = field(default_factory=dict)  # by name
     msrs: dict[str, "Msr"] = field(default_factory=dict)            # by name
+    # the VMCB catalogue (dsl/vmcb.hv), empty when the spec imports none:
+    vmcb_fields: dict[str, "VmcbField"] = field(default_factory=dict)            # by name
+    intercept_groups: dict[str, "InterceptGroup"] = field(default_factory=dict)  # by name: misc1
+    intercepts: dict[str, "InterceptBit"] = field(default_factory=dict)          # by qualname: misc1.cpuid
+    svm_exits: dict[str, "SvmExit"] = field(default_factory=dict)                # by name, in catalogue order
+    event_injection: dict[str, "EventField"] = field(default_factory=dict)       # by name
+    event_types: dict[str, "EventType"] = field(default_factory=dict)            # by name
     setting_locs: dict[str, Loc] = field(default_factory=dict)      # where each setting was written
     files: list[str] = field(default_factory=list)                  # spec files, in load order
     file_order: dict[str, tuple] = field(default_factory=dict, repr=False)  # file -> lines of its import chain
@@ -263,6 +270,101 @@ class Msr:
     loc: Optional[Loc] = None
 
 
+# --- the VMCB catalogue (AMD64 APM vol. 2, Appendix B "Layout of VMCB") ------------
+
+#: A VMCB area -> the bytes of the 4 KiB VMCB it may hold: the control area
+#: (Table B-1), then the state save area (Table B-2) from 0x400 to the page's end.
+VMCB_AREAS = {"control": (0x000, 0x400), "save": (0x400, 0x1000)}
+
+#: Intercept group -> the first exit code of its bits (APM Appendix C "SVM
+#: Intercept Exit Codes"): an intercept of bit N exits with base + N.
+SVM_EXIT_CODE_BASES = {"misc1": 0x60, "misc2": 0x80}
+
+
+@dataclass(frozen=True)
+class VmcbField:
+    """A field of the VMCB: plain memory, an offset and a size."""
+
+    name: str                      # e.g. "RIP"; VMCB_RIP in C
+    area: str                      # key of VMCB_AREAS
+    offset: int                    # from the start of the VMCB, e.g. 0x578
+    size: int                      # bytes
+    description: str = ""
+    loc: Optional[Loc] = None
+
+    @property
+    def end(self) -> int:          # one past its last byte
+        return self.offset + self.size
+
+
+@dataclass(frozen=True)
+class InterceptGroup:
+    """An intercept vector: `intercepts misc1 at INTERCEPT_MISC1`."""
+
+    name: str                      # e.g. "misc1"
+    field: str                     # the VmcbField holding its bits
+    loc: Optional[Loc] = None
+
+
+@dataclass(frozen=True)
+class InterceptBit:
+    group: str                     # an InterceptGroup's name
+    name: str                      # e.g. "cpuid": unique across groups (SVM_INTERCEPT_CPUID)
+    bit: int
+    description: str = ""
+    loc: Optional[Loc] = None
+
+    @property
+    def qualname(self) -> str:     # "misc1.cpuid"
+        return f"{self.group}.{self.name}"
+
+    @property
+    def mask(self) -> int:
+        return 1 << self.bit
+
+
+@dataclass(frozen=True)
+class SvmExit:
+    """An exit code (EXITCODE, APM Appendix C), with the intercept that causes
+    it and the VMX exit reason of the same event (`means`)."""
+
+    name: str                      # e.g. "cpuid"
+    code: int                      # e.g. 0x72
+    intercept: Optional[str] = None    # an InterceptBit's qualname
+    means: Optional[str] = None        # an ExitReason's name
+    description: str = ""
+    loc: Optional[Loc] = None
+
+
+@dataclass(frozen=True)
+class EventField:
+    """A field of EVENTINJ and EXITINTINFO (APM 15.20 "Event Injection"): bits first..last."""
+
+    name: str
+    first: int
+    last: int
+    description: str = ""
+    loc: Optional[Loc] = None
+
+    @property
+    def width(self) -> int:
+        return self.last - self.first + 1
+
+    @property
+    def mask(self) -> int:
+        return ((1 << self.width) - 1) << self.first
+
+
+@dataclass(frozen=True)
+class EventType:
+    """A value of EVENTINJ.TYPE."""
+
+    number: int
+    name: str
+    description: str = ""
+    loc: Optional[Loc] = None
+
+
 #: Registers `read(...)` can name (see ReadReg); all are read in the
 #: hypervisor's own host environment.
 REGISTERS = ("cr0", "cr3", "cr4", "cs", "ss", "ds", "es", "fs", "gs", "tr",
@@ -308,7 +410,7 @@ class ActionInfo:
 EXIT_ACTIONS = {a.name: a for a in (
     ActionInfo("cpuid", ("cpuid",), {"hide": "names", "signature": "flag"},
                "executes CPUID for the guest; `hide` clears feature bits (vmx: CPUID.1:ECX[5], "
-               "smx: CPUID.1:ECX[6]); "
+               "smx: CPUID.1:ECX[6], svm: CPUID.80000001:ECX[2]); "
                "`signature` answers leaf 0x40000000 with the hypervisor's signature"),
     ActionInfo("msr", ("rdmsr", "wrmsr"), {},
                "applies the `msr_bitmap` intercepts; other MSRs that exit are executed for the guest"),
@@ -476,4 +578,5 @@ class CpuidBit:
 CPUID_HIDE = {
     "vmx": CpuidBit(1, "ecx", 5, "the guest sees no VMX (so it never tries VMXON)"),
     "smx": CpuidBit(1, "ecx", 6, "no SMX: GETSEC would exit, and the hypervisor does not emulate it"),
+    "svm": CpuidBit(0x80000001, "ecx", 2, "the guest sees no SVM"),
 }

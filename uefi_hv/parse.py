@@ -80,7 +80,8 @@ _WORDS = {
 
 
 _DECLARATIONS = {"import", "hypervisor", "const", "global", "option", "fields", "control_bits", "exit_reasons",
-                 "vm_instruction_errors", "msrs", "host_state", "controls", "msr_bitmap", "exit"}
+                 "vm_instruction_errors", "msrs", "vmcb", "intercepts", "svm_exit_codes", "event_injection",
+                 "event_types", "host_state", "controls", "msr_bitmap", "exit"}
 
 
 def _words(terminals) -> str:
@@ -179,6 +180,16 @@ class _NumberedLine:
 
     name: d.Name
     number: d.Number
+    description: str
+
+
+@dataclass(frozen=True)
+class _VmcbLine:
+    """A line of a vmcb block, its offset still the area's."""
+
+    name: d.Name
+    offset: int
+    size: int
     description: str
 
 
@@ -336,6 +347,80 @@ class _Declarations(Transformer):
                              _string(desc[0]) if desc else "")
 
     bit_def = numbered
+
+    # -- the VMCB catalogue (dsl/vmcb.hv)
+    def vmcb_area(self, meta, children) -> Union[list, d.Problem]:
+        area_tok, base_tok, *lines = children
+        area = str(area_tok)
+        if area not in m.VMCB_AREAS:
+            return d.Problem(f"unknown VMCB area '{area}'; expected {' or '.join(m.VMCB_AREAS)}"
+                             f"{did_you_mean(area, m.VMCB_AREAS)}", self._loc(area_tok))
+        base = self._literal(base_tok)
+        if isinstance(base, d.Oversized):
+            return base
+        return _up_to_oversized(
+            line if isinstance(line, d.Problem) else
+            d.VmcbFieldDecl(area, line.name.value, base + line.offset, line.size, line.description, line.name.loc)
+            for line in lines)
+
+    def vmcb_field(self, meta, children) -> Union[_VmcbLine, d.Problem]:
+        name, offset_tok, size_tok, *desc = children
+        offset, size = self._literal(offset_tok), self._literal(size_tok)
+        if isinstance(offset, d.Oversized):
+            return offset
+        if isinstance(size, d.Oversized):
+            return size
+        if size == 0:
+            return d.Problem(f"VMCB field {name} has size 0; a field is at least 1 byte", self._loc(size_tok))
+        return _VmcbLine(d.Name(str(name), self._loc(name)), offset, size, _string(desc[0]) if desc else "")
+
+    def intercepts_block(self, meta, children) -> list:
+        group_tok, field_tok, *lines = children
+        group = str(group_tok)
+        declared = d.InterceptGroupDecl(group, d.Name(str(field_tok), self._loc(field_tok)), self._loc(group_tok))
+        return [declared] + _up_to_oversized(
+            line if isinstance(line, d.Oversized) else
+            d.Problem(f"intercept bit {line.number.value} is not in a 32-bit intercept vector", line.number.loc)
+            if line.number.value > 31 else
+            d.InterceptBitDecl(group, line.name.value, line.number.value, line.description, line.name.loc)
+            for line in lines)
+
+    def svm_exit_codes(self, meta, lines) -> list:
+        return _up_to_oversized(lines)
+
+    def svm_exit(self, meta, children) -> Union[d.SvmExitDecl, d.Oversized]:
+        """NAME "=" INT ("intercept" QNAME)? ("means" NAME)? STRING?"""
+        name, code_tok, *rest = children
+        code = self._literal(code_tok)
+        if isinstance(code, d.Oversized):
+            return code
+        words = {t.type: d.Name(str(t), self._loc(t)) for t in rest if t.type in ("QNAME", "NAME")}
+        desc = next((_string(t) for t in rest if t.type == "STRING"), "")
+        return d.SvmExitDecl(str(name), code, words.get("QNAME"), words.get("NAME"), desc, self._loc(name))
+
+    def event_injection(self, meta, lines) -> list:
+        def field(line) -> Union[d.EventFieldDecl, d.Problem]:
+            if isinstance(line, _NumberedLine):     # NAME "bit" INT
+                line = d.EventFieldDecl(line.name.value, line.number.value, line.number.value, line.description,
+                                        line.name.loc)
+            if isinstance(line, d.EventFieldDecl) and line.last > 63:
+                return d.Problem(f"bit {line.last} of {line.name} is outside EVENTINJ, a 64-bit field", line.loc)
+            return line
+        return _up_to_oversized(field(line) for line in lines)
+
+    def bits_def(self, meta, children) -> Union[d.EventFieldDecl, d.Problem]:
+        name, first_tok, last_tok, *desc = children
+        first, last = self._literal(first_tok), self._literal(last_tok)
+        if isinstance(first, d.Oversized):
+            return first
+        if isinstance(last, d.Oversized):
+            return last
+        if last < first:
+            return d.Problem(f"bits {first}..{last} run backwards; write {last}..{first}", self._loc(first_tok))
+        return d.EventFieldDecl(str(name), first, last, _string(desc[0]) if desc else "", self._loc(name))
+
+    def event_types(self, meta, lines) -> list:
+        return self._numbered("event_types", lines)
 
     # -- the hypervisor
     def host_state(self, meta, assigns) -> list:

@@ -3,14 +3,16 @@
 
 Two passes over the spec as if every import were pasted in place. The first
 declares: the catalogue's fields, control bits, exit reasons, VM-instruction
-errors and MSRs, the identity and the options, each as it comes, with the
+errors and MSRs, the VMCB's fields, intercepts, exit codes and event
+injection, the identity and the options, each as it comes, with the
 problems parse found where they stand. The second resolves the names the
 spec uses against the whole, so a spec may use a field, control or constant
 that an import declares; an unknown name gets a "did you mean".
 
 The catalogue a file declares is a frozen value, built once per version of
-the file (`catalogue_of`): specs import dsl/vmcs.hv thousands of times (the
-fuzz test, the generator) and share it.
+the file and of the catalogue it extends (`catalogue_of`): specs import
+dsl/vmcs.hv and dsl/vmcb.hv thousands of times (the fuzz test, the
+generator) and share them.
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ class Catalogue:
     vm_instruction_errors: Mapping[str, m.VmInstructionError]
     msrs: Mapping[str, m.Msr]
     fields: tuple[d.FieldDecl, ...]
+    vmcb_fields: Mapping[str, m.VmcbField]
+    intercept_groups: Mapping[str, d.InterceptGroupDecl]  # their fields looked up once all are declared
+    intercepts: Mapping[str, m.InterceptBit]             # by qualified name
+    svm_exits: Mapping[str, d.SvmExitDecl]               # their intercepts and meanings: the same
+    event_injection: Mapping[str, m.EventField]
+    event_types: Mapping[str, m.EventType]
     problems: tuple[d.Problem, ...]                      # found reading and declaring them, in order
 
     @cached_property
@@ -52,13 +60,27 @@ class Catalogue:
         fields = _resolve_fields(self.fields, self.controls, problems.append)
         return MappingProxyType(fields), tuple(problems)
 
+    @cached_property
+    def own_svm(self) -> tuple[Mapping[str, m.InterceptGroup], Mapping[str, m.SvmExit], tuple[d.Problem, ...]]:
+        """Its intercept groups and SVM exit codes, resolved (as own_fields)."""
+        problems: list[d.Problem] = []
+        groups, exits = _resolve_svm(self.intercept_groups, self.svm_exits, self.vmcb_fields, self.intercepts,
+                                     self.exit_reasons, problems.append)
+        return MappingProxyType(groups), MappingProxyType(exits), tuple(problems)
+
 
 # The model class and the word for an entry of each numbered table.
 _NUMBERED = {
     "exit_reasons": (m.ExitReason, "exit reason"),
     "vm_instruction_errors": (m.VmInstructionError, "VM-instruction error"),
     "msrs": (m.Msr, "MSR"),
+    "event_types": (m.EventType, "event type"),
 }
+
+#: The catalogue's tables of model objects, declared as they come (the numbered ones aside).
+_TABLES = ("controls", "vmcb_fields", "intercepts", "event_injection")
+#: ... and of declarations that name something, resolved once all is declared.
+_PENDING = ("intercept_groups", "svm_exits")
 
 
 class _CatalogueTables:
@@ -71,9 +93,15 @@ class _CatalogueTables:
         self.controls: dict[str, m.ControlBit] = dict(start.controls) if start else {}
         self.numbered: dict[str, dict] = {t: dict(getattr(start, t)) if start else {} for t in _NUMBERED}
         self.fields: list[d.FieldDecl] = list(start.fields) if start else []
+        self.vmcb_fields: dict[str, m.VmcbField] = dict(start.vmcb_fields) if start else {}
+        self.intercept_groups: dict[str, d.InterceptGroupDecl] = dict(start.intercept_groups) if start else {}
+        self.intercepts: dict[str, m.InterceptBit] = dict(start.intercepts) if start else {}
+        self.svm_exits: dict[str, d.SvmExitDecl] = dict(start.svm_exits) if start else {}
+        self.event_injection: dict[str, m.EventField] = dict(start.event_injection) if start else {}
 
     def empty(self) -> bool:
-        return not (self.controls or self.fields or any(self.numbered.values()))
+        return not (self.fields or any(self.numbered.values())
+                    or any(getattr(self, t) for t in _TABLES + _PENDING))
 
     def declare(self, decl: d.CatalogueDecl) -> None:
         self.unchanged = None
@@ -81,8 +109,18 @@ class _CatalogueTables:
             self.fields.append(decl)           # checked once every control is known: _resolve_fields
         elif isinstance(decl, d.ControlBitDecl):
             self._control(decl)
-        else:
+        elif isinstance(decl, d.NumberedDecl):
             self._numbered(decl)
+        elif isinstance(decl, d.VmcbFieldDecl):
+            self._vmcb_field(decl)
+        elif isinstance(decl, d.InterceptGroupDecl):
+            self._intercept_group(decl)
+        elif isinstance(decl, d.InterceptBitDecl):
+            self._intercept(decl)
+        elif isinstance(decl, d.SvmExitDecl):
+            self._svm_exit(decl)
+        else:
+            self._event_field(decl)
 
     def _control(self, decl: d.ControlBitDecl) -> None:
         cb = m.ControlBit(decl.group, decl.name, decl.bit, decl.description, decl.loc)
@@ -104,12 +142,70 @@ class _CatalogueTables:
         else:
             table[decl.name] = make(number=decl.number, name=decl.name, description=decl.description, loc=decl.loc)
 
+    # -- the VMCB catalogue: where a field lies and whether fields overlap is
+    #    check.py's (APM Appendix B); here, only names and numbers given twice
+    def _vmcb_field(self, decl: d.VmcbFieldDecl) -> None:
+        first = self.vmcb_fields.get(decl.name)
+        if first is not None:
+            self.report(d.Problem(f"VMCB field {decl.name} is declared twice (first at {first.loc})", decl.loc))
+        else:
+            self.vmcb_fields[decl.name] = m.VmcbField(decl.name, decl.area, decl.offset, decl.size,
+                                                      decl.description, decl.loc)
+
+    def _intercept_group(self, decl: d.InterceptGroupDecl) -> None:
+        first = self.intercept_groups.get(decl.group)
+        if first is not None and first.field.value != decl.field.value:
+            self.report(d.Problem(f"intercepts {decl.group} is already at {first.field.value} (at {first.loc}); "
+                                  f"a group is one intercept vector", decl.field.loc))
+        elif first is None:
+            self.intercept_groups[decl.group] = decl
+
+    def _intercept(self, decl: d.InterceptBitDecl) -> None:
+        bit = m.InterceptBit(decl.group, decl.name, decl.bit, decl.description, decl.loc)
+        named = next((b for b in self.intercepts.values() if b.name == bit.name), None)
+        other = next((b for b in self.intercepts.values() if b.group == bit.group and b.bit == bit.bit), None)
+        if named is not None and named.group == bit.group:
+            self.report(d.Problem(f"intercept {bit.qualname} is declared twice", decl.loc))
+        elif named is not None:
+            self.report(d.Problem(f"intercept {bit.qualname}: {named.qualname} has the name already; intercept "
+                                  f"names are unique across groups (both would be SVM_INTERCEPT_{bit.name.upper()})",
+                                  decl.loc))
+        elif other is not None:
+            self.report(d.Problem(f"bit {bit.bit} of {bit.group} is already {other.qualname}", decl.loc))
+        else:
+            self.intercepts[bit.qualname] = bit
+
+    def _svm_exit(self, decl: d.SvmExitDecl) -> None:
+        other = next((x for x in self.svm_exits.values() if x.code == decl.code), None)
+        if decl.name in self.svm_exits:
+            self.report(d.Problem(f"SVM exit code '{decl.name}' is declared twice", decl.loc))
+        elif other is not None:
+            self.report(d.Problem(f"SVM exit code {decl.code:#x} is declared twice (first as {other.name})",
+                                  decl.loc))
+        else:
+            self.svm_exits[decl.name] = decl
+
+    def _event_field(self, decl: d.EventFieldDecl) -> None:
+        field = m.EventField(decl.name, decl.first, decl.last, decl.description, decl.loc)
+        other = next((f for f in self.event_injection.values() if f.mask & field.mask), None)
+        if decl.name in self.event_injection:
+            self.report(d.Problem(f"event_injection field {decl.name} is declared twice", decl.loc))
+        elif other is not None:
+            self.report(d.Problem(f"bits {field.first}..{field.last} of {field.name} overlap {other.name} "
+                                  f"(bits {other.first}..{other.last})", decl.loc))
+        else:
+            self.event_injection[decl.name] = field
+
     def frozen(self, problems: tuple[d.Problem, ...]) -> Catalogue:
         def view(table: dict) -> Mapping:
             return MappingProxyType(dict(table))
         return Catalogue(controls=view(self.controls), exit_reasons=view(self.numbered["exit_reasons"]),
                          vm_instruction_errors=view(self.numbered["vm_instruction_errors"]),
-                         msrs=view(self.numbered["msrs"]), fields=tuple(self.fields), problems=problems)
+                         msrs=view(self.numbered["msrs"]), fields=tuple(self.fields),
+                         vmcb_fields=view(self.vmcb_fields), intercept_groups=view(self.intercept_groups),
+                         intercepts=view(self.intercepts), svm_exits=view(self.svm_exits),
+                         event_injection=view(self.event_injection), event_types=view(self.numbered["event_types"]),
+                         problems=problems)
 
 
 def _resolve_fields(decls: Iterable[d.FieldDecl], controls: Mapping[str, m.ControlBit],
@@ -138,6 +234,46 @@ def _resolve_fields(decls: Iterable[d.FieldDecl], controls: Mapping[str, m.Contr
     return fields
 
 
+def _resolve_svm(group_decls: Mapping[str, d.InterceptGroupDecl], exit_decls: Mapping[str, d.SvmExitDecl],
+                 vmcb_fields: Mapping[str, m.VmcbField], intercepts: Mapping[str, m.InterceptBit],
+                 exit_reasons: Mapping[str, m.ExitReason],
+                 report: Report) -> tuple[dict[str, m.InterceptGroup], dict[str, m.SvmExit]]:
+    """The intercept groups and SVM exit codes, once the whole catalogue is
+    known: a group is at a VMCB field wide enough for its bits; an exit's
+    intercept is a declared one, its meaning an exit reason of the VMX
+    catalogue (exit_reasons)."""
+    groups: dict[str, m.InterceptGroup] = {}
+    for decl in group_decls.values():
+        field = vmcb_fields.get(decl.field.value)
+        if field is None:
+            report(d.Problem(f"unknown VMCB field '{decl.field.value}'{did_you_mean(decl.field.value, vmcb_fields)}; "
+                             f"`intercepts {decl.group} at FIELD` names the VMCB field that holds its bits",
+                             decl.field.loc))
+            continue
+        groups[decl.group] = m.InterceptGroup(decl.group, field.name, decl.loc)
+        for bit in intercepts.values():
+            if bit.group == decl.group and bit.bit >= 8 * field.size:
+                report(d.Problem(f"intercept {bit.qualname} is bit {bit.bit}, outside {field.name} "
+                                 f"({field.size} byte{'s' if field.size > 1 else ''})", bit.loc or decl.loc))
+    exits: dict[str, m.SvmExit] = {}
+    for x in exit_decls.values():
+        ok = True
+        if x.intercept is not None and x.intercept.value not in intercepts:
+            report(d.Problem(f"unknown intercept '{x.intercept.value}'"
+                             f"{did_you_mean(x.intercept.value, intercepts)}; intercepts are named group.name, "
+                             f"e.g. misc1.cpuid", x.intercept.loc))
+            ok = False
+        if x.means is not None and x.means.value not in exit_reasons:
+            report(d.Problem(f"unknown exit reason '{x.means.value}'{did_you_mean(x.means.value, exit_reasons)}; "
+                             f"`means` names the VMX exit reason of the same event (exit_reasons, vmcs.hv)",
+                             x.means.loc))
+            ok = False
+        if ok:
+            exits[x.name] = m.SvmExit(x.name, x.code, x.intercept.value if x.intercept else None,
+                                      x.means.value if x.means else None, x.description, x.loc)
+    return groups, exits
+
+
 def _unknown_control(name: str, controls: Mapping[str, m.ControlBit]) -> str:
     """What to say of a control name that is not in `controls`."""
     hint = did_you_mean(name, controls)
@@ -149,12 +285,14 @@ def _unknown_control(name: str, controls: Mapping[str, m.ControlBit]) -> str:
 
 
 @lru_cache(maxsize=32)
-def catalogue_of(source: d.SourceFile) -> Catalogue:
-    """The catalogue a file declares on its own (`source.only_catalogue`).
-    Imported files are read once per version (parse.py), so this is built
-    once per version too."""
+def catalogue_of(source: d.SourceFile, start: Optional[Catalogue] = None) -> Catalogue:
+    """The catalogue a file declares on its own (`source.only_catalogue`),
+    added to `start` (the catalogue of the files before it, as vmcb.hv adds
+    to vmcs.hv), with the problems found in this file alone. Imported files
+    are read once per version (parse.py), so this is built once per version
+    of the file and of `start` too."""
     problems: list[d.Problem] = []
-    tables = _CatalogueTables(problems.append)
+    tables = _CatalogueTables(problems.append, start)
     for entry in source.entries:
         if isinstance(entry, d.Problem):
             problems.append(entry)
@@ -208,9 +346,10 @@ class _Resolution:
             self.parsed = False
             return
         # A file of catalogue declarations alone, read into an empty
-        # catalogue, always declares the same: share its frozen catalogue.
-        if imported and source.only_catalogue and self.catalogue.empty():
-            shared = catalogue_of(source)
+        # catalogue or into one that only such files made, always declares
+        # the same: share its frozen catalogue.
+        if imported and source.only_catalogue and (self.catalogue.empty() or self.catalogue.unchanged is not None):
+            shared = catalogue_of(source, self.catalogue.unchanged)
             self.catalogue = _CatalogueTables(self.problems.append, shared)
             self.problems.extend(shared.problems)
             return
@@ -249,12 +388,22 @@ class _Resolution:
         spec.exit_reasons = self.catalogue.numbered["exit_reasons"]
         spec.vm_instruction_errors = self.catalogue.numbered["vm_instruction_errors"]
         spec.msrs = self.catalogue.numbered["msrs"]
-        if self.catalogue.unchanged is not None:          # an imported catalogue alone: resolved once
+        spec.vmcb_fields = self.catalogue.vmcb_fields
+        spec.intercepts = self.catalogue.intercepts
+        spec.event_injection = self.catalogue.event_injection
+        spec.event_types = self.catalogue.numbered["event_types"]
+        if self.catalogue.unchanged is not None:          # imported catalogues alone: resolved once
             fields, problems = self.catalogue.unchanged.own_fields
             spec.fields = dict(fields)
             self.problems.extend(problems)
+            groups, exits, problems = self.catalogue.unchanged.own_svm
+            spec.intercept_groups, spec.svm_exits = dict(groups), dict(exits)
+            self.problems.extend(problems)
         else:
             spec.fields = _resolve_fields(self.catalogue.fields, spec.controls, self.problems.append)
+            spec.intercept_groups, spec.svm_exits = _resolve_svm(
+                self.catalogue.intercept_groups, self.catalogue.svm_exits, spec.vmcb_fields, spec.intercepts,
+                spec.exit_reasons, self.problems.append)
         for const in self._declared(d.ConstDecl):
             self.constant(const)
         globals_ = self._declared(d.GlobalDecl)
