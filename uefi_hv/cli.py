@@ -82,7 +82,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus", type=int, default=1)
     s.add_argument("--timeout", type=float, default=120.0, help="seconds before the run is stopped")
     s.add_argument("--cpu-model", default=None,
-                   help="Bochs CPU model, any the Bochs knows (default tigerlake)")
+                   help="CPU model: for Bochs any it knows (default tigerlake), for QEMU a -cpu "
+                        "value (default EPYC under TCG, host with KVM)")
     s.add_argument("--bochs", default=None, metavar="project|system|PATH",
                    help="which Bochs: the project's 3.0 build (default), Debian's "
                         "package, or a binary (also $UEFI_HV_BOCHS)")

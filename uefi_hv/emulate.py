@@ -42,6 +42,9 @@ from uefi_hv.gpt import check_bootable
 
 EMULATORS = ("auto", "qemu", "bochs")
 DEFAULT_BOCHS_CPU = "tigerlake"
+#: QEMU's CPU under TCG: an AMD EPYC, whose SVM with nested paging TCG
+#: emulates (docs/emulators.md), so the hypervisor's SVM backend runs there.
+DEFAULT_QEMU_TCG_CPU = "EPYC"
 #: Bochs's `panic` for ResetSystem(EfiResetShutdown): the clean way out.
 BOCHS_POWER_OFF = "ACPI control: soft power off"
 MEMORY_MIB = 512
@@ -299,7 +302,7 @@ class QemuMachine(Machine):
     def __init__(self, image=None, cpus: int = 1, run_dir=None,
                  extra_args: Sequence[str] = (), accel: str = "auto",
                  memory_mib: int = MEMORY_MIB, stream: Stream = None,
-                 check_image: bool = True):
+                 check_image: bool = True, cpu_model: Optional[str] = None):
         if image is not None and check_image:
             check_bootable(image)
         self.image = Path(image).resolve() if image is not None else None
@@ -307,6 +310,7 @@ class QemuMachine(Machine):
         self.run_dir = new_run_dir("qemu", run_dir)
         self.extra_args = list(extra_args)
         self.accel = accel
+        self.cpu_model = cpu_model
         self.memory_mib = memory_mib
         self.serial_path = self.run_dir / "serial.txt"
         self.log_path = self.run_dir / "qemu.log"
@@ -334,7 +338,10 @@ class QemuMachine(Machine):
                "-drive", f"if=pflash,format=raw,unit=1,file={vars_copy}",
                "-chardev", f"file,id=com1,path={self.serial_path}", "-serial", "chardev:com1",
                "-qmp", f"unix:{qmp_socket},server=on,wait=off"]
-        cmd += ["-accel", "kvm", "-cpu", "host"] if accel == "kvm" else ["-accel", "tcg"]
+        if accel == "kvm":
+            cmd += ["-accel", "kvm", "-cpu", self.cpu_model or "host"]
+        else:
+            cmd += ["-accel", "tcg", "-cpu", self.cpu_model or DEFAULT_QEMU_TCG_CPU]
         if self.image is not None:
             # A USB stick on an xHCI controller, as on real hardware; snapshot=on
             # keeps the image as it was (and lets parallel runs share it).
@@ -527,9 +534,10 @@ def kvm_vmx_usable() -> bool:
 
 
 def _boot_qemu(image: Path, cpus: int, timeout: float, expect, fail, expect_shutdown,
-               run_dir, stream) -> BootResult:
+               run_dir, stream, cpu_model=None) -> BootResult:
     start = time.monotonic()
-    machine = QemuMachine(image, cpus=cpus, run_dir=run_dir, stream=stream, check_image=False)
+    machine = QemuMachine(image, cpus=cpus, run_dir=run_dir, stream=stream, check_image=False,
+                          cpu_model=cpu_model)
     result = BootResult(False, "", "qemu", machine.run_dir)
     try:
         machine.start()
@@ -991,16 +999,27 @@ def boot(image, emulator: str = "auto", cpus: int = 1, timeout: float = 60.0,
         emulator = "qemu" if kvm_vmx_usable() else "bochs"
     if emulator == "qemu":
         return _boot_qemu(image, cpus, timeout, list(expect), list(fail), expect_shutdown,
-                          run_dir, stream)
+                          run_dir, stream, cpu_model)
     return _boot_bochs(image, cpus, timeout, list(expect), list(fail), expect_shutdown,
                        cpu_model, bochs, run_dir, stream, tolerate, smp_quantum)
 
 
 # --- CLI --------------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=None)
+def qemu_cpu_models() -> frozenset[str]:
+    """The -cpu values this QEMU knows (`-cpu help`), besides host and max."""
+    qemu = require_program("qemu-system-x86_64", "qemu-system-x86")
+    listing = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True).stdout
+    return frozenset(m.group(1) for m in re.finditer(r"^x86\s+(\S+)", listing, re.M)) | {"host", "max"}
+
+
 def cmd_run(args) -> int:
     if args.cpu_model and args.emulator == "qemu":
-        raise UsageError("error: --cpu-model chooses the Bochs CPU; QEMU runs -cpu host or TCG")
+        model = args.cpu_model.split(",")[0]
+        if model not in qemu_cpu_models():
+            raise UsageError(f"error: QEMU has no CPU model '{model}' (a Bochs model?); "
+                             "`qemu-system-x86_64 -cpu help` lists QEMU's, e.g. EPYC")
     if args.bochs and args.emulator == "qemu":
         raise UsageError("error: --bochs chooses the Bochs binary; this run is QEMU's")
     # A polite kill (SIGTERM) ends the run like Ctrl-C: the emulator goes too.

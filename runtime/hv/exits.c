@@ -15,22 +15,6 @@
 #define PENDING_DBG_BS (1ULL << 14)
 #define DEBUGCTL_BTF   (1ULL << 1) /* single-step on branches only */
 
-/* SDM 26.8.3 "VM-Entry Controls for Event Injection": a hardware exception. */
-void hv_inject_exception(UINT32 vector, BOOLEAN has_error_code, UINT32 error_code)
-{
-    /* A fault is delivered with RF set in the RFLAGS image it pushes, so that
-     * the instruction it restarts does not stop again on an instruction
-     * breakpoint (SDM 19.3.1.1 "Instruction-Breakpoint Exception Condition").
-     * An injected event pushes GUEST_RFLAGS as it is, so RF is set here for
-     * the fault-class exceptions, as KVM does; #DB, #BP and #OF are not. */
-    if (vector != 1 && vector != 3 && vector != 4)
-        vmwrite(GUEST_RFLAGS, vmread(GUEST_RFLAGS) | (1ULL << 16));
-    vmwrite(VM_ENTRY_INTR_INFO_FIELD, vector | INTR_TYPE_HW_EXCEPTION << 8 |
-                                          (has_error_code ? INTR_INFO_ERROR_CODE : 0) | INTR_INFO_VALID);
-    if (has_error_code)
-        vmwrite(VM_ENTRY_EXCEPTION_ERROR_CODE, error_code);
-}
-
 void hv_advance_rip(void)
 {
     hv_instruction_done(vmread(VM_EXIT_INSTRUCTION_LEN));
@@ -103,9 +87,9 @@ enum hv_exit_result hv_action_cpuid(struct hv_cpu *cpu, struct hv_guest_regs *re
          * is read only for the two leaves that need it. */
         if (leaf == 1) {
             r[2] |= 1U << 31; /* hypervisor present */
-            r[2] = (r[2] & ~(1U << 27)) | (UINT32)((vmread(GUEST_CR4) >> 18) & 1) << 27;
+            r[2] = (r[2] & ~(1U << 27)) | (UINT32)((hv_guest_cr4() >> 18) & 1) << 27;
         } else if (leaf == 7 && subleaf == 0) {
-            r[2] = (r[2] & ~(1U << 4)) | (UINT32)((vmread(GUEST_CR4) >> 22) & 1) << 4;
+            r[2] = (r[2] & ~(1U << 4)) | (UINT32)((hv_guest_cr4() >> 22) & 1) << 4;
             /* WAITPKG (ECX[5]) only with "enable user wait and pause": else
              * TPAUSE, UMONITOR and UMWAIT raise #UD in the guest (SDM 27.3
              * "Changes to Instruction Behavior in VMX Non-Root Operation"). */
@@ -183,7 +167,7 @@ static enum hv_exit_result msr_access(struct hv_cpu *cpu, struct hv_guest_regs *
 
 enum hv_exit_result hv_action_msr(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
-    return msr_access(cpu, regs, (vmread(VM_EXIT_REASON) & 0xFFFF) == EXIT_REASON_WRMSR);
+    return msr_access(cpu, regs, (cpu->exit_reason & 0xFFFF) == EXIT_REASON_WRMSR);
 }
 
 /* SDM 26.6.9 "MSR-Bitmap Address": read-low at 0, read-high at 1024, write-low at 2048,
@@ -316,6 +300,10 @@ enum hv_exit_result hv_action_vmcall(struct hv_cpu *cpu, struct hv_guest_regs *r
         }
         regs->rax = HV_VMCALL_OK;
         hv_log("uefi-hv: cpu %u: devirtualised at the guest's request\n", cpu->index);
+#if HV_SVM
+        if (hv.svm)
+            hv_svm_devirtualize(cpu, regs); /* does not return: the guest goes on natively */
+#endif
         hv_devirtualize(cpu, regs); /* does not return: the guest goes on natively */
     default:
         status = HV_VMCALL_UNKNOWN;

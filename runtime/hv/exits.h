@@ -7,6 +7,7 @@
 
 #include "hv.h"
 #include "cpu.h"
+#include "guest.h"
 
 enum hv_exit_result {
     HV_RESUME_NEXT, /* the instruction is done: advance GUEST_RIP */
@@ -35,13 +36,6 @@ struct hv_cpuid_bit {
     UINT32 leaf, reg, bit;
 };
 extern const struct hv_cpuid_bit hv_cpuid_hidden[];
-
-/* The guest's CPL: the DPL of SS (SDM 6.5 "Privilege Levels"), bits 6:5 of
- * its access rights (SDM 25.4.1). */
-static inline UINT32 hv_guest_cpl(void)
-{
-    return (UINT32)(vmread(GUEST_SS_AR_BYTES) >> 5) & 3;
-}
 
 /* Event information: VM-entry interruption information, VM-exit
  * interruption information and IDT-vectoring information share one format

@@ -21,9 +21,9 @@
  * the PDPTEs the CPU loaded with CR3; they are read again from memory.) */
 BOOLEAN hv_guest_physical(UINT64 linear, UINT64 *pa)
 {
-    UINT64 cr3 = vmread(GUEST_CR3), cr4 = vmread(GUEST_CR4), table, entry;
+    UINT64 cr3 = hv_guest_cr3(), cr4 = hv_guest_cr4(), table, entry;
     UINT32 shift;
-    if (!(vmread(GUEST_CR0) & X86_CR0_PG)) {
+    if (!(hv_guest_cr0() & X86_CR0_PG)) {
         *pa = linear & 0xFFFFFFFFULL;
         return TRUE;
     }
@@ -41,7 +41,7 @@ BOOLEAN hv_guest_physical(UINT64 linear, UINT64 *pa)
         *pa = (pte & 0xFFFFF000ULL) | (linear & 0xFFF);
         return TRUE;
     }
-    if (vmread(VM_ENTRY_CONTROLS) & HV_ENTRY_IA32E_MODE_GUEST) {
+    if (hv_guest_long_mode()) {
         table = cr3 & PTE_FRAME;
         shift = cr4 & X86_CR4_LA57 ? 48 : 39;
     } else { /* PAE paging: four PDPTEs at CR3[31:5] */

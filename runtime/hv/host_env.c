@@ -133,7 +133,7 @@ EFI_STATUS hv_build_host_environment(void)
 /* Each CPU's memory: its struct hv_cpu, a page with its GDT and TSS, its host
  * stack, its VMXON region and its VMCS (each page-aligned, as VMXON and
  * VMPTRLD require) and its IST stacks. */
-#define CPU_BLOCK_PAGES (HV_CPU_STRUCT_PAGES + 1 + HV_HOST_STACK_SIZE / HV_PAGE_SIZE + 2 + IST_STACKS)
+#define CPU_BLOCK_PAGES (HV_CPU_STRUCT_PAGES + 1 + HV_HOST_STACK_SIZE / HV_PAGE_SIZE + 2 + IST_STACKS + 1)
 
 static struct hv_cpu *init_cpu(UINT32 index, UINT8 *block);
 
@@ -168,6 +168,7 @@ static struct hv_cpu *init_cpu(UINT32 index, UINT8 *block)
         *(struct hv_cpu **)top = cpu;
         cpu->ist_top[i] = top;
     }
+    cpu->host_vmcb = cpu->vmcs + (1 + IST_STACKS) * HV_PAGE_SIZE; /* the last page, after the IST stacks */
     cpu->host_gdt = (UINT64 *)page;
     cpu->host_tss = (struct hv_tss *)(page + 64);
     cpu->host_tss->iomap_base = sizeof(struct hv_tss); /* no I/O permission bitmap */

@@ -31,24 +31,31 @@ extern elf64_dyn _DYNAMIC[];
 
 typedef EFI_STATUS (*hv_main_fn)(EFI_HANDLE image);
 /* The notify function of the ExitBootServices event (UEFI 2.10, 7.1
- * "CreateEvent": EVT_SIGNAL_EXIT_BOOT_SERVICES): VMCALL EXIT_BOOT_SERVICES,
- * which hides the rest of the hypervisor's memory, this code included, and
- * returns to the firmware itself (protect.c). Plain assembly: no prologue
- * for the VMCALL to undo. */
+ * "CreateEvent": EVT_SIGNAL_EXIT_BOOT_SERVICES): VMCALL (VMMCALL with SVM)
+ * EXIT_BOOT_SERVICES, which hides the rest of the hypervisor's memory, this
+ * code included, and returns to the firmware itself (protect.c). Plain
+ * assembly: no prologue for the call to undo. */
 const UINT64 hv_exit_boot_services_vmcall = HV_VMCALL_EXIT_BOOT_SERVICES;
 VOID EFIAPI hv_exit_boot_services_notify(EFI_EVENT event, VOID *context);
+VOID EFIAPI hv_exit_boot_services_notify_svm(EFI_EVENT event, VOID *context);
 __asm__(".text\n"
         ".globl hv_exit_boot_services_notify\n"
         "hv_exit_boot_services_notify:\n"
         "    movq hv_exit_boot_services_vmcall(%rip), %rax\n"
         "    vmcall\n"
+        "    ud2\n"
+        ".globl hv_exit_boot_services_notify_svm\n"
+        "hv_exit_boot_services_notify_svm:\n"
+        "    movq hv_exit_boot_services_vmcall(%rip), %rax\n"
+        "    vmmcall\n"
         "    ud2\n");
 
 static void notify_exit_boot_services(void)
 {
     EFI_EVENT event;
-    EFI_STATUS status = uefi_call_wrapper(BS->CreateEvent, 5, EVT_SIGNAL_EXIT_BOOT_SERVICES, TPL_NOTIFY,
-                                          hv_exit_boot_services_notify, NULL, &event);
+    EFI_STATUS status = uefi_call_wrapper(
+        BS->CreateEvent, 5, EVT_SIGNAL_EXIT_BOOT_SERVICES, TPL_NOTIFY,
+        hv.svm ? hv_exit_boot_services_notify_svm : hv_exit_boot_services_notify, NULL, &event);
     if (EFI_ERROR(status))
         hv_say(
             "uefi-hv: no ExitBootServices event (status 0x%lx): the hypervisor's image stays visible to the "
@@ -113,9 +120,23 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
 static struct hv_cpu *bsp;
 static UINTN shared_pages;
 
+/* What differs per vendor at start-up: how a CPU is checked and launched
+ * (vmcs_setup.c for VMX, svm.c for SVM). */
+struct hv_backend {
+    const char *name;
+    BOOLEAN (*prepare_cpu)(struct hv_cpu *cpu);
+    BOOLEAN (*launch_cpu)(struct hv_cpu *cpu);
+};
+static const struct hv_backend vmx_backend = { "VMX (Intel VT-x)", hv_prepare_cpu, hv_launch_cpu };
+#if HV_SVM
+static const struct hv_backend svm_backend = { "SVM (AMD-V)", hv_svm_prepare_cpu, hv_svm_launch_cpu };
+#endif
+
+static const struct hv_backend *backend; /* choose_backend */
+
 static void prepare_ap(struct hv_cpu *cpu)
 {
-    hv_prepare_cpu(cpu);
+    backend->prepare_cpu(cpu);
 }
 
 /* The DEVIRTUALIZE VMCALL, from the guest side (docs/vmcall.md). */
@@ -124,12 +145,15 @@ static void devirtualize_this_cpu(struct hv_cpu *cpu)
     if (cpu->status != HV_CPU_LAUNCHED)
         return;
     UINT64 rax = HV_VMCALL_DEVIRTUALIZE;
-    __asm__ volatile("vmcall" : "+a"(rax) : : "rbx", "rcx", "rdx", "memory", "cc");
+    if (hv.svm)
+        __asm__ volatile("vmmcall" : "+a"(rax) : : "rbx", "rcx", "rdx", "memory", "cc");
+    else
+        __asm__ volatile("vmcall" : "+a"(rax) : : "rbx", "rcx", "rdx", "memory", "cc");
 }
 
 static void launch_ap(struct hv_cpu *cpu)
 {
-    if (hv_launch_cpu(cpu))
+    if (backend->launch_cpu(cpu))
         __atomic_add_fetch(&hv.launched_count, 1, __ATOMIC_SEQ_CST);
 }
 
@@ -150,28 +174,40 @@ static void report_failures(void)
             hv_say("uefi-hv: cpu %u: %s\n", i, hv.cpus[i]->error);
 }
 
-/* An AMD (or Hygon) CPU that has SVM, AMD's virtualisation: the vendor
- * string of CPUID.0 and CPUID.80000001:ECX.SVM[2] (AMD APM vol. 2, 15.4
- * "Enabling SVM"). Whether the firmware locked it off (VM_CR.SVMDIS) is not
- * read: an emulator without VM_CR (QEMU's TCG) would #GP. */
-static BOOLEAN amd_svm_present(void)
+/* VMX or SVM, from CPUID (SDM 25.6 "Discovering Support for VMX", APM vol. 2
+ * 15.4 "Enabling SVM"), and whether the firmware left it on. NULL when one
+ * can run, else why neither can; nothing is changed yet. */
+static const char *choose_backend(void)
 {
     UINT32 r[4];
-    cpuid(0, 0, r);
-    BOOLEAN amd = (r[1] == 0x68747541U && r[3] == 0x69746E65U && r[2] == 0x444D4163U) || /* "AuthenticAMD" */
-                  (r[1] == 0x6F677948U && r[3] == 0x6E65476EU && r[2] == 0x656E6975U);   /* "HygonGenuine" */
-    cpuid(0x80000000U, 0, r);
-    if (!amd || r[0] < 0x80000001U)
-        return FALSE;
-    cpuid(0x80000001U, 0, r);
-    return (r[2] >> 2) & 1;
+    backend = &vmx_backend;
+    cpuid(1, 0, r);
+    if (r[2] & (1U << 5)) {
+        /* SDM 25.7 "Enabling and Entering VMX Operation": a firmware setting when locked. */
+        UINT64 fc = rdmsr(MSR_IA32_FEATURE_CONTROL);
+        if ((fc & FEATURE_CONTROL_LOCK) && !(fc & FEATURE_CONTROL_VMX_OUTSIDE_SMX))
+            return "IA32_FEATURE_CONTROL is locked with VMX disabled: VT-x is switched off in the firmware "
+                   "settings; enable it there";
+        return NULL;
+    }
+#if HV_SVM
+    const char *why = hv_svm_unavailable();
+    if (!why) {
+        hv.svm = TRUE;
+        backend = &svm_backend;
+        return NULL;
+    }
+    if (hv_cpu_is_amd())
+        return why;
+#endif
+    return "VMX is not available on this CPU (CPUID.1:ECX.VMX[5] = 0), and it is no AMD CPU with SVM";
 }
 
 static EFI_STATUS hv_main(EFI_HANDLE image)
 {
     UINT64 started = rdtsc();
     hv_use_firmware_console(TRUE);
-    hv_say("uefi-hv %s: VMX hypervisor generated from %s\n", HV_VERSION, HV_SPEC_NAME);
+    hv_say("uefi-hv %s: hypervisor generated from %s\n", HV_VERSION, HV_SPEC_NAME);
 
     /* Where a fatal stop will power the machine off: the ACPI FADT and \_S5
      * (power.c), read while the firmware's configuration table is there.
@@ -179,29 +215,14 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
      * (QEMU's TCG) shows what its real tables say, too. */
     hv_find_power_off();
 
-    /* 1. VMX at all? (QEMU TCG and AMD CPUs have none.) Nothing changed yet. */
-    UINT32 r[4];
-    cpuid(1, 0, r);
-    if (!(r[2] & (1U << 5))) {
-        hv_say("uefi-hv: VMX is not available on this CPU (CPUID.1:ECX.VMX[5] = 0)%s; the hypervisor is not "
-               "started\n",
-               amd_svm_present()
-                   ? ": it is an AMD CPU with SVM (CPUID.80000001:ECX.SVM[2] = 1), which uefi-hv "
-                     "does not drive yet"
-                   : "");
+    /* 1. VMX or SVM at all? (QEMU's TCG has no VMX; AMD CPUs have SVM.) Nothing changed yet. */
+    const char *why = choose_backend();
+    if (why) {
+        hv_say("uefi-hv: %s; the hypervisor is not started\n", why);
         hv_start_next_image(image);
         return EFI_UNSUPPORTED;
     }
-
-    /* 2. IA32_FEATURE_CONTROL (SDM 25.7 "Enabling and Entering VMX Operation"):
-     * a firmware setting when locked. */
-    UINT64 fc = rdmsr(MSR_IA32_FEATURE_CONTROL);
-    if ((fc & FEATURE_CONTROL_LOCK) && !(fc & FEATURE_CONTROL_VMX_OUTSIDE_SMX)) {
-        hv_say("uefi-hv: IA32_FEATURE_CONTROL is locked with VMX disabled: VT-x is switched off "
-               "in the firmware settings; enable it there\n");
-        hv_start_next_image(image);
-        return EFI_UNSUPPORTED;
-    }
+    hv_say("uefi-hv: backend %s\n", backend->name);
 
     /* The log's rate limit needs the TSC rate; the firmware still keeps time. */
     hv_set_resident_image(image_copy, image_pages);
@@ -210,8 +231,10 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
            (unsigned)HV_LOG_BURST, (unsigned)HV_LOG_RATE, tsc_per_second / 1000);
 
     /* 3. The host environment, the spec's globals, per-CPU memory. */
-    hv.vmx_basic = rdmsr(MSR_IA32_VMX_BASIC);
-    hv.ept_vpid_cap = rdmsr(MSR_IA32_VMX_EPT_VPID_CAP);
+    if (!hv.svm) {
+        hv.vmx_basic = rdmsr(MSR_IA32_VMX_BASIC);
+        hv.ept_vpid_cap = rdmsr(MSR_IA32_VMX_EPT_VPID_CAP);
+    }
     UINTN cpus = hv_cpu_count();
     if (cpus > HV_MAX_CPUS) {
         /* Half a machine virtualised is worse than none: every CPU or none. */
@@ -225,11 +248,17 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     UINTN bsp_number = hv_who_am_i();
     if (EFI_ERROR(hv_build_host_environment()) || EFI_ERROR(hv_build_msr_bitmap()))
         return give_up(image, EFI_OUT_OF_RESOURCES);
-#if HV_EPT
-    if (EFI_ERROR(hv_build_ept()))
+#if HV_SVM
+    if (hv.svm && EFI_ERROR(hv_svm_build()))
         return give_up(image, EFI_OUT_OF_RESOURCES);
-    hv_say("uefi-hv: EPT maps guest-physical 0-%lu GiB (MAXPHYADDR %u bits)%s\n", hv.ept_gib,
-           hv.max_phys_bits, hv.ept_gib < 1ULL << (hv.max_phys_bits - 30) ? ", the rest on first use" : "");
+#endif
+#if HV_EPT
+    if (!hv.svm && EFI_ERROR(hv_build_ept()))
+        return give_up(image, EFI_OUT_OF_RESOURCES);
+    if (!hv.svm)
+        hv_say("uefi-hv: EPT maps guest-physical 0-%lu GiB (MAXPHYADDR %u bits)%s\n", hv.ept_gib,
+               hv.max_phys_bits,
+               hv.ept_gib < 1ULL << (hv.max_phys_bits - 30) ? ", the rest on first use" : "");
 #endif
 #if HV_HOST_PAGE_TABLES
     hv_say("uefi-hv: host page tables map 0-%lu GiB\n", hv.host_gib);
@@ -246,9 +275,9 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     for (const struct hv_global *g = hv_globals; g->name; g++)
         hv_say("uefi-hv: global %s = 0x%lx (%s)\n", g->name, *g->value, g->source);
 
-    /* 4./5. Every CPU: VMX enabled, controls, host state, run-time checks. */
+    /* 4./5. Every CPU: VMX (or SVM) enabled, controls, host state, run-time checks. */
     hv_say("uefi-hv: preparing %u CPU(s)\n", hv.cpu_count);
-    hv_prepare_cpu(bsp);
+    backend->prepare_cpu(bsp);
     hv_for_each_ap(prepare_ap);
     BOOLEAN all_prepared = TRUE;
     for (UINT32 i = 0; i < hv.cpu_count; i++)
@@ -262,7 +291,11 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
 
 #if HV_SELF_PROTECTION
     /* The guest never sees the hypervisor's tables, stacks and VMCSs (protect.c). */
-    if (!hv_protect_before_launch(image_copy, image_pages)) {
+    if (hv.svm)
+        hv_say(
+            "uefi-hv: self-protection is built on EPT: with SVM the hypervisor's memory stays visible to the "
+            "guest\n");
+    else if (!hv_protect_before_launch(image_copy, image_pages)) {
         hv_say("uefi-hv: not launching: no EPT table left to hide the hypervisor's memory\n");
         return give_up(image, EFI_OUT_OF_RESOURCES);
     }
@@ -270,7 +303,7 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
 
     /* 6. Launch: the BSP first, so that a VMLAUNCH failure (a rule only the
      * CPU checks) happens while nothing else runs as a guest. */
-    if (!hv_launch_cpu(bsp)) {
+    if (!backend->launch_cpu(bsp)) {
         report_failures();
         return give_up(image, EFI_ABORTED);
     }

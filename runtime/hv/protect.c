@@ -95,29 +95,36 @@ BOOLEAN hv_protection_violation(struct hv_cpu *cpu)
  * stack). */
 enum hv_exit_result hv_exit_boot_services(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
-    UINT64 rsp = vmread(GUEST_RSP), return_rip;
+    UINT64 rsp = hv_guest_rsp(), return_rip;
     if (!hv_guest_read(rsp, &return_rip, sizeof return_rip))
         return HV_STOP;
     hv.boot_services_gone = TRUE;
 #if HV_SELF_PROTECTION
-    if (hv.eptp && !hide_all()) {
-        hv_log_fatal("uefi-hv: cpu %u: ExitBootServices: no EPT table left to hide the hypervisor\n",
-                     cpu->index);
-        return HV_STOP;
+    if (hv.svm) {
+        hv_log(
+            "uefi-hv: cpu %u: ExitBootServices (SVM: the hypervisor's memory stays open, not yet hidden in "
+            "nested paging)\n",
+            cpu->index);
+    } else {
+        if (hv.eptp && !hide_all()) {
+            hv_log_fatal("uefi-hv: cpu %u: ExitBootServices: no EPT table left to hide the hypervisor\n",
+                         cpu->index);
+            return HV_STOP;
+        }
+        for (UINT32 i = 0; i < hv.cpu_count; i++)
+            __atomic_store_n(&hv.cpus[i]->ept_flush_due, 1, __ATOMIC_SEQ_CST);
+        hv_protection_sync(cpu);
+        hv_log("uefi-hv: cpu %u: ExitBootServices: all of the hypervisor's memory is hidden from the guest\n",
+               cpu->index);
     }
-    for (UINT32 i = 0; i < hv.cpu_count; i++)
-        __atomic_store_n(&hv.cpus[i]->ept_flush_due, 1, __ATOMIC_SEQ_CST);
-    hv_protection_sync(cpu);
-    hv_log("uefi-hv: cpu %u: ExitBootServices: all of the hypervisor's memory is hidden from the guest\n",
-           cpu->index);
 #else
     hv_log("uefi-hv: cpu %u: ExitBootServices (option self_protection = off: the hypervisor's memory stays "
            "open)\n",
            cpu->index);
 #endif
     regs->rax = HV_VMCALL_OK;
-    vmwrite(GUEST_RIP, return_rip);
-    vmwrite(GUEST_RSP, rsp + 8);
+    hv_set_guest_rip(return_rip);
+    hv_set_guest_rsp(rsp + 8);
     return HV_RESUME_SAME;
 }
 

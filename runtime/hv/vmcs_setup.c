@@ -10,6 +10,7 @@
 #include "hv.h"
 #include "cpu.h"
 #include "exits.h"
+#include "guest.h"
 #include "vmcs_setup.h"
 
 UINT64 hv_constant_host_state[HV_HOST_FIELD_COUNT];
@@ -134,17 +135,6 @@ BOOLEAN hv_prepare_cpu(struct hv_cpu *cpu)
 
 /* --- guest state: a copy of this CPU as the firmware runs it ------------ */
 
-static UINT64 descriptor_base(UINT64 gdt_base, UINT16 sel, BOOLEAN system)
-{
-    if ((sel & ~7U) == 0 || (sel & 4)) /* null, or in an LDT (UEFI has none) */
-        return 0;
-    UINT64 d = *(UINT64 *)(gdt_base + (sel & ~7U));
-    UINT64 base = ((d >> 16) & 0xFFFFFF) | ((d >> 56) & 0xFF) << 24;
-    if (system) /* 16-byte descriptors (SDM 9.2.3 "TSS Descriptor in 64-bit mode") */
-        base |= *(UINT64 *)(gdt_base + (sel & ~7U) + 8) << 32;
-    return base;
-}
-
 /* Access rights in the VMCS format (SDM 26.4.1 "Guest Register State"): LAR's bits
  * 23:8 shifted down; unusable (bit 16) for a null selector. */
 static UINT32 access_rights(UINT16 sel)
@@ -153,12 +143,6 @@ static UINT32 access_rights(UINT16 sel)
     if ((sel & ~3U) == 0 || !lar(sel, &ar))
         return 1U << 16;
     return (ar >> 8) & 0xF0FF;
-}
-
-static UINT32 segment_limit(UINT16 sel)
-{
-    UINT32 limit;
-    return lsl(sel, &limit) ? limit : 0;
 }
 
 static UINT8 write_guest_state(struct hv_cpu *cpu)
@@ -172,7 +156,7 @@ static UINT8 write_guest_state(struct hv_cpu *cpu)
     do {                                               \
         W(GUEST_##SEG##_SELECTOR, (sel));              \
         W(GUEST_##SEG##_BASE, (base));                 \
-        W(GUEST_##SEG##_LIMIT, segment_limit(sel));    \
+        W(GUEST_##SEG##_LIMIT, hv_segment_limit(sel)); \
         W(GUEST_##SEG##_AR_BYTES, access_rights(sel)); \
     } while (0)
     /* Guest control registers: the bits VMX fixes (CR4.VMXE, CR0.NE, ...) are
@@ -190,15 +174,15 @@ static UINT8 write_guest_state(struct hv_cpu *cpu)
     /* Segment registers (SDM 26.4.1 "Guest Register State"). */
     UINT16 cs = read_cs(), ss = read_ss(), ds = read_ds(), es = read_es();
     UINT16 fs = read_fs(), gs = read_gs(), ldtr = read_ldtr(), tr = read_tr();
-    SEGMENT(ES, es, descriptor_base(gdtr.base, es, FALSE));
-    SEGMENT(CS, cs, descriptor_base(gdtr.base, cs, FALSE));
-    SEGMENT(SS, ss, descriptor_base(gdtr.base, ss, FALSE));
-    SEGMENT(DS, ds, descriptor_base(gdtr.base, ds, FALSE));
+    SEGMENT(ES, es, hv_descriptor_base(gdtr.base, es, FALSE));
+    SEGMENT(CS, cs, hv_descriptor_base(gdtr.base, cs, FALSE));
+    SEGMENT(SS, ss, hv_descriptor_base(gdtr.base, ss, FALSE));
+    SEGMENT(DS, ds, hv_descriptor_base(gdtr.base, ds, FALSE));
     SEGMENT(FS, fs, rdmsr(MSR_IA32_FS_BASE));
     SEGMENT(GS, gs, rdmsr(MSR_IA32_GS_BASE));
-    SEGMENT(LDTR, ldtr, descriptor_base(gdtr.base, ldtr, TRUE));
+    SEGMENT(LDTR, ldtr, hv_descriptor_base(gdtr.base, ldtr, TRUE));
     if (tr & ~7U) {
-        SEGMENT(TR, tr, descriptor_base(gdtr.base, tr, TRUE));
+        SEGMENT(TR, tr, hv_descriptor_base(gdtr.base, tr, TRUE));
     } else {
         /* Firmware without a TSS: SDM 28.3.1.2 "Checks on Guest Segment
          * Registers" still wants a usable, busy 64-bit TSS in TR; the guest

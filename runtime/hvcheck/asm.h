@@ -17,6 +17,17 @@
     movq $0, hvcheck_fault_vector(%rip)
 .endm
 
+/* The hypervisor's call instruction (docs/vmcall.md): VMCALL on an Intel
+ * CPU, VMMCALL on an AMD one (hvcheck_amd, set at start). Flags are scratch. */
+.macro HYPERCALL
+    cmpb $0, hvcheck_amd(%rip)
+    jne 8f
+    vmcall
+    jmp 9f
+8:  vmmcall
+9:
+.endm
+
 /* At the resume point: the routine's result. */
 .macro RETURN_FAULT_VECTOR
     mov hvcheck_fault_vector(%rip), %rax

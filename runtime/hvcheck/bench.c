@@ -140,10 +140,16 @@ static UINT64 once(enum trip trip, UINT32 xcr0_lo, UINT32 xcr0_hi)
         break;
     case TRIP_VMCALL:
         a = VMCALL_PING;
-        __asm__ volatile("vmcall" : "+a"(a), "+b"(b), "+c"(c), "+d"(d)::"memory");
+        if (hvcheck_amd)
+            __asm__ volatile("vmmcall" : "+a"(a), "+b"(b), "+c"(c), "+d"(d)::"memory");
+        else
+            __asm__ volatile("vmcall" : "+a"(a), "+b"(b), "+c"(c), "+d"(d)::"memory");
         break;
     case TRIP_RDMSR:
-        __asm__ volatile("rdmsr" : "=a"(a), "=d"(d) : "c"(MSR_IA32_FEATURE_CONTROL));
+        /* An MSR the hypervisor answers: IA32_FEATURE_CONTROL on Intel, EFER (SVME hidden) on AMD. */
+        __asm__ volatile("rdmsr"
+                         : "=a"(a), "=d"(d)
+                         : "c"(hvcheck_amd ? MSR_IA32_EFER : MSR_IA32_FEATURE_CONTROL));
         break;
     case TRIP_XSETBV:
         __asm__ volatile("xsetbv" ::"a"(xcr0_lo), "d"(xcr0_hi), "c"(0));

@@ -17,7 +17,7 @@ fuzz_vmcall:
     mov 8(%r8), %rbx
     mov 16(%r8), %rcx
     mov 24(%r8), %rdx
-    vmcall
+    HYPERCALL
     mov %rax, 0(%r8)
     mov %rbx, 8(%r8)
     mov %rcx, 16(%r8)

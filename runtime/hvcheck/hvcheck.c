@@ -21,6 +21,12 @@ struct cpu_result {
 };
 static struct cpu_result *results; /* one per CPU, from the pool */
 
+/* Load option `qemu_tcg_gaps=1`, for QEMU's TCG (Debian 12's 7.2), whose SVM
+ * delivers no XSETBV intercept and checks INVD against the WBINVD intercept
+ * (fixed in QEMU 8.1): those two exits cannot be seen there, and the checks
+ * say so instead of failing (docs/emulators.md). */
+static UINT64 qemu_tcg_gaps;
+
 /* A tiny formatter for APs (no UEFI there): %u and %x of 64-bit values. */
 static void fmt(char *out, UINTN size, const char *f, UINT64 a, UINT64 b)
 {
@@ -117,6 +123,102 @@ static UINT32 microcode_revision(void)
  * that does not add up; the data follows the 48-byte header, 16-byte aligned. */
 static const UINT32 refused_update[512] __attribute__((aligned(16))) = { 1, 0xFFFFFFFEU, 0, 0, 0, 1 };
 
+/* Intel: VMX hidden as on a CPU without it. IA32_FEATURE_CONTROL as the
+ * spec's msr_bitmap answers it, and the VMX instructions raise #UD. */
+static void check_vmx_hidden(struct cpu_result *r)
+{
+    UINT64 before, after;
+    UINT32 lo, hi;
+    /* IA32_FEATURE_CONTROL as the spec's msr_bitmap answers it. */
+    before = exit_count(EXIT_RDMSR);
+    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(MSR_IA32_FEATURE_CONTROL));
+    after = exit_count(EXIT_RDMSR);
+    record(r, "IA32_FEATURE_CONTROL reads locked, VMX off", (lo & 1) && !(lo & 6) && after - before == 1,
+           "value 0x%x, RDMSR exits %u", lo, after - before);
+
+    /* VMXON in the guest: a VM exit, answered with #UD. */
+    before = exit_count(EXIT_VMXON);
+    struct idt_gate saved = hvcheck_set_gate(6, hvcheck_ud_handler);
+    UINT64 ud = hvcheck_try_vmxon();
+    hvcheck_restore_gate(6, saved);
+    after = exit_count(EXIT_VMXON);
+    record(r, "VMXON in the guest raises #UD", ud == 6 && after - before == 1,
+           "fault vector %u, VMXON exits %u", ud, after - before);
+
+    /* Every other VMX instruction exits unconditionally in VMX non-root
+     * operation (SDM 27.1.2) and is answered as on a CPU without VMX: #UD. */
+    static const UINT32 vmx_exits[10] = { EXIT_VMCLEAR, EXIT_VMPTRLD,  EXIT_VMPTRST,  EXIT_VMREAD,
+                                          EXIT_VMWRITE, EXIT_VMLAUNCH, EXIT_VMRESUME, EXIT_VMXOFF,
+                                          EXIT_INVEPT,  EXIT_INVVPID };
+    UINT64 vmx_ud = 0, vmx_exited = 0;
+    saved = hvcheck_set_gate(6, hvcheck_ud_handler);
+    for (UINT64 i = 0; i < 10; i++) {
+        before = exit_count(vmx_exits[i]);
+        vmx_ud += hvcheck_try_vmx(i) == 6;
+        vmx_exited += exit_count(vmx_exits[i]) - before == 1;
+    }
+    hvcheck_restore_gate(6, saved);
+    record(
+        r,
+        "VMCLEAR, VMPTRLD, VMPTRST, VMREAD, VMWRITE, VMLAUNCH, VMRESUME, VMXOFF, INVEPT, INVVPID raise #UD",
+        vmx_ud == 10 && vmx_exited == 10, "#UD %u of 10, each one exit: %u of 10", vmx_ud, vmx_exited);
+}
+
+/* AMD: SVM hidden as on a CPU without it (CPUID.80000001:ECX.SVM[2], EFER.SVME,
+ * VM_CR and VM_HSAVE_PA), and the SVM instructions raise #UD, each by one
+ * #VMEXIT counted under the VMX exit of the same role (dsl/vmcb.hv). */
+static void check_svm_hidden(struct cpu_result *r)
+{
+    UINT32 c[4];
+    cpuid(0x80000001U, c);
+    record(r, "SVM hidden CPUID.80000001:ECX[2]", !((c[2] >> 2) & 1), "ECX = 0x%x", c[2], 0);
+
+    UINT64 efer;
+    __asm__ volatile("rdmsr; shl $32, %%rdx; or %%rdx, %%rax" : "=a"(efer) : "c"(MSR_IA32_EFER) : "rdx");
+    struct idt_gate saved = hvcheck_set_gate(13, hvcheck_gp_handler);
+    UINT64 svme_gp = hvcheck_try_wrmsr(MSR_IA32_EFER, efer | (1ULL << 12));
+    UINT64 vm_cr_gp = hvcheck_try_rdmsr(MSR_VM_CR), hsave_gp = hvcheck_try_rdmsr(MSR_VM_HSAVE_PA);
+    hvcheck_restore_gate(13, saved);
+    record(r, "EFER.SVME reads 0 and setting it raises #GP", !(efer & (1ULL << 12)) && svme_gp == 13,
+           "EFER 0x%x, fault vector %u", efer, svme_gp);
+    record(r, "VM_CR and VM_HSAVE_PA raise #GP", vm_cr_gp == 13 && hsave_gp == 13, "fault vectors %u, %u",
+           vm_cr_gp, hsave_gp);
+
+    static const UINT32 svm_exits[7] = { EXIT_VMLAUNCH, EXIT_VMPTRLD, EXIT_VMPTRST, EXIT_VMXON,
+                                         EXIT_VMXOFF,   EXIT_GETSEC,  EXIT_INVVPID };
+    UINT64 svm_ud = 0, svm_exited = 0;
+    saved = hvcheck_set_gate(6, hvcheck_ud_handler);
+    for (UINT64 i = 0; i < 7; i++) {
+        UINT64 before = exit_count(svm_exits[i]);
+        svm_ud += hvcheck_try_svm(i) == 6;
+        svm_exited += exit_count(svm_exits[i]) - before == 1;
+    }
+    hvcheck_restore_gate(6, saved);
+    record(r, "VMRUN, VMLOAD, VMSAVE, STGI, CLGI, SKINIT, INVLPGA raise #UD", svm_ud == 7 && svm_exited == 7,
+           "#UD %u of 7, each one exit: %u of 7", svm_ud, svm_exited);
+}
+
+/* Intel: a microcode update in the guest (IA32_BIOS_UPDT_TRIG). */
+static void check_microcode(struct cpu_result *r)
+{
+    UINT64 before, after, gp;
+    struct idt_gate saved;
+    /* Microcode: "must not be performed during VMX non-root operation" (SDM
+     * 34.4 "Microcode Update Facility"), so WRMSR IA32_BIOS_UPDT_TRIG exits
+     * and the hypervisor hands the update to the processor in VMX root; this
+     * one is refused, so the revision, read as the SDM says, stays. */
+    UINT32 revision = microcode_revision();
+    before = exit_count(EXIT_WRMSR);
+    saved = hvcheck_set_gate(13, hvcheck_gp_handler);
+    gp = hvcheck_try_wrmsr(MSR_IA32_BIOS_UPDT_TRIG, (UINT64)&refused_update[12]);
+    hvcheck_restore_gate(13, saved);
+    after = exit_count(EXIT_WRMSR);
+    UINT32 revision_after = microcode_revision();
+    record(r, "microcode: an update exits to VMX root; the revision reads as the SDM describes",
+           !gp && after - before == 1 && revision_after == revision, "revision 0x%x, WRMSR 0x79 exits %u",
+           revision_after, after - before);
+}
+
 /* Every check a guest CPU can make by itself (no UEFI service: APs run it). */
 static void check_this_cpu(struct cpu_result *r, UINTN number)
 {
@@ -182,47 +284,21 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     record(r, modelled ? "IA32_DEBUGCTL survives a VM exit" : "IA32_DEBUGCTL (not kept by this CPU)",
            !modelled || (lo2 & 1), "LBR bit %u before, %u after a CPUID exit", lo1 & 1, lo2 & 1);
 
-    /* IA32_FEATURE_CONTROL as the spec's msr_bitmap answers it. */
-    before = exit_count(EXIT_RDMSR);
-    __asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(MSR_IA32_FEATURE_CONTROL));
-    after = exit_count(EXIT_RDMSR);
-    record(r, "IA32_FEATURE_CONTROL reads locked, VMX off", (lo & 1) && !(lo & 6) && after - before == 1,
-           "value 0x%x, RDMSR exits %u", lo, after - before);
-
-    /* VMXON in the guest: a VM exit, answered with #UD. */
-    before = exit_count(EXIT_VMXON);
-    struct idt_gate saved = hvcheck_set_gate(6, hvcheck_ud_handler);
-    UINT64 ud = hvcheck_try_vmxon();
-    hvcheck_restore_gate(6, saved);
-    after = exit_count(EXIT_VMXON);
-    record(r, "VMXON in the guest raises #UD", ud == 6 && after - before == 1,
-           "fault vector %u, VMXON exits %u", ud, after - before);
-
-    /* Every other VMX instruction exits unconditionally in VMX non-root
-     * operation (SDM 27.1.2) and is answered as on a CPU without VMX: #UD. */
-    static const UINT32 vmx_exits[10] = { EXIT_VMCLEAR, EXIT_VMPTRLD,  EXIT_VMPTRST,  EXIT_VMREAD,
-                                          EXIT_VMWRITE, EXIT_VMLAUNCH, EXIT_VMRESUME, EXIT_VMXOFF,
-                                          EXIT_INVEPT,  EXIT_INVVPID };
-    UINT64 vmx_ud = 0, vmx_exited = 0;
-    saved = hvcheck_set_gate(6, hvcheck_ud_handler);
-    for (UINT64 i = 0; i < 10; i++) {
-        before = exit_count(vmx_exits[i]);
-        vmx_ud += hvcheck_try_vmx(i) == 6;
-        vmx_exited += exit_count(vmx_exits[i]) - before == 1;
-    }
-    hvcheck_restore_gate(6, saved);
-    record(
-        r,
-        "VMCLEAR, VMPTRLD, VMPTRST, VMREAD, VMWRITE, VMLAUNCH, VMRESUME, VMXOFF, INVEPT, INVVPID raise #UD",
-        vmx_ud == 10 && vmx_exited == 10, "#UD %u of 10, each one exit: %u of 10", vmx_ud, vmx_exited);
+    if (hvcheck_amd)
+        check_svm_hidden(r);
+    else
+        check_vmx_hidden(r);
 
     /* INVD exits unconditionally and is done as WBINVD: the guest's caches
      * are written back, never dropped under the hypervisor's data. */
     before = exit_count(EXIT_INVD);
     __asm__ volatile("invd" ::: "memory");
     after = exit_count(EXIT_INVD);
-    record(r, "INVD exits and returns (done as WBINVD)", after - before == 1, "INVD exits %u", after - before,
-           0);
+    if (qemu_tcg_gaps && after == before)
+        record(r, "INVD returns (QEMU TCG does not deliver its intercept: qemu_tcg_gaps)", TRUE, NULL, 0, 0);
+    else
+        record(r, "INVD exits and returns (done as WBINVD)", after - before == 1, "INVD exits %u",
+               after - before, 0);
 
     /* IA32_EFER without LME in IA-32e mode faults in the CPU itself (SDM
      * Vol. 4, IA32_EFER): EFER is the guest's, saved and loaded around exits. */
@@ -231,7 +307,7 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
                      : "=a"(efer_before)
                      : "c"(MSR_IA32_EFER)
                      : "rdx");
-    saved = hvcheck_set_gate(13, hvcheck_gp_handler);
+    struct idt_gate saved = hvcheck_set_gate(13, hvcheck_gp_handler);
     UINT64 efer_gp = hvcheck_try_wrmsr(MSR_IA32_EFER, efer_before & ~(1ULL << 8));
     hvcheck_restore_gate(13, saved);
     __asm__ volatile("rdmsr; shl $32, %%rdx; or %%rdx, %%rax"
@@ -246,7 +322,7 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
      * SDM 27.1.2 "Instructions That Cause VM Exits Unconditionally"). */
     cpuid(1, c);
     saved = hvcheck_set_gate(6, hvcheck_ud_handler);
-    ud = hvcheck_try_getsec();
+    UINT64 ud = hvcheck_try_getsec();
     hvcheck_restore_gate(6, saved);
     record(r, "SMX hidden and GETSEC raises #UD", !((c[2] >> 6) & 1) && ud == 6,
            "CPUID.1:ECX 0x%x, fault vector %u", c[2], ud);
@@ -265,20 +341,8 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
     record(r, "the injected #GP pushes RFLAGS.RF (a fault)", gp == 13 && (hvcheck_fault_rflags >> 16) & 1,
            "RFLAGS image 0x%x", hvcheck_fault_rflags, 0);
 
-    /* Microcode: "must not be performed during VMX non-root operation" (SDM
-     * 34.4 "Microcode Update Facility"), so WRMSR IA32_BIOS_UPDT_TRIG exits
-     * and the hypervisor hands the update to the processor in VMX root; this
-     * one is refused, so the revision, read as the SDM says, stays. */
-    UINT32 revision = microcode_revision();
-    before = exit_count(EXIT_WRMSR);
-    saved = hvcheck_set_gate(13, hvcheck_gp_handler);
-    gp = hvcheck_try_wrmsr(MSR_IA32_BIOS_UPDT_TRIG, (UINT64)&refused_update[12]);
-    hvcheck_restore_gate(13, saved);
-    after = exit_count(EXIT_WRMSR);
-    UINT32 revision_after = microcode_revision();
-    record(r, "microcode: an update exits to VMX root; the revision reads as the SDM describes",
-           !gp && after - before == 1 && revision_after == revision, "revision 0x%x, WRMSR 0x79 exits %u",
-           revision_after, after - before);
+    if (!hvcheck_amd)
+        check_microcode(r);
 
     /* WAITPKG (CPUID.7.0:ECX[5]): where CPUID shows it, TPAUSE works in the
      * guest. In VMX non-root it raises #UD unless "enable user wait and pause"
@@ -313,8 +377,12 @@ static void check_this_cpu(struct cpu_result *r, UINTN number)
         after = exit_count(EXIT_XSETBV);
         __asm__ volatile("xgetbv" : "=a"(lo2), "=d"(hi2) : "c"(0));
         __asm__ volatile("mov %0, %%cr4" ::"r"(cr4) : "memory");
-        record(r, "XSETBV exits and takes effect", after - before == 1 && lo2 == lo && hi2 == hi,
-               "XSETBV exits %u, XCR0 0x%x", after - before, lo2);
+        if (qemu_tcg_gaps && after == before)
+            record(r, "XSETBV takes effect (QEMU TCG does not deliver its intercept: qemu_tcg_gaps)",
+                   lo2 == lo && hi2 == hi, "XCR0 0x%x", lo2, 0);
+        else
+            record(r, "XSETBV exits and takes effect", after - before == 1 && lo2 == lo && hi2 == hi,
+                   "XSETBV exits %u, XCR0 0x%x", after - before, lo2);
 
         /* CPUID.1:ECX.OSXSAVE (bit 27) mirrors CR4.OSXSAVE (SDM Vol. 2A,
          * CPUID): the guest's CR4, not the one the hypervisor runs with. */
@@ -368,9 +436,13 @@ static void devirtualize(struct cpu_result *r)
     UINT64 out[4];
     UINT32 c[4];
     hvcheck_vmcall(VMCALL_DEVIRTUALIZE, 0, 0, out);
-    cpuid(1, c);
-    record(r, "DEVIRTUALIZE: VMX off, hypervisor gone", out[0] == 0 && !((c[2] >> 31) & 1),
-           "status 0x%x, CPUID.1:ECX 0x%x", out[0], c[2]);
+    cpuid(0x40000000U, c);
+    /* Gone: no signature at CPUID 0x40000000 (CPUID.1:ECX[31] may stay: an
+     * emulator such as QEMU sets it for its own guests). */
+    BOOLEAN gone = c[1] != SIGNATURE_EBX || c[2] != SIGNATURE_ECX || c[3] != SIGNATURE_EDX;
+    record(r,
+           hvcheck_amd ? "DEVIRTUALIZE: SVM off, hypervisor gone" : "DEVIRTUALIZE: VMX off, hypervisor gone",
+           out[0] == 0 && gone, "status 0x%x, CPUID 0x40000000:EBX 0x%x", out[0], c[1]);
 }
 
 static VOID EFIAPI ap_devirtualize(VOID *arg)
@@ -607,6 +679,10 @@ static void power_off(void)
 EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
 {
     InitializeLib(image, system_table);
+    UINT32 vendor[4];
+    cpuid(0, vendor); /* "AuthenticAMD" or "HygonGenuine": the SVM backend runs */
+    hvcheck_amd = (vendor[1] == 0x68747541U && vendor[3] == 0x69746E65U && vendor[2] == 0x444D4163U) ||
+                  (vendor[1] == 0x6F677948U && vendor[3] == 0x6E65476EU && vendor[2] == 0x656E6975U);
     Print(L"hvcheck: self-test of the %a hypervisor %a\n", HV_NAME, HV_VERSION);
     if (!hypervisor_present()) {
         /* Still show that the firmware works (after a refused start-up). */
@@ -637,6 +713,7 @@ EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *system_table)
     /* The exits of the firmware boot, before hvcheck adds its own. */
     hvcheck_bench_start(bsp, count);
 
+    qemu_tcg_gaps = load_option(image, L"qemu_tcg_gaps=", 0);
     /* The fuzzer first (`fuzz=N seed=S`): the checks must pass after it. */
     UINT64 operations = load_option(image, L"fuzz=", 0);
     if (operations)

@@ -17,7 +17,7 @@ hvcheck_vmcall:
     mov %rsi, %rbx
     mov %rdx, %rcx
     xor %edx, %edx
-    vmcall
+    HYPERCALL
     mov %rax, 0(%r8)
     mov %rbx, 8(%r8)
     mov %rcx, 16(%r8)
@@ -101,6 +101,49 @@ hvcheck_try_vmx:
 3:
 2:  add $16, %rsp
     RETURN_FAULT_VECTOR
+    ret
+
+# UINT64 hvcheck_try_svm(UINT64 which): the SVM instruction `which`: 0 VMRUN,
+# 1 VMLOAD, 2 VMSAVE, 3 STGI, 4 CLGI, 5 SKINIT, 6 INVLPGA (RAX = 0, ECX = 0).
+    .globl hvcheck_try_svm
+hvcheck_try_svm:
+    FAULT_RESUMES_AT 2f
+    xor %ecx, %ecx
+    lea 1f(%rip), %rax
+    lea (%rax,%rdi,8), %rdx
+    xor %eax, %eax
+    jmp *%rdx
+    .balign 8
+1:  vmrun %rax
+    jmp 2f
+    .balign 8
+    vmload %rax
+    jmp 2f
+    .balign 8
+    vmsave %rax
+    jmp 2f
+    .balign 8
+    stgi
+    jmp 2f
+    .balign 8
+    clgi
+    jmp 2f
+    .balign 8
+    skinit %eax
+    jmp 2f
+    .balign 8
+    invlpga %rax, %ecx
+    jmp 2f
+2:  RETURN_FAULT_VECTOR
+    ret
+
+# UINT64 hvcheck_try_rdmsr(UINT32 msr)
+    .globl hvcheck_try_rdmsr
+hvcheck_try_rdmsr:
+    FAULT_RESUMES_AT 1f
+    mov %edi, %ecx
+    rdmsr
+1:  RETURN_FAULT_VECTOR
     ret
 
 # UINT64 hvcheck_try_getsec(void): GETSEC with EAX = 0 (CAPABILITIES).
@@ -196,5 +239,9 @@ hvcheck_nmi_count:
     .globl hvcheck_fault_rflags
 hvcheck_fault_rflags:
     .quad 0
+    .globl hvcheck_amd
+    .hidden hvcheck_amd
+hvcheck_amd:
+    .byte 0
 
     .section .note.GNU-stack, "", @progbits
