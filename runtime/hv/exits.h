@@ -106,6 +106,11 @@ enum hv_exit_result hv_microcode_update(struct hv_cpu *cpu, UINT64 data);
 /* icr_emulation.c (option apic_icr_emulation): an EPT violation that is a
  * store to the local APIC page, done for the guest; FALSE: not one. */
 BOOLEAN hv_icr_emulate_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs);
+/* The guest's store to the local APIC page at `gpa`, decoded and done for it
+ * (INIT and SIPI to CPUs that are guests recorded for them); FALSE when it
+ * cannot be decoded (#GP injected). `length`: the instruction's. */
+BOOLEAN hv_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs, UINT64 gpa, UINTN *length);
+UINT64 hv_apic_page(void);
 /* ... and this CPU's logical APIC destination, read before launch. */
 void hv_icr_emulation_prepare(struct hv_cpu *cpu);
 

@@ -44,6 +44,7 @@ HV_GUEST_REGISTER(rip, GUEST_RIP, HV_VMCB_OFFSET(VMCB_RIP))
 HV_GUEST_REGISTER(rsp, GUEST_RSP, HV_VMCB_OFFSET(VMCB_RSP))
 HV_GUEST_REGISTER(rflags, GUEST_RFLAGS, HV_VMCB_OFFSET(VMCB_RFLAGS))
 HV_GUEST_REGISTER(cr3, GUEST_CR3, HV_VMCB_OFFSET(VMCB_CR3))
+HV_GUEST_REGISTER(cs_base, GUEST_CS_BASE, HV_VMCB_OFFSET(VMCB_CS_BASE))
 
 /* CR0 and CR4 as the guest sees them (with VMX, the hypervisor's bits from
  * the read shadows: vmcs_setup.c), and whether it runs 64-bit code. */

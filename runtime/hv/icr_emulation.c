@@ -4,7 +4,10 @@
  * For emulators whose INIT VM exits are broken: Bochs 2.7 leaves the INIT
  * that caused the exit pending, so the CPU exits again at every VM entry.
  * On a CPU (and Bochs 3) the `init` and `sipi` actions answer real INIT and
- * SIPI exits, and none of this is built.
+ * SIPI exits, and only the SVM backend uses the store emulation below: on
+ * SVM a physical INIT that is not redirected (VM_CR.R_INIT, which QEMU's TCG
+ * lacks) resets the CPU under the hypervisor, so INIT and SIPI never reach
+ * a CPU that is a guest (svm.c), as in BitVisor and barevisor.
  *
  * The local APIC page is read/execute only in EPT (ept.c): a store to it
  * exits as an EPT violation, is decoded and done for the guest, except that
@@ -18,7 +21,7 @@
 #include "cpu.h"
 #include "exits.h"
 
-#if HV_APIC_ICR_EMULATION
+#if HV_APIC_ICR_EMULATION || HV_SVM
 
 /* Local APIC registers (SDM 12.4.1 "The Intel APIC Architecture", Table 12-1). */
 #define APIC_LDR      0x0D0
@@ -35,17 +38,6 @@
 #define ICR_LEVEL          (1U << 15)
 #define ICR_SHORTHAND(icr) (((icr) >> 18) & 3)
 #define ICR_SHORTHAND_MASK (3U << 18)
-
-/* The default operand and address size of the guest's code: 64 (CS.L in
- * IA-32e mode), else CS.D: 32 or 16 (SDM 3.4.5 "Segment
- * Descriptors"); real mode is 16. */
-static UINT32 code_size(void)
-{
-    UINT64 ar = vmread(GUEST_CS_AR_BYTES);
-    if ((vmread(VM_ENTRY_CONTROLS) & HV_ENTRY_IA32E_MODE_GUEST) && (ar & (1U << 13)))
-        return 64;
-    return ar & (1U << 14) ? 32 : 16;
-}
 
 struct insn {
     UINT64 rip; /* linear */
@@ -94,9 +86,9 @@ static BOOLEAN skip_memory_operand(struct insn *insn, UINT8 modrm, UINT32 addres
  * Any other instruction or operand size is not decoded. */
 static BOOLEAN decode_store(struct hv_guest_regs *regs, UINT32 *value, UINTN *length)
 {
-    UINT32 mode = code_size(), address_size = mode;
+    UINT32 mode = hv_guest_code_size(), address_size = mode;
     BOOLEAN operand_prefix = FALSE;
-    struct insn insn = { vmread(GUEST_CS_BASE) + vmread(GUEST_RIP), 0 };
+    struct insn insn = { hv_guest_cs_base() + hv_guest_rip(), 0 };
     if (mode != 64)
         insn.rip &= 0xFFFFFFFFULL;
     UINT8 b, rex = 0, modrm;
@@ -127,7 +119,7 @@ static BOOLEAN decode_store(struct hv_guest_regs *regs, UINT32 *value, UINTN *le
         if (!next_byte(&insn, &modrm) || modrm >> 6 == 3 || !skip_memory_operand(&insn, modrm, address_size))
             return FALSE;
         UINT32 reg = ((modrm >> 3) & 7) | (rex & 4 ? 8 : 0);
-        *value = (UINT32)(reg == 4 ? vmread(GUEST_RSP) : ((UINT64 *)regs)[reg]);
+        *value = (UINT32)(reg == 4 ? hv_guest_rsp() : ((UINT64 *)regs)[reg]);
         break;
     case 0xC7:
         if (!next_byte(&insn, &modrm) || modrm >> 6 == 3 || ((modrm >> 3) & 7) != 0 ||
@@ -215,23 +207,18 @@ static void write_icr(struct hv_cpu *self, volatile UINT32 *apic, UINT32 icr)
         apic[APIC_ICR_LOW / 4] = icr;
 }
 
-BOOLEAN hv_icr_emulate_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+BOOLEAN hv_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs, UINT64 gpa, UINTN *length)
 {
-    UINT64 gpa = vmread(GUEST_PHYSICAL_ADDRESS),
-           apic_base = rdmsr(MSR_IA32_APIC_BASE) & 0x000FFFFFFFFFF000ULL;
-    if ((gpa & ~0xFFFULL) != apic_base || !(vmread(EXIT_QUALIFICATION) & 2)) /* a write to the APIC page */
-        return FALSE;
     UINT32 value;
-    UINTN length;
-    if (!decode_store(regs, &value, &length)) {
+    if (!decode_store(regs, &value, length)) {
         /* An emulation failure is the guest's: #GP(0), never the machine's end. */
         hv_log("uefi-hv: cpu %u: cannot emulate the guest's store to the local APIC at RIP 0x%lx "
                "(APIC offset 0x%lx): #GP(0) injected\n",
-               cpu->index, vmread(GUEST_RIP), gpa & 0xFFF);
+               cpu->index, hv_guest_rip(), gpa & 0xFFF);
         hv_inject_exception(VECTOR_GP, TRUE, 0);
-        return TRUE;
+        return FALSE;
     }
-    volatile UINT32 *apic = (volatile UINT32 *)apic_base;
+    volatile UINT32 *apic = (volatile UINT32 *)(gpa & ~0xFFFULL);
     UINT32 offset = gpa & 0xFF0;
     if (offset == APIC_ICR_LOW) {
         write_icr(cpu, apic, value);
@@ -242,18 +229,40 @@ BOOLEAN hv_icr_emulate_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs
         else if (offset == APIC_DFR)
             cpu->apic_dfr = apic[APIC_DFR / 4];
     }
-    hv_instruction_done(length); /* the decoded length: EPT violations have none */
     return TRUE;
+}
+
+/* Where the local APIC page is (xAPIC mode); 0 in x2APIC mode, whose ICR
+ * is an MSR. */
+UINT64 hv_apic_page(void)
+{
+    UINT64 apic_base = rdmsr(MSR_IA32_APIC_BASE);
+    return apic_base & (1ULL << 10) ? 0 : apic_base & 0x000FFFFFFFFFF000ULL;
 }
 
 void hv_icr_emulation_prepare(struct hv_cpu *cpu)
 {
-    UINT64 apic_base = rdmsr(MSR_IA32_APIC_BASE);
-    if (apic_base & (1ULL << 10)) /* x2APIC mode: no APIC page to emulate */
+    volatile UINT32 *apic = (volatile UINT32 *)hv_apic_page();
+    if (!apic) /* x2APIC mode: no APIC page to emulate */
         return;
-    volatile UINT32 *apic = (volatile UINT32 *)(apic_base & 0x000FFFFFFFFFF000ULL);
     cpu->apic_ldr = apic[APIC_LDR / 4];
     cpu->apic_dfr = apic[APIC_DFR / 4];
+}
+
+#endif /* HV_APIC_ICR_EMULATION || HV_SVM */
+
+#if HV_APIC_ICR_EMULATION
+/* The VMX side: an EPT violation that is a write to the APIC page. */
+BOOLEAN hv_icr_emulate_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+{
+    UINT64 gpa = vmread(GUEST_PHYSICAL_ADDRESS);
+    UINTN length;
+    if ((gpa & ~0xFFFULL) != hv_apic_page() ||
+        !(vmread(EXIT_QUALIFICATION) & 2)) /* a write to the APIC page */
+        return FALSE;
+    if (hv_apic_store(cpu, regs, gpa, &length))
+        hv_instruction_done(length); /* the decoded length: EPT violations have none */
+    return TRUE;
 }
 
 /* --- waiting for the SIPI -------------------------------------------------------- */

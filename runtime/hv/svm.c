@@ -33,8 +33,10 @@
 #define VECTOR_DB              1
 #define NPT_PRESENT_WRITE_USER 7ULL /* every nested walk is a user access (APM 15.25.5) */
 #define NPT_LARGE              (1ULL << 7)
-#define MSRPM_PAGES            2 /* APM 15.11 "MSR Intercepts" */
-#define IOPM_PAGES             3 /* APM 15.10.1 "I/O Permissions Map" */
+#define NPT_WRITE              (1ULL << 1)
+#define NPT_FRAME              0x000FFFFFFFFFF000ULL /* in a large entry too: its PAT bit (12) is 0 here */
+#define MSRPM_PAGES            2                     /* APM 15.11 "MSR Intercepts" */
+#define IOPM_PAGES             3                     /* APM 15.10.1 "I/O Permissions Map" */
 
 #define VMCB16(cpu, offset) (*(UINT16 *)((cpu)->vmcb + (offset)))
 #define VMCB32(cpu, offset) (*(UINT32 *)((cpu)->vmcb + (offset)))
@@ -181,11 +183,48 @@ static EFI_STATUS build_npt(void)
     return EFI_SUCCESS;
 }
 
+/* The 4 KiB nested page table entry of `gpa`, each large page above it
+ * split into smaller ones that map the same memory; NULL when no table is
+ * left. */
+static UINT64 *npt_entry_4k(UINT64 gpa)
+{
+    UINT64 *table = (UINT64 *)(((UINT64 *)svm.ncr3)[(gpa >> 39) & 511] & NPT_FRAME);
+    for (UINT32 shift = 30; shift > 12; shift -= 9) {
+        UINT64 *e = &table[(gpa >> shift) & 511];
+        if (*e & NPT_LARGE) {
+            UINT64 *smaller = hv_alloc_table(), base = *e & NPT_FRAME, size = 1ULL << (shift - 9);
+            if (!smaller)
+                return NULL;
+            for (UINT64 i = 0; i < 512; i++)
+                smaller[i] = (base + i * size) | NPT_PRESENT_WRITE_USER | (shift - 9 > 12 ? NPT_LARGE : 0);
+            *e = (UINT64)smaller | NPT_PRESENT_WRITE_USER;
+        }
+        table = (UINT64 *)(*e & NPT_FRAME);
+    }
+    return &table[(gpa >> 12) & 511];
+}
+
+/* The local APIC page read-only: the guest's stores to it exit (NPF) and
+ * are done for it, INIT and SIPI to CPUs that are guests recorded instead
+ * (icr_emulation.c). */
+static EFI_STATUS watch_apic_page(void)
+{
+    UINT64 apic = hv_apic_page(), *entry;
+    if (!apic) /* x2APIC already: the ICR is an MSR */
+        return EFI_SUCCESS;
+    if (!(entry = npt_entry_4k(apic)))
+        return EFI_OUT_OF_RESOURCES;
+    *entry &= ~NPT_WRITE;
+    return EFI_SUCCESS;
+}
+
 EFI_STATUS hv_svm_build(void)
 {
     EFI_STATUS status = build_msrpm();
     if (!EFI_ERROR(status))
         status = build_npt();
+    if (!EFI_ERROR(status))
+        status = watch_apic_page();
     if (!EFI_ERROR(status))
         hv_say("uefi-hv: nested paging maps guest-physical 0-%lu GiB (MAXPHYADDR %u bits)%s\n", svm.npt_gib,
                hv.max_phys_bits, hv_svm_has_nrips() ? "" : "; no NRIPS: instruction lengths are decoded");
@@ -200,7 +239,11 @@ BOOLEAN hv_svm_prepare_cpu(struct hv_cpu *cpu)
 {
     cpu->firmware_cr0 = cpu->cr0 = read_cr0();
     cpu->firmware_cr4 = cpu->cr4 = read_cr4();
+    UINT32 r[4];
+    cpuid(1, 0, r);
+    cpu->apic_id = r[1] >> 24; /* the initial APIC ID, CPUID.1:EBX[31:24] */
     hv_spec_host_state(cpu);
+    hv_icr_emulation_prepare(cpu);
     if (!hv_host_value(cpu, HOST_IDTR_BASE) || !hv_host_value(cpu, HOST_GDTR_BASE) ||
         !hv_host_value(cpu, HOST_RSP))
         return fail(cpu, "the spec's host_state gives no HOST_IDTR_BASE, HOST_GDTR_BASE or HOST_RSP");
@@ -248,6 +291,12 @@ static void set_intercepts(struct hv_cpu *cpu)
     }
     VMCB32(cpu, VMCB_INTERCEPT_MISC2) |= SVM_INTERCEPT_VMRUN;
     VMCB32(cpu, VMCB_INTERCEPT_MISC1) |= SVM_INTERCEPT_MSR_PROT | SVM_INTERCEPT_SHUTDOWN;
+    /* An AP idles in HLT (MP services) or MWAIT (OVMF after ExitBootServices)
+     * until INIT and SIPI: the emulated ones start it there (ap_waits). */
+    if (!cpu->is_bsp) {
+        VMCB32(cpu, VMCB_INTERCEPT_MISC1) |= SVM_INTERCEPT_HLT;
+        VMCB32(cpu, VMCB_INTERCEPT_MISC2) |= SVM_INTERCEPT_MWAIT;
+    }
 }
 
 /* The guest: this CPU as the firmware runs it (APM 15.5.1 "Basic
@@ -447,8 +496,9 @@ static BOOLEAN svm_msr(struct hv_cpu *cpu, struct hv_guest_regs *regs, enum hv_e
          * the host's EFER). */
         UINT64 host = rdmsr(MSR_IA32_EFER), guest = VMCB64(cpu, VMCB_EFER), lma = guest & X86_EFER_LMA;
         BOOLEAN lme_change = ((value ^ guest) & X86_EFER_LME) != 0;
+        UINT64 mode = X86_EFER_LME | X86_EFER_LMA; /* the host's own: it stays in long mode */
         if ((lme_change && (VMCB64(cpu, VMCB_CR0) & X86_CR0_PG)) ||
-            hv_safe_wrmsr(MSR_IA32_EFER, (value & ~X86_EFER_LMA) | (host & X86_EFER_LMA) | EFER_SVME)) {
+            hv_safe_wrmsr(MSR_IA32_EFER, (value & ~mode) | (host & mode) | EFER_SVME)) {
             hv_inject_exception(VECTOR_GP, TRUE, 0);
             *result = HV_RESUME_SAME;
             return TRUE;
@@ -493,6 +543,89 @@ static void vmrun_failed(struct hv_cpu *cpu, struct hv_guest_regs *regs)
     leave_svm(cpu, regs, (UINT64)hv_svm_launch_done);
 }
 
+/* --- INIT and SIPI, emulated ------------------------------------------------ */
+
+/* A segment in real mode: base = selector * 16, 64 KiB, attributes as
+ * after INIT (APM vol. 2, 14.1.3 "Processor Initialization State"). */
+static void real_mode_segment(struct hv_cpu *cpu, UINT32 at, UINT16 sel, UINT16 attrib)
+{
+    VMCB16(cpu, at) = sel;
+    VMCB16(cpu, at + 2) = attrib;
+    VMCB32(cpu, at + 4) = 0xFFFF;
+    VMCB64(cpu, at + 8) = (UINT64)sel << 4;
+}
+
+/* The CPU as INIT then SIPI leave it (APM vol. 2, 14.1.3 and 14.1.5 "Fetching
+ * the First Instruction"; SDM 11.1.1, Table 11-1): real mode at vector:0000,
+ * caches as after INIT, RDX the processor signature, its TLB flushed. */
+static void start_at_sipi(struct hv_cpu *cpu, struct hv_guest_regs *regs, UINT32 vector)
+{
+    UINT32 r[4];
+    cpuid(1, 0, r);
+    hv_zero(regs, sizeof *regs);
+    regs->rdx = r[0];
+    real_mode_segment(cpu, VMCB_CS_SELECTOR, (UINT16)(vector << 8), 0x9B);
+    real_mode_segment(cpu, VMCB_SS_SELECTOR, 0, 0x93);
+    real_mode_segment(cpu, VMCB_DS_SELECTOR, 0, 0x93);
+    real_mode_segment(cpu, VMCB_ES_SELECTOR, 0, 0x93);
+    real_mode_segment(cpu, VMCB_FS_SELECTOR, 0, 0x93);
+    real_mode_segment(cpu, VMCB_GS_SELECTOR, 0, 0x93);
+    real_mode_segment(cpu, VMCB_LDTR_SELECTOR, 0, 0x82);
+    real_mode_segment(cpu, VMCB_TR_SELECTOR, 0, 0x8B);
+    VMCB32(cpu, VMCB_GDTR_LIMIT) = VMCB32(cpu, VMCB_IDTR_LIMIT) = 0xFFFF;
+    VMCB64(cpu, VMCB_GDTR_BASE) = VMCB64(cpu, VMCB_IDTR_BASE) = 0;
+    *(cpu->vmcb + VMCB_CPL) = 0;
+    VMCB64(cpu, VMCB_EFER) = EFER_SVME;                            /* the guest's EFER is 0 */
+    VMCB64(cpu, VMCB_CR0) = X86_CR0_CD | X86_CR0_NW | (1ULL << 4); /* ET */
+    VMCB64(cpu, VMCB_CR2) = VMCB64(cpu, VMCB_CR3) = VMCB64(cpu, VMCB_CR4) = 0;
+    VMCB64(cpu, VMCB_DR7) = 0x400;
+    VMCB64(cpu, VMCB_DR6) = 0xFFFF0FF0ULL;
+    VMCB64(cpu, VMCB_RFLAGS) = 2;
+    VMCB64(cpu, VMCB_RIP) = 0;
+    VMCB64(cpu, VMCB_RSP) = 0;
+    VMCB64(cpu, VMCB_G_PAT) = 0x0007040600070406ULL;
+    VMCB64(cpu, VMCB_INTERRUPT_SHADOW) = 0;
+    VMCB64(cpu, VMCB_EVENTINJ) = 0;
+    *(cpu->vmcb + VMCB_TLB_CONTROL) = TLB_FLUSH_ALL;
+}
+
+/* HLT or MWAIT on an AP. With interrupts off ("cli; hlt", the MP services'
+ * idle loop) only INIT and SIPI wake it: it waits here for the emulated
+ * ones. Otherwise it returns at once, which MWAIT may always do and which
+ * makes an idle loop poll (the host, with GIF clear, has no interrupt to
+ * wait for). */
+static enum hv_exit_result ap_waits(struct hv_cpu *cpu, struct hv_guest_regs *regs, BOOLEAN hlt)
+{
+    UINT32 sipi = __atomic_load_n(&cpu->sipi_vector, __ATOMIC_SEQ_CST);
+    if (!(sipi & 0x100) && hlt && !(VMCB64(cpu, VMCB_RFLAGS) & RFLAGS_IF))
+        while (!((sipi = __atomic_load_n(&cpu->sipi_vector, __ATOMIC_SEQ_CST)) & 0x100))
+            cpu_pause();
+    if (!(sipi & 0x100)) {
+        cpu_pause();
+        return HV_RESUME_NEXT;
+    }
+    __atomic_store_n(&cpu->sipi_vector, 0, __ATOMIC_SEQ_CST);
+    start_at_sipi(cpu, regs, sipi & 0xFF);
+    return HV_RESUME_SAME;
+}
+
+/* A nested page fault (EXITINFO1: the error code, EXITINFO2: the guest-
+ * physical address, APM 15.25.6): a store to the local APIC page is done
+ * for the guest; anything else would be a hole in the identity map. */
+static enum hv_exit_result nested_page_fault(struct hv_cpu *cpu, struct hv_guest_regs *regs)
+{
+    UINT64 gpa = VMCB64(cpu, VMCB_EXITINFO2), error = VMCB64(cpu, VMCB_EXITINFO1);
+    UINTN length;
+    if ((gpa & ~0xFFFULL) == hv_apic_page() && (error & NPT_WRITE)) {
+        if (hv_apic_store(cpu, regs, gpa, &length))
+            VMCB64(cpu, VMCB_RIP) += length;
+        return HV_RESUME_SAME;
+    }
+    hv_log_fatal("uefi-hv: cpu %u: nested page fault at GPA 0x%lx, error code 0x%lx: stopping\n", cpu->index,
+                 gpa, error);
+    return HV_STOP;
+}
+
 /* The exit of this CPU (svm_entry.S, with the guest's GPRs in `regs`): the
  * meaning of its exit code, counted, and the spec's action for it. */
 void hv_svm_exit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
@@ -514,6 +647,10 @@ void hv_svm_exit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
     enum hv_exit_result result;
     if (code == SVM_EXIT_MSR && svm_msr(cpu, regs, &result)) {
         /* answered */
+    } else if (code == SVM_EXIT_NPF) {
+        result = nested_page_fault(cpu, regs);
+    } else if (code == SVM_EXIT_HLT || code == SVM_EXIT_MWAIT) {
+        result = ap_waits(cpu, regs, code == SVM_EXIT_HLT);
     } else if (action) {
         result = action(cpu, regs);
     } else {
