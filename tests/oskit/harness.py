@@ -35,8 +35,6 @@ from oskit.initramfs import DEFAULT_SPEC, OSKIT
 CHAIN_STARTED = "uefi-hv: starting \\EFI\\UEFI-HV\\NEXT.EFI"
 #: What the null hypervisor prints as it does the same (nullchain.c).
 NULLCHAIN_STARTED = "nullchain: no hypervisor; starting \\EFI\\UEFI-HV\\NEXT.EFI"
-#: What it prints on a CPU without VMX (QEMU's TCG), before it chains anyway.
-VMX_UNAVAILABLE = re.compile(r"uefi-hv: VMX is not available on this CPU")
 
 
 def _cli(*args: str) -> str:

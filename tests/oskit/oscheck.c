@@ -136,6 +136,25 @@ static void print_exit_counts(long cpus)
     }
 }
 
+/* The signature as each online CPU sees it, read on that CPU: every CPU
+ * the kernel started (its own INIT-SIPI-SIPI) runs under the hypervisor. */
+static long signature_on_each_cpu(long cpus)
+{
+    long seen = 0;
+    for (long c = 0; c < cpus; c++) {
+        cpu_set_t one;
+        unsigned int leaf[4];
+        CPU_ZERO(&one);
+        CPU_SET(c, &one);
+        if (sched_setaffinity(0, sizeof one, &one) != 0 || sched_getcpu() != c)
+            continue;
+        hvprobe_cpuid(HVPROBE_LEAF_SIGNATURE, 0, leaf);
+        seen += memcmp(&leaf[1], OSKIT_SIGNATURE, 4) == 0 && memcmp(&leaf[2], OSKIT_SIGNATURE + 4, 4) == 0 &&
+                memcmp(&leaf[3], OSKIT_SIGNATURE + 8, 4) == 0;
+    }
+    return seen;
+}
+
 int main(void)
 {
     struct hvprobe p;
@@ -181,6 +200,9 @@ int main(void)
     check(p.hypervisor_bit, "hypervisor present, CPUID.1:ECX[31] set");
     check(strcmp(p.signature, OSKIT_SIGNATURE) == 0, "signature at CPUID 0x40000000");
     check(!p.vmx_bit, "VMX hidden, CPUID.1:ECX[5] clear");
+    long seen = signature_on_each_cpu(cpus);
+    printf("OSCHECK: signature seen on %ld of %ld CPUs\n", seen, cpus);
+    check(seen == cpus, "signature on every online CPU");
     check_vmcall_from_ring3();
     printf("OSCHECK: %s\n", failures ? "FAIL" : "PASS");
     power_off();
