@@ -371,6 +371,14 @@ BOOLEAN hv_svm_launch_cpu(struct hv_cpu *cpu)
     wrmsr(MSR_IA32_EFER, rdmsr(MSR_IA32_EFER) | EFER_SVME);
     wrmsr(MSR_VM_HSAVE_PA, (UINT64)cpu->host_save_area);
     save_guest_state(cpu, flags);
+    /* The consistency checks VMRUN makes (APM 15.5.1), by id, on this very
+     * VMCB: a failure is named, and the firmware goes on without SVM. */
+    if (!hv_svm_run_time_checks(cpu)) {
+        wrmsr(MSR_IA32_EFER, rdmsr(MSR_IA32_EFER) & ~EFER_SVME);
+        write_rflags(flags);
+        cpu->status = HV_CPU_FAILED;
+        return FALSE;
+    }
     load_host_state(cpu);
     cpu->status = HV_CPU_LAUNCHED; /* set before: the guest continues below */
     UINT64 rc =
