@@ -139,3 +139,36 @@ def test_under_the_hypervisor_the_model_starts_the_aps_in_x2apic_mode(
     assert_task_switch_exits(r.serial, cpus=cpus)
     assert_run_ok(r)
     assert_no_leftovers(r)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("cpus", [2, 4])
+def test_under_the_svm_hypervisor_the_model_takes_over_in_qemu(
+        hypervisor_dir, osmodel_efi, tmp_path, run_dir, cpus, assert_no_leftovers):
+    """The same takeover on QEMU's EPYC, under the SVM backend: the APs are
+    started twice through the emulated APIC page, and the hypervisor's memory
+    is hidden in nested paging as it is in EPT."""
+    image = chained_image(hypervisor_dir, osmodel_efi, tmp_path / "chained.img")
+    r = boot(image, emulator="qemu", cpus=cpus, cpu_model="EPYC", timeout=120, fail=[FAIL], run_dir=run_dir)
+    require_chain(r.serial)
+    assert "uefi-hv: backend SVM (AMD-V)" in r.serial
+    assert f"uefi-hv: {cpus} of {cpus} CPU(s) virtualised" in r.serial, r
+    found = verdicts(r.serial)
+    assert found == [PASS], f"{r}; verdicts {found}"
+    assert_run_ok(r)
+    for step in TAKEOVER:
+        assert step in r.serial
+    assert r.serial.count("hypervisor=1 vmx=0; leaf 0x40000000: 'UefiHvUefiHv'") == 1 + 2 * (cpus - 1)  # each AP twice
+    assert_aps_started_twice(r.serial, cpus=cpus, hypervisor=True)
+    assert "uefi-hv: the hypervisor's memory is hidden from the guest in nested paging" in r.serial
+    assert "uefi-hv: cpu 0: ExitBootServices: all of the hypervisor's memory is hidden from the guest" in r.serial
+    summary = re.search(r"^OSMODEL: BSP: all (\d+) uefi-hv ranges \((\d+) KiB\) are runtime "
+                        r"memory in the OS's memory map$", r.serial, re.M)
+    assert summary, r.serial[-3000:]
+    # Counted under the meaning of a nested page fault: "EPT violation".
+    isolated = re.search(r"^OSMODEL: BSP: the hypervisor's (\d+) pages read as zeros; a store into each raised "
+                         r"#GP, (\d+) EPT violations counted$", r.serial, re.M)
+    assert isolated and int(isolated.group(1)) == int(isolated.group(2)) == int(summary.group(2)) // 4, \
+        r.serial[-3000:]
+    assert "OSMODEL: BSP: after ExitBootServices GET_RESIDENT_RANGES and DEVIRTUALIZE are refused" in r.serial
+    assert_no_leftovers(r)

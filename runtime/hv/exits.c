@@ -623,7 +623,8 @@ static BOOLEAN ept_violation_done(struct hv_cpu *cpu, struct hv_guest_regs *regs
         return TRUE;
 #endif
 #if HV_SELF_PROTECTION
-    if (hv_protection_violation(cpu))
+    UINT64 q = vmread(EXIT_QUALIFICATION); /* bit 1 a write, bit 2 a fetch (SDM Table 29-7) */
+    if (hv_protection_violation(cpu, vmread(GUEST_PHYSICAL_ADDRESS), (q & 2) != 0, (q & 4) != 0))
         return TRUE;
 #endif
 #if HV_APIC_ICR_EMULATION

@@ -291,12 +291,8 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
 
 #if HV_SELF_PROTECTION
     /* The guest never sees the hypervisor's tables, stacks and VMCSs (protect.c). */
-    if (hv.svm)
-        hv_say(
-            "uefi-hv: self-protection is built on EPT: with SVM the hypervisor's memory stays visible to the "
-            "guest\n");
-    else if (!hv_protect_before_launch(image_copy, image_pages)) {
-        hv_say("uefi-hv: not launching: no EPT table left to hide the hypervisor's memory\n");
+    if (!hv_protect_before_launch(image_copy, image_pages)) {
+        hv_say("uefi-hv: not launching: no page table left to hide the hypervisor's memory\n");
         return give_up(image, EFI_OUT_OF_RESOURCES);
     }
 #endif

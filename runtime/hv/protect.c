@@ -27,6 +27,35 @@
 
 #if HV_SELF_PROTECTION
 
+/* A page of the hypervisor's in the guest's memory: hidden behind the decoy,
+ * or the identity map again; in EPT (VMX) or the nested page tables (SVM). */
+static BOOLEAN hide_page(UINT64 gpa)
+{
+#if HV_SVM
+    if (hv.svm)
+        return hv_npt_hide_page(gpa);
+#endif
+    return hv_ept_hide_page(gpa);
+}
+
+static BOOLEAN show_page(UINT64 gpa)
+{
+#if HV_SVM
+    if (hv.svm)
+        return hv_npt_show_page(gpa);
+#endif
+    return hv_ept_show_page(gpa);
+}
+
+static BOOLEAN page_hidden(UINT64 gpa)
+{
+#if HV_SVM
+    if (hv.svm)
+        return hv_npt_page_hidden(gpa);
+#endif
+    return hv_ept_page_hidden(gpa);
+}
+
 /* Every page of every resident range, hidden (or, `show`, the identity map
  * again). Splitting a large page may take tables, which are hypervisor pages
  * too: the ranges are walked again until none is new. */
@@ -38,7 +67,7 @@ static BOOLEAN hide_all(void)
         UINT64 base, bytes;
         for (UINTN i = 0; hv_resident_range(i, &base, &bytes, &count); i++)
             for (UINT64 page = base; page < base + bytes; page += HV_PAGE_SIZE)
-                if (!hv_ept_hide_page(page))
+                if (!hide_page(page))
                     return FALSE;
     } while (count != before);
     return TRUE;
@@ -47,7 +76,7 @@ static BOOLEAN hide_all(void)
 static BOOLEAN show(UINT64 base, UINTN pages)
 {
     for (UINTN i = 0; i < pages; i++)
-        if (!hv_ept_show_page(base + i * HV_PAGE_SIZE))
+        if (!show_page(base + i * HV_PAGE_SIZE))
             return FALSE;
     return TRUE;
 }
@@ -62,28 +91,29 @@ BOOLEAN hv_protect_before_launch(UINT64 image, UINTN image_pages)
     for (UINT32 i = 0; i < hv.cpu_count; i++)
         if (!show((UINT64)hv.cpus[i], HV_CPU_STRUCT_PAGES))
             return FALSE;
-    hv_say("uefi-hv: the hypervisor's memory is hidden from the guest in EPT (its image and CPU records "
-           "at ExitBootServices)\n");
+    hv_say("uefi-hv: the hypervisor's memory is hidden from the guest in %s (its image and CPU records "
+           "at ExitBootServices)\n",
+           hv.svm ? "nested paging" : "EPT");
     return TRUE;
 }
 
-/* A guest write or fetch in a hidden page (an EPT violation on a present,
- * read-only translation): counted, logged, and answered by the policy. */
-BOOLEAN hv_protection_violation(struct hv_cpu *cpu)
+/* A guest write or fetch in a hidden page (an EPT violation or nested page
+ * fault on a present, read-only translation): counted, logged, and answered
+ * by the policy. */
+BOOLEAN hv_protection_violation(struct hv_cpu *cpu, UINT64 gpa, BOOLEAN write, BOOLEAN fetch)
 {
-    UINT64 gpa = vmread(GUEST_PHYSICAL_ADDRESS), q = vmread(EXIT_QUALIFICATION);
-    if (!hv_ept_page_hidden(gpa))
+    if (!page_hidden(gpa))
         return FALSE;
     cpu->protection_violations++;
-    const char *what = q & (1 << 2) ? "fetched an instruction from" : q & (1 << 1) ? "wrote" : "touched";
+    const char *what = fetch ? "fetched an instruction from" : write ? "wrote" : "touched";
 #if HV_PROTECTION_INJECT_GP
     hv_log("uefi-hv: cpu %u: the guest %s the hypervisor's memory at GPA 0x%lx (RIP 0x%lx): #GP(0)\n",
-           cpu->index, what, gpa, vmread(GUEST_RIP));
+           cpu->index, what, gpa, hv_guest_rip());
     hv_inject_exception(VECTOR_GP, TRUE, 0);
     return TRUE;
 #else
     hv_log_fatal("uefi-hv: cpu %u: the guest %s the hypervisor's memory at GPA 0x%lx (RIP 0x%lx): stopping\n",
-                 cpu->index, what, gpa, vmread(GUEST_RIP));
+                 cpu->index, what, gpa, hv_guest_rip());
     hv_power_off();
 #endif
 }
@@ -100,23 +130,16 @@ enum hv_exit_result hv_exit_boot_services(struct hv_cpu *cpu, struct hv_guest_re
         return HV_STOP;
     hv.boot_services_gone = TRUE;
 #if HV_SELF_PROTECTION
-    if (hv.svm) {
-        hv_log(
-            "uefi-hv: cpu %u: ExitBootServices (SVM: the hypervisor's memory stays open, not yet hidden in "
-            "nested paging)\n",
-            cpu->index);
-    } else {
-        if (hv.eptp && !hide_all()) {
-            hv_log_fatal("uefi-hv: cpu %u: ExitBootServices: no EPT table left to hide the hypervisor\n",
-                         cpu->index);
-            return HV_STOP;
-        }
-        for (UINT32 i = 0; i < hv.cpu_count; i++)
-            __atomic_store_n(&hv.cpus[i]->ept_flush_due, 1, __ATOMIC_SEQ_CST);
-        hv_protection_sync(cpu);
-        hv_log("uefi-hv: cpu %u: ExitBootServices: all of the hypervisor's memory is hidden from the guest\n",
-               cpu->index);
+    if ((hv.eptp || hv.svm) && !hide_all()) {
+        hv_log_fatal("uefi-hv: cpu %u: ExitBootServices: no page table left to hide the hypervisor\n",
+                     cpu->index);
+        return HV_STOP;
     }
+    for (UINT32 i = 0; i < hv.cpu_count; i++)
+        __atomic_store_n(&hv.cpus[i]->ept_flush_due, 1, __ATOMIC_SEQ_CST);
+    hv_protection_sync(cpu);
+    hv_log("uefi-hv: cpu %u: ExitBootServices: all of the hypervisor's memory is hidden from the guest\n",
+           cpu->index);
 #else
     hv_log("uefi-hv: cpu %u: ExitBootServices (option self_protection = off: the hypervisor's memory stays "
            "open)\n",
@@ -135,6 +158,12 @@ void hv_protection_sync(struct hv_cpu *cpu)
 {
     if (!__atomic_exchange_n(&cpu->ept_flush_due, 0, __ATOMIC_SEQ_CST))
         return;
+#if HV_SVM
+    if (hv.svm) {
+        hv_svm_flush_guest_tlb(cpu);
+        return;
+    }
+#endif
     UINT64 cap = hv.ept_vpid_cap; /* INVEPT (bit 20): single-context (25), all-context (26) */
     if (!(cpu->controls[HV_CTL_PROC2] & HV_PROC2_ENABLE_EPT) || !(cap >> 20 & 1))
         return;

@@ -21,29 +21,38 @@
 
 #if HV_SVM
 
-#define EFER_SVME              (1ULL << 12) /* APM 15.4 "Enabling SVM" */
-#define VM_CR_SVMDIS           (1ULL << 4)  /* APM 15.30.1 "VM_CR MSR" */
-#define SVM_FEATURE_NP         (1U << 0)    /* CPUID 8000000A:EDX, APM 15.4 */
-#define SVM_FEATURE_NRIPS      (1U << 3)
-#define NP_ENABLE              1ULL
-#define TLB_FLUSH_ALL          1
-#define GUEST_ASID             1 /* any but 0, the host's (APM 15.16 "TLB Control") */
-#define INTERRUPT_SHADOW       1ULL
-#define DR6_BS                 (1ULL << 14)
-#define VECTOR_DB              1
-#define NPT_PRESENT_WRITE_USER 7ULL /* every nested walk is a user access (APM 15.25.5) */
-#define NPT_LARGE              (1ULL << 7)
-#define NPT_WRITE              (1ULL << 1)
-#define NPT_FRAME              0x000FFFFFFFFFF000ULL /* in a large entry too: its PAT bit (12) is 0 here */
-#define MSRPM_PAGES            2                     /* APM 15.11 "MSR Intercepts" */
-#define IOPM_PAGES             3                     /* APM 15.10.1 "I/O Permissions Map" */
+#define EFER_SVME                 (1ULL << 12) /* APM 15.4 "Enabling SVM" */
+#define VM_CR_SVMDIS              (1ULL << 4)  /* APM 15.30.1 "VM_CR MSR" */
+#define SVM_FEATURE_NP            (1U << 0)    /* CPUID 8000000A:EDX, APM 15.4 */
+#define SVM_FEATURE_NRIPS         (1U << 3)
+#define NP_ENABLE                 1ULL
+#define TLB_FLUSH_ALL             1
+#define TLB_FLUSH_GUEST           3 /* this ASID's entries */
+#define SVM_FEATURE_FLUSH_BY_ASID (1U << 6)
+#define GUEST_ASID                1 /* any but 0, the host's (APM 15.16 "TLB Control") */
+#define INTERRUPT_SHADOW          1ULL
+#define DR6_BS                    (1ULL << 14)
+#define VECTOR_DB                 1
+#define NPT_PRESENT_WRITE_USER    7ULL /* every nested walk is a user access (APM 15.25.5) */
+#define NPT_LARGE                 (1ULL << 7)
+#define NPT_WRITE                 (1ULL << 1)
+#define NPF_FETCH                 (1ULL << 4) /* EXITINFO1 of a nested page fault: an instruction fetch */
+#define NPT_FRAME                 0x000FFFFFFFFFF000ULL /* in a large entry too: its PAT bit (12) is 0 here */
+#define MSRPM_PAGES               2                     /* APM 15.11 "MSR Intercepts" */
+#define IOPM_PAGES                3                     /* APM 15.10.1 "I/O Permissions Map" */
 
 #define VMCB16(cpu, offset) (*(UINT16 *)((cpu)->vmcb + (offset)))
 #define VMCB32(cpu, offset) (*(UINT32 *)((cpu)->vmcb + (offset)))
 #define VMCB64(cpu, offset) (*(UINT64 *)((cpu)->vmcb + (offset)))
 
+#define NPT_RESERVE_TABLES 16 /* for pages hidden after launch (ExitBootServices) */
+
 static struct {
     UINT32 features; /* CPUID 8000000A:EDX */
+    UINT64 *reserve[NPT_RESERVE_TABLES];
+    UINT32 reserve_left;
+    BOOLEAN built; /* no UEFI allocation from here on: the reserve */
+    UINT64 decoy;  /* the zeroed page hidden pages map to */
     UINT8 *msrpm;
     UINT8 *iopm;
     UINT64 ncr3; /* the nested page tables */
@@ -183,6 +192,17 @@ static EFI_STATUS build_npt(void)
     return EFI_SUCCESS;
 }
 
+static UINT64 *npt_table(void)
+{
+    if (!svm.built)
+        return hv_alloc_table();
+    if (!svm.reserve_left)
+        return NULL;
+    UINT64 *table = svm.reserve[--svm.reserve_left];
+    hv_zero(table, HV_PAGE_SIZE);
+    return table;
+}
+
 /* The 4 KiB nested page table entry of `gpa`, each large page above it
  * split into smaller ones that map the same memory; NULL when no table is
  * left. */
@@ -192,7 +212,7 @@ static UINT64 *npt_entry_4k(UINT64 gpa)
     for (UINT32 shift = 30; shift > 12; shift -= 9) {
         UINT64 *e = &table[(gpa >> shift) & 511];
         if (*e & NPT_LARGE) {
-            UINT64 *smaller = hv_alloc_table(), base = *e & NPT_FRAME, size = 1ULL << (shift - 9);
+            UINT64 *smaller = npt_table(), base = *e & NPT_FRAME, size = 1ULL << (shift - 9);
             if (!smaller)
                 return NULL;
             for (UINT64 i = 0; i < 512; i++)
@@ -218,6 +238,52 @@ static EFI_STATUS watch_apic_page(void)
     return EFI_SUCCESS;
 }
 
+/* --- the hypervisor's own pages (protect.c) --------------------------------
+ * Each maps to one zeroed decoy page, read-only: the guest reads zeros, and
+ * a write is a nested page fault (the counterpart of ept.c's). */
+BOOLEAN hv_npt_hide_page(UINT64 gpa)
+{
+    UINT64 *pte = npt_entry_4k(gpa);
+    if (!pte)
+        return FALSE;
+    *pte = svm.decoy | (NPT_PRESENT_WRITE_USER & ~NPT_WRITE);
+    return TRUE;
+}
+
+BOOLEAN hv_npt_show_page(UINT64 gpa)
+{
+    UINT64 *pte = npt_entry_4k(gpa);
+    if (!pte)
+        return FALSE;
+    *pte = gpa | NPT_PRESENT_WRITE_USER;
+    return TRUE;
+}
+
+BOOLEAN hv_npt_page_hidden(UINT64 gpa)
+{
+    UINT64 *table = (UINT64 *)svm.ncr3;
+    for (UINT32 shift = 39; shift >= 12; shift -= 9) {
+        UINT64 entry = table[(gpa >> shift) & 511];
+        if (!(entry & 1))
+            return FALSE;
+        if (shift == 12)
+            return (entry & NPT_FRAME) == svm.decoy;
+        if (entry & NPT_LARGE)
+            return FALSE;
+        table = (UINT64 *)(entry & NPT_FRAME);
+    }
+    return FALSE;
+}
+
+/* The guest's translations dropped at its next VMRUN: its ASID's where the
+ * CPU can (FlushByAsid, CPUID 8000000A:EDX[6]), else the whole TLB (APM
+ * 15.16.1 "TLB Flush"). */
+void hv_svm_flush_guest_tlb(struct hv_cpu *cpu)
+{
+    *(cpu->vmcb + VMCB_TLB_CONTROL) =
+        svm.features & SVM_FEATURE_FLUSH_BY_ASID ? TLB_FLUSH_GUEST : TLB_FLUSH_ALL;
+}
+
 EFI_STATUS hv_svm_build(void)
 {
     EFI_STATUS status = build_msrpm();
@@ -225,6 +291,12 @@ EFI_STATUS hv_svm_build(void)
         status = build_npt();
     if (!EFI_ERROR(status))
         status = watch_apic_page();
+    if (!EFI_ERROR(status) && !(svm.decoy = (UINT64)hv_alloc_pages(1)))
+        status = EFI_OUT_OF_RESOURCES;
+    for (UINT32 i = 0; !EFI_ERROR(status) && i < NPT_RESERVE_TABLES; i++, svm.reserve_left++)
+        if (!(svm.reserve[i] = hv_alloc_table()))
+            status = EFI_OUT_OF_RESOURCES;
+    svm.built = TRUE;
     if (!EFI_ERROR(status))
         hv_say("uefi-hv: nested paging maps guest-physical 0-%lu GiB (MAXPHYADDR %u bits)%s\n", svm.npt_gib,
                hv.max_phys_bits, hv_svm_has_nrips() ? "" : "; no NRIPS: instruction lengths are decoded");
@@ -624,6 +696,10 @@ static enum hv_exit_result nested_page_fault(struct hv_cpu *cpu, struct hv_guest
 {
     UINT64 gpa = VMCB64(cpu, VMCB_EXITINFO2), error = VMCB64(cpu, VMCB_EXITINFO1);
     UINTN length;
+#if HV_SELF_PROTECTION
+    if (hv_protection_violation(cpu, gpa, (error & NPT_WRITE) != 0, (error & NPF_FETCH) != 0))
+        return HV_RESUME_SAME;
+#endif
     if ((gpa & ~0xFFFULL) == hv_apic_page() && (error & NPT_WRITE)) {
         if (hv_apic_store(cpu, regs, gpa, &length))
             VMCB64(cpu, VMCB_RIP) += length;
@@ -688,6 +764,7 @@ void hv_svm_exit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
     }
     VMCB64(cpu, VMCB_RAX) = regs->rax;
     *(cpu->vmcb + VMCB_TLB_CONTROL) = 0;
+    hv_protection_sync(cpu); /* pages hidden since this CPU's last VMRUN: its TLB too */
 }
 
 #endif /* HV_SVM */

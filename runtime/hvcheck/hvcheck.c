@@ -475,7 +475,7 @@ static UINT64 rdtsc(void)
 
 /* --- NMIs: a burst at a CPU busy with VM exits --------------------------- */
 #define NMI_BURST 64
-#define NMI_WAIT  50000000ULL /* TSC ticks for one NMI to arrive */
+#define NMI_WAIT  500000000ULL /* TSC ticks for one NMI to arrive: QEMU runs 4 CPUs on 2 cores */
 
 struct nmi_burst {
     UINT32 target_apic;   /* the BSP's APIC id */

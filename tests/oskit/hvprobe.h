@@ -65,17 +65,33 @@ static inline void hvprobe_run(struct hvprobe *p)
             p->ours = 0;
 }
 
+/* The hypervisor's call (docs/vmcall.md): VMCALL on an Intel CPU, VMMCALL on
+ * an AMD one ("AuthenticAMD" or "HygonGenuine" in CPUID.0), where uefi-hv
+ * runs its SVM backend. r[0..3]: RAX, RBX, RCX, RDX in and out. */
+static inline void hvprobe_hypercall(unsigned long long r[4])
+{
+    unsigned int v[4];
+
+    hvprobe_cpuid(0, 0, v);
+    int amd = (v[1] == 0x68747541U && v[3] == 0x69746E65U && v[2] == 0x444D4163U) ||
+              (v[1] == 0x6F677948U && v[3] == 0x6E65476EU && v[2] == 0x656E6975U);
+    if (amd)
+        __asm__ volatile("vmmcall" : "+a"(r[0]), "+b"(r[1]), "+c"(r[2]), "+d"(r[3]) : : "memory");
+    else
+        __asm__ volatile("vmcall" : "+a"(r[0]), "+b"(r[1]), "+c"(r[2]), "+d"(r[3]) : : "memory");
+}
+
 /* The ping of docs/vmcall.md: RAX = ping in, status out (0 = ok);
  * RBX = pong, RCX = the hypervisor's number for the calling CPU. */
 static inline unsigned long long hvprobe_vmcall_ping(unsigned long long *pong,
                                                      unsigned long long *cpu)
 {
-    unsigned long long rax = OSKIT_VMCALL_PING, rbx = 0, rcx = 0, rdx = 0;
+    unsigned long long r[4] = { OSKIT_VMCALL_PING, 0, 0, 0 };
 
-    __asm__ volatile("vmcall" : "+a"(rax), "+b"(rbx), "+c"(rcx), "+d"(rdx) : : "memory");
-    *pong = rbx;
-    *cpu = rcx;
-    return rax;
+    hvprobe_hypercall(r);
+    *pong = r[1];
+    *cpu = r[2];
+    return r[0];
 }
 
 #endif

@@ -182,8 +182,7 @@ int main(void)
      * the boot cost the hypervisor adds can be read from this line. */
     unsigned int tsc_lo, tsc_hi;
     __asm__ volatile("rdtsc" : "=a"(tsc_lo), "=d"(tsc_hi));
-    printf("OSCHECK: /init running, %ld CPUs online, expecting signature '%s'\n",
-           cpus, OSKIT_SIGNATURE);
+    printf("OSCHECK: /init running, %ld CPUs online, expecting signature '%s'\n", cpus, OSKIT_SIGNATURE);
     printf("OSCHECK: TSC at /init: %llu\n", (unsigned long long)tsc_hi << 32 | tsc_lo);
     unsigned int leaf[4];
     hvprobe_cpuid(HVPROBE_LEAF_SIGNATURE, 0, leaf);
@@ -191,8 +190,8 @@ int main(void)
         memcmp(&leaf[3], OSKIT_SIGNATURE + 8, 4) == 0 && leaf[0] >= LEAF_EXIT_COUNTS && leaf[0] < 0x40000100U)
         print_exit_counts(cpus);
     hvprobe_run(&p);
-    printf("OSCHECK: CPUID.1:ECX hypervisor=%u vmx=%u; leaf 0x40000000: max 0x%x '%s'\n",
-           p.hypervisor_bit, p.vmx_bit, p.max_leaf, p.signature);
+    printf("OSCHECK: CPUID.1:ECX hypervisor=%u vmx=%u; leaf 0x40000000: max 0x%x '%s'\n", p.hypervisor_bit,
+           p.vmx_bit, p.max_leaf, p.signature);
     if (!p.ours) {
         printf("OSCHECK: no uefi-hv hypervisor; %ld CPUs online\n", cpus);
         power_off();
