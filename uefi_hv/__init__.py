@@ -1,4 +1,4 @@
-"""uefi-hv: a firmware-level Intel VMX hypervisor generated from a spec.
+"""uefi-hv: a firmware-level x86 hypervisor (Intel VMX and AMD SVM) generated from a spec.
 
 Data flow (one module per step, docs/architecture.md):
     parse -> resolve -> model -> check -> lower -> generate -> build -> image -> emulate
