@@ -172,3 +172,4 @@ def test_under_the_svm_hypervisor_the_model_takes_over_in_qemu(
         r.serial[-3000:]
     assert "OSMODEL: BSP: after ExitBootServices GET_RESIDENT_RANGES and DEVIRTUALIZE are refused" in r.serial
     assert_no_leftovers(r)
+

@@ -111,6 +111,7 @@ BOOLEAN hv_icr_emulate_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs
  * cannot be decoded (#GP injected). `length`: the instruction's. */
 BOOLEAN hv_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs, UINT64 gpa, UINTN *length);
 UINT64 hv_apic_page(void);
+void hv_x2apic_icr_write(struct hv_cpu *cpu, UINT64 value);
 /* ... and this CPU's logical APIC destination, read before launch. */
 void hv_icr_emulation_prepare(struct hv_cpu *cpu);
 

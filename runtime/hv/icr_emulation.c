@@ -143,9 +143,13 @@ static BOOLEAN decode_store(struct hv_guest_regs *regs, UINT32 *value, UINTN *le
 
 /* --- the ICR ------------------------------------------------------------------ */
 
-/* Whether the IPI in `icr` (with `dest` from ICR bits 63:56) is for CPU `c`
- * (SDM 12.6.2 "Determining IPI Destination"). */
-static BOOLEAN is_destination(const struct hv_cpu *self, const struct hv_cpu *c, UINT32 icr, UINT32 dest)
+/* Whether the IPI in `icr` to `dest` is for CPU `c` (SDM 12.6.2
+ * "Determining IPI Destination"). `dest`: ICR bits 63:56 in xAPIC mode,
+ * 63:32 in x2APIC mode (`apic` NULL), whose logical IDs come from the APIC
+ * ID (SDM 12.12.10.2 "Deriving Logical x2APIC ID from the Local x2APIC
+ * ID"). */
+static BOOLEAN is_destination(const struct hv_cpu *self, const struct hv_cpu *c, UINT32 icr, UINT32 dest,
+                              BOOLEAN x2apic)
 {
     switch (ICR_SHORTHAND(icr)) {
     case 1:
@@ -155,22 +159,42 @@ static BOOLEAN is_destination(const struct hv_cpu *self, const struct hv_cpu *c,
     case 3:
         return c != self;
     }
-    if (!(icr & ICR_LOGICAL))
-        return dest == 0xFF || c->apic_id == dest;
-    UINT32 logical = c->apic_ldr >> 24;
-    if (dest == 0xFF)
+    UINT32 all = x2apic ? 0xFFFFFFFFU : 0xFF;
+    if (dest == all)
         return TRUE;
+    if (!(icr & ICR_LOGICAL))
+        return c->apic_id == dest;
+    if (x2apic)
+        return dest >> 16 == c->apic_id >> 4 && (dest & (1U << (c->apic_id & 15)));
+    UINT32 logical = c->apic_ldr >> 24;
     if (c->apic_dfr >> 28 == 0xF) /* flat model: a bit per CPU */
         return (logical & dest) != 0;
     return (logical >> 4) == (dest >> 4) && (logical & dest & 0xF); /* cluster model */
 }
 
+/* The ICR written for real: through the APIC page (ICR high, then low) or,
+ * with `apic` NULL, WRMSR 0x830 (SDM 12.12.9 "ICR Operation in x2APIC
+ * Mode"). */
+static void send_icr(volatile UINT32 *apic, UINT32 dest, UINT32 icr)
+{
+    if (!apic) {
+        wrmsr(MSR_IA32_X2APIC_ICR, (UINT64)dest << 32 | icr);
+        return;
+    }
+    apic[APIC_ICR_HIGH / 4] = dest << 24;
+    apic[APIC_ICR_LOW / 4] = icr;
+}
+
 /* An IPI to one CPU by its APIC id, with the guest's ICR high word kept. */
 static void send_ipi(volatile UINT32 *apic, UINT32 apic_id, UINT32 icr)
 {
+    icr &= ~(ICR_SHORTHAND_MASK | ICR_LOGICAL);
+    if (!apic) {
+        send_icr(apic, apic_id, icr);
+        return;
+    }
     UINT32 saved_high = apic[APIC_ICR_HIGH / 4];
-    apic[APIC_ICR_HIGH / 4] = apic_id << 24;
-    apic[APIC_ICR_LOW / 4] = icr & ~(ICR_SHORTHAND_MASK | ICR_LOGICAL);
+    send_icr(apic, apic_id, icr);
     while (apic[APIC_ICR_LOW / 4] & ICR_PENDING)
         cpu_pause();
     apic[APIC_ICR_HIGH / 4] = saved_high;
@@ -178,18 +202,18 @@ static void send_ipi(volatile UINT32 *apic, UINT32 apic_id, UINT32 icr)
 
 /* An ICR write: INIT and SIPI to virtualised CPUs are recorded for them,
  * everything else is sent as written. */
-static void write_icr(struct hv_cpu *self, volatile UINT32 *apic, UINT32 icr)
+static void write_icr(struct hv_cpu *self, volatile UINT32 *apic, UINT32 icr, UINT32 dest)
 {
-    UINT32 mode = ICR_MODE(icr), dest = apic[APIC_ICR_HIGH / 4] >> 24;
+    UINT32 mode = ICR_MODE(icr);
     if (mode != ICR_MODE_INIT && mode != ICR_MODE_SIPI) {
-        apic[APIC_ICR_LOW / 4] = icr;
+        send_icr(apic, dest, icr);
         return;
     }
     BOOLEAN deassert = mode == ICR_MODE_INIT && !(icr & ICR_ASSERT) && (icr & ICR_LEVEL);
     BOOLEAN any = FALSE;
     for (UINT32 i = 0; i < hv.cpu_count; i++) {
         struct hv_cpu *c = hv.cpus[i];
-        if (!is_destination(self, c, icr, dest))
+        if (!is_destination(self, c, icr, dest, apic == NULL))
             continue;
         any = TRUE;
         if (c->status != HV_CPU_LAUNCHED || c == self) {
@@ -204,7 +228,14 @@ static void write_icr(struct hv_cpu *self, volatile UINT32 *apic, UINT32 icr)
         } /* the second SIPI: dropped, as by a CPU already running */
     }
     if (!any)
-        apic[APIC_ICR_LOW / 4] = icr;
+        send_icr(apic, dest, icr);
+}
+
+/* WRMSR 0x830, the ICR in x2APIC mode, done for the guest (the SVM backend
+ * intercepts it: an INIT sent there for real would reach a guest CPU). */
+void hv_x2apic_icr_write(struct hv_cpu *cpu, UINT64 value)
+{
+    write_icr(cpu, NULL, (UINT32)value, (UINT32)(value >> 32));
 }
 
 BOOLEAN hv_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs, UINT64 gpa, UINTN *length)
@@ -221,7 +252,7 @@ BOOLEAN hv_apic_store(struct hv_cpu *cpu, struct hv_guest_regs *regs, UINT64 gpa
     volatile UINT32 *apic = (volatile UINT32 *)(gpa & ~0xFFFULL);
     UINT32 offset = gpa & 0xFF0;
     if (offset == APIC_ICR_LOW) {
-        write_icr(cpu, apic, value);
+        write_icr(cpu, apic, value, apic[APIC_ICR_HIGH / 4] >> 24);
     } else {
         apic[offset / 4] = value;
         if (offset == APIC_LDR)

@@ -154,6 +154,8 @@ static EFI_STATUS build_msrpm(void)
     msrpm_set_both(MSR_IA32_EFER);
     msrpm_set_both(MSR_VM_CR);
     msrpm_set_both(MSR_VM_HSAVE_PA);
+    /* INIT and SIPI in x2APIC mode (svm_msr): the ICR is an MSR there. */
+    msrpm_set(MSR_IA32_X2APIC_ICR, TRUE);
     return EFI_SUCCESS;
 }
 
@@ -565,6 +567,11 @@ static BOOLEAN svm_msr(struct hv_cpu *cpu, struct hv_guest_regs *regs, enum hv_e
         (msr == MSR_IA32_EFER && write && (value & EFER_SVME))) {
         hv_inject_exception(VECTOR_GP, TRUE, 0);
         *result = HV_RESUME_SAME;
+        return TRUE;
+    }
+    if (msr == MSR_IA32_X2APIC_ICR && write) {
+        hv_x2apic_icr_write(cpu, value);
+        *result = HV_RESUME_NEXT;
         return TRUE;
     }
     if (msr != MSR_IA32_EFER)
