@@ -13,6 +13,26 @@
 
 #ifdef __ASSEMBLER__
 
+/* The System V ABI's callee-saved registers, around a launch whose guest
+ * returns through the same frame (vmexit.S, svm_entry.S). */
+.macro PUSH_CALLEE_SAVED
+    push %rbp
+    push %rbx
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+.endm
+
+.macro POP_CALLEE_SAVED
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %rbx
+    pop %rbp
+.endm
+
 /* struct hv_guest_regs (hv.h), from RAX at the lowest address: the x86
  * register-number order, RSP a placeholder (the guest's is GUEST_RSP). */
 .macro PUSH_GUEST_REGS

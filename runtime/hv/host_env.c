@@ -62,36 +62,48 @@ UINT64 hv_identity_gib(UINT32 max_phys_bits, BOOLEAN gib_pages)
     return gib < most ? gib : most;
 }
 
-#if HV_HOST_PAGE_TABLES
-static EFI_STATUS build_host_page_tables(void)
+/* An identity map of the first `*gib` GiB (hv_identity_gib: all of
+ * MAXPHYADDR where the tables allow), in 1 GiB pages where the CPU has them
+ * (CPUID.80000001:EDX[26]), else 2 MiB, every entry with `flags`: the
+ * host's page tables, and with SVM the nested ones, whose walks are user
+ * accesses (APM 15.25.5). Returns the PML4, or NULL when out of memory. */
+UINT64 *hv_identity_map(UINT64 flags, UINT64 *gib)
 {
     UINT32 r[4];
     cpuid(0x80000001U, 0, r);
     BOOLEAN gib_pages = (r[3] >> 26) & 1;
     UINT64 *pml4 = hv_alloc_table(), *pdpt = NULL;
     if (!pml4)
-        return EFI_OUT_OF_RESOURCES;
-    /* All of MAXPHYADDR, as EPT maps it: the host reads the guest's page
-     * tables and the local APIC wherever they are. */
-    UINT64 gib = hv_identity_gib(hv.max_phys_bits, gib_pages);
-    hv.host_gib = gib;
-    for (UINT64 i = 0; i < gib; i++) {
+        return NULL;
+    *gib = hv_identity_gib(hv.max_phys_bits, gib_pages);
+    for (UINT64 i = 0; i < *gib; i++) {
         if (i % 512 == 0) {
             if (!(pdpt = hv_alloc_table()))
-                return EFI_OUT_OF_RESOURCES;
-            pml4[i / 512] = (UINT64)pdpt | PTE_P | PTE_W;
+                return NULL;
+            pml4[i / 512] = (UINT64)pdpt | flags;
         }
         if (gib_pages) {
-            pdpt[i % 512] = i << 30 | PTE_P | PTE_W | PTE_PS;
+            pdpt[i % 512] = i << 30 | flags | PTE_PS;
             continue;
         }
         UINT64 *pd = hv_alloc_table();
         if (!pd)
-            return EFI_OUT_OF_RESOURCES;
-        pdpt[i % 512] = (UINT64)pd | PTE_P | PTE_W;
+            return NULL;
+        pdpt[i % 512] = (UINT64)pd | flags;
         for (UINT64 j = 0; j < 512; j++)
-            pd[j] = (i << 30 | j << 21) | PTE_P | PTE_W | PTE_PS;
+            pd[j] = (i << 30 | j << 21) | flags | PTE_PS;
     }
+    return pml4;
+}
+
+#if HV_HOST_PAGE_TABLES
+static EFI_STATUS build_host_page_tables(void)
+{
+    /* All of MAXPHYADDR, as EPT maps it: the host reads the guest's page
+     * tables and the local APIC wherever they are. */
+    UINT64 *pml4 = hv_identity_map(PTE_P | PTE_W, &hv.host_gib);
+    if (!pml4)
+        return EFI_OUT_OF_RESOURCES;
     if (EFI_ERROR(hv_map_microcode_window(pml4)))
         return EFI_OUT_OF_RESOURCES;
     hv.host_cr3 = (UINT64)pml4;

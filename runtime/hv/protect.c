@@ -28,33 +28,20 @@
 #if HV_SELF_PROTECTION
 
 /* A page of the hypervisor's in the guest's memory: hidden behind the decoy,
- * or the identity map again; in EPT (VMX) or the nested page tables (SVM). */
-static BOOLEAN hide_page(UINT64 gpa)
-{
+ * or the identity map again; in EPT (VMX, ept.c) or the nested page tables
+ * (SVM, svm.c). */
+struct guest_pages {
+    BOOLEAN (*hide)(UINT64 gpa);
+    BOOLEAN (*show)(UINT64 gpa);
+    BOOLEAN (*hidden)(UINT64 gpa);
+};
+static const struct guest_pages ept_pages = { hv_ept_hide_page, hv_ept_show_page, hv_ept_page_hidden };
 #if HV_SVM
-    if (hv.svm)
-        return hv_npt_hide_page(gpa);
+static const struct guest_pages npt_pages = { hv_npt_hide_page, hv_npt_show_page, hv_npt_page_hidden };
+#define PAGES (hv.svm ? &npt_pages : &ept_pages)
+#else
+#define PAGES (&ept_pages)
 #endif
-    return hv_ept_hide_page(gpa);
-}
-
-static BOOLEAN show_page(UINT64 gpa)
-{
-#if HV_SVM
-    if (hv.svm)
-        return hv_npt_show_page(gpa);
-#endif
-    return hv_ept_show_page(gpa);
-}
-
-static BOOLEAN page_hidden(UINT64 gpa)
-{
-#if HV_SVM
-    if (hv.svm)
-        return hv_npt_page_hidden(gpa);
-#endif
-    return hv_ept_page_hidden(gpa);
-}
 
 /* Every page of every resident range, hidden (or, `show`, the identity map
  * again). Splitting a large page may take tables, which are hypervisor pages
@@ -67,7 +54,7 @@ static BOOLEAN hide_all(void)
         UINT64 base, bytes;
         for (UINTN i = 0; hv_resident_range(i, &base, &bytes, &count); i++)
             for (UINT64 page = base; page < base + bytes; page += HV_PAGE_SIZE)
-                if (!hide_page(page))
+                if (!PAGES->hide(page))
                     return FALSE;
     } while (count != before);
     return TRUE;
@@ -76,7 +63,7 @@ static BOOLEAN hide_all(void)
 static BOOLEAN show(UINT64 base, UINTN pages)
 {
     for (UINTN i = 0; i < pages; i++)
-        if (!show_page(base + i * HV_PAGE_SIZE))
+        if (!PAGES->show(base + i * HV_PAGE_SIZE))
             return FALSE;
     return TRUE;
 }
@@ -102,7 +89,7 @@ BOOLEAN hv_protect_before_launch(UINT64 image, UINTN image_pages)
  * by the policy. */
 BOOLEAN hv_protection_violation(struct hv_cpu *cpu, UINT64 gpa, BOOLEAN write, BOOLEAN fetch)
 {
-    if (!page_hidden(gpa))
+    if (!PAGES->hidden(gpa))
         return FALSE;
     cpu->protection_violations++;
     const char *what = fetch ? "fetched an instruction from" : write ? "wrote" : "touched";

@@ -160,37 +160,25 @@ static EFI_STATUS build_msrpm(void)
 }
 
 /* Nested paging (APM 15.25): guest-physical = host-physical for all of
- * MAXPHYADDR, read/write/execute, in 1 GiB pages where the CPU has them
- * (CPUID.80000001:EDX[26]), else 2 MiB. The entries leave the memory type
- * to the MTRRs and the guest's PAT: PAT index 0 is write-back, which
- * combines to the guest's own type (APM 15.25.8 "Combining Memory Types"). */
+ * MAXPHYADDR, read/write/execute (host_env.c: hv_identity_map). The entries
+ * leave the memory type to the MTRRs and the guest's PAT: PAT index 0 is
+ * write-back, which combines to the guest's own type (APM 15.25.8
+ * "Combining Memory Types"). */
 static EFI_STATUS build_npt(void)
 {
-    UINT32 r[4];
-    cpuid(0x80000001U, 0, r);
-    BOOLEAN gib_pages = (r[3] >> 26) & 1;
-    UINT64 *pml4 = hv_alloc_table(), *pdpt = NULL;
+    UINT64 *pml4 = hv_identity_map(NPT_PRESENT_WRITE_USER, &svm.npt_gib);
     if (!pml4)
         return EFI_OUT_OF_RESOURCES;
-    svm.npt_gib = hv_identity_gib(hv.max_phys_bits, gib_pages);
-    for (UINT64 i = 0; i < svm.npt_gib; i++) {
-        if (i % 512 == 0) {
-            if (!(pdpt = hv_alloc_table()))
-                return EFI_OUT_OF_RESOURCES;
-            pml4[i / 512] = (UINT64)pdpt | NPT_PRESENT_WRITE_USER;
-        }
-        if (gib_pages) {
-            pdpt[i % 512] = i << 30 | NPT_PRESENT_WRITE_USER | NPT_LARGE;
-            continue;
-        }
-        UINT64 *pd = hv_alloc_table();
-        if (!pd)
-            return EFI_OUT_OF_RESOURCES;
-        pdpt[i % 512] = (UINT64)pd | NPT_PRESENT_WRITE_USER;
-        for (UINT64 j = 0; j < 512; j++)
-            pd[j] = (i << 30 | j << 21) | NPT_PRESENT_WRITE_USER | NPT_LARGE;
-    }
     svm.ncr3 = (UINT64)pml4;
+    /* The nested walk has as many levels as the host's paging (CR4.LA57,
+     * APM 15.25.3): with five, a PML5 on top. */
+    if (read_cr4() & X86_CR4_LA57) {
+        UINT64 *pml5 = hv_alloc_table();
+        if (!pml5)
+            return EFI_OUT_OF_RESOURCES;
+        pml5[0] = (UINT64)pml4 | NPT_PRESENT_WRITE_USER;
+        svm.ncr3 = (UINT64)pml5;
+    }
     return EFI_SUCCESS;
 }
 
@@ -210,7 +198,10 @@ static UINT64 *npt_table(void)
  * left. */
 static UINT64 *npt_entry_4k(UINT64 gpa)
 {
-    UINT64 *table = (UINT64 *)(((UINT64 *)svm.ncr3)[(gpa >> 39) & 511] & NPT_FRAME);
+    UINT64 *table = (UINT64 *)svm.ncr3;
+    if (read_cr4() & X86_CR4_LA57) /* the PML5 first */
+        table = (UINT64 *)(table[(gpa >> 48) & 511] & NPT_FRAME);
+    table = (UINT64 *)(table[(gpa >> 39) & 511] & NPT_FRAME);
     for (UINT32 shift = 30; shift > 12; shift -= 9) {
         UINT64 *e = &table[(gpa >> shift) & 511];
         if (*e & NPT_LARGE) {
@@ -264,7 +255,7 @@ BOOLEAN hv_npt_show_page(UINT64 gpa)
 BOOLEAN hv_npt_page_hidden(UINT64 gpa)
 {
     UINT64 *table = (UINT64 *)svm.ncr3;
-    for (UINT32 shift = 39; shift >= 12; shift -= 9) {
+    for (UINT32 shift = read_cr4() & X86_CR4_LA57 ? 48 : 39; shift >= 12; shift -= 9) {
         UINT64 entry = table[(gpa >> shift) & 511];
         if (!(entry & 1))
             return FALSE;

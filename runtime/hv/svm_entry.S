@@ -34,12 +34,7 @@
 # ---------------------------------------------------------------------------
     .globl hv_svm_launch
 hv_svm_launch:
-    push %rbp
-    push %rbx
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    PUSH_CALLEE_SAVED
     mov %rsp, VMCB_RSP(%rdi)
     lea .Lguest_starts_here(%rip), %rax
     mov %rax, VMCB_RIP(%rdi)
@@ -57,12 +52,7 @@ hv_svm_launch:
     xor %eax, %eax
     .globl hv_svm_launch_done
 hv_svm_launch_done:
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %rbx
-    pop %rbp
+    POP_CALLEE_SAVED
     ret
 
 # ---------------------------------------------------------------------------

@@ -97,12 +97,7 @@ hv_vmexit_entry:
 # ---------------------------------------------------------------------------
     .globl hv_vmlaunch
 hv_vmlaunch:
-    push %rbp
-    push %rbx
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    PUSH_CALLEE_SAVED
     mov $GUEST_RFLAGS, %rax
     vmwrite %rdi, %rax
     lea .Lguest_starts_here(%rip), %rdx
@@ -120,12 +115,7 @@ hv_vmlaunch:
     .globl hv_vmlaunch_done
 hv_vmlaunch_done:
 .Llaunch_done:
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %rbx
-    pop %rbp
+    POP_CALLEE_SAVED
     ret
 
 # ---------------------------------------------------------------------------
