@@ -304,6 +304,6 @@ void hv_host_exception(struct hv_exception_frame *f)
 {
     hv_log_fatal("uefi-hv: host exception %u (error code 0x%lx) at RIP 0x%lx, RSP 0x%lx, CR2 0x%lx\n",
                  (unsigned)f->vector, f->error_code, f->rip, f->rsp, read_cr2());
-    hv_log_fatal("uefi-hv: VMX root cannot continue; stopping\n");
+    hv_log_fatal("uefi-hv: %s cannot continue; stopping\n", hv.svm ? "the SVM host" : "VMX root");
     hv_power_off();
 }

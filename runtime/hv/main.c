@@ -227,8 +227,9 @@ static EFI_STATUS hv_main(EFI_HANDLE image)
     /* The log's rate limit needs the TSC rate; the firmware still keeps time. */
     hv_set_resident_image(image_copy, image_pages);
     UINT64 tsc_per_second = hv_log_calibrate();
-    hv_say("uefi-hv: log from VMX root: %u lines at once, then %u a second (TSC %lu kHz)\n",
-           (unsigned)HV_LOG_BURST, (unsigned)HV_LOG_RATE, tsc_per_second / 1000);
+    hv_say("uefi-hv: log from %s: %u lines at once, then %u a second (TSC %lu kHz)\n",
+           hv.svm ? "the SVM host" : "VMX root", (unsigned)HV_LOG_BURST, (unsigned)HV_LOG_RATE,
+           tsc_per_second / 1000);
 
     /* 3. The host environment, the spec's globals, per-CPU memory. */
     if (!hv.svm) {
