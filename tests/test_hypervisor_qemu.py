@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from uefi_hv import DSL_DIR
-from uefi_hv.build import build_hypervisor
+from uefi_hv.build import build_efi, build_hypervisor
 from uefi_hv.emulate import QemuMachine
 from uefi_hv.image import make_image
 
@@ -63,6 +63,27 @@ def test_svm_virtualises_every_cpu_and_hvcheck_passes(image, run_dir, cpus):
     assert event["data"]["reason"] == "guest-shutdown"
 
 
+def test_a_vmcb_vmrun_would_refuse_is_named_by_its_check_and_the_boot_goes_on(tmp_path, run_dir):
+    """svm_checks.c built with HV_TEST_BREAK_VMCB clears EFER.SVME in the
+    guest's VMCB just before VMRUN's consistency checks run: VMRUN-EFER-SVME
+    stops the launch on the BSP, by name, SVM goes off again and the firmware
+    starts hvcheck, which finds no hypervisor."""
+    built = build_hypervisor(DSL_DIR / "default.hv", tmp_path / "broken", cflags=["-DHV_TEST_BREAK_VMCB"])
+    image = tmp_path / "broken.img"
+    make_image(built["BOOTX64.EFI"], image, chain=built["hvcheck.efi"], cmdline=QEMU_GAPS)
+    with QemuMachine(image, cpus=1, cpu_model="EPYC", run_dir=run_dir) as vm:
+        vm.wait_for_line("hvcheck: no uefi-hv hypervisor present", timeout=120)
+        event = vm.wait_event("SHUTDOWN", timeout=60)
+        serial = vm.serial
+    assert "uefi-hv: backend SVM (AMD-V)" in serial, serial[-3000:]
+    failed = re.search(r"^uefi-hv: cpu 0: run-time check VMRUN-EFER-SVME \(APM 15\.5\.1\) failed: "
+                       r"EFER\.SVME is zero: EFER = 0x([0-9a-f]+)\r?$", serial, re.M)
+    assert failed, serial[-3000:]
+    assert not int(failed.group(1), 16) & EFER_SVME and int(failed.group(1), 16) & 0x500 == 0x500  # LME, LMA
+    assert "virtualised" not in serial and "HVCHECK: PASS" not in serial
+    assert event["data"]["reason"] == "guest-shutdown"
+
+
 @pytest.mark.parametrize("model, why", [
     ("qemu64,-svm", "SVM is not available on this CPU (CPUID.80000001:ECX.SVM[2] = 0)"),
     ("qemu64", "SVM has no nested paging on this CPU (CPUID.8000000A:EDX.NP[0] = 0)"),
@@ -79,3 +100,28 @@ def test_without_vmx_or_usable_svm_the_boot_continues_to_the_chained_app(image, 
     assert "uefi-hv: starting \\EFI\\UEFI-HV\\NEXT.EFI" in serial
     assert "hvcheck: firmware services: 4 of 4 checks passed" in serial
     assert event["data"]["reason"] == "guest-shutdown"
+
+
+def test_a_guest_triple_fault_under_svm_resets_the_machine(built, tmp_path, run_dir):
+    """SVM's shutdown intercept: the triple fault is the spec's `triple_fault`
+    exit (its meaning in dsl/vmcb.hv), logged with the VMCB's guest state, and
+    the platform is reset as bare metal would be (QEMU, -no-reboot: a
+    SHUTDOWN event, reason guest-reset)."""
+    src = tmp_path / "triple_fault.c"
+    src.write_text("#include <efi.h>\n#include <efilib.h>\n"
+                   "EFI_STATUS efi_main(EFI_HANDLE image, EFI_SYSTEM_TABLE *systab)\n{\n"
+                   "    struct { UINT16 limit; UINT64 base; } __attribute__((packed)) idtr = { 0, 0 };\n"
+                   "    InitializeLib(image, systab);\n"
+                   "    Print(L\"guest: triple fault next\\n\");\n"
+                   "    __asm__ volatile(\"cli; lidt %0; int3\" : : \"m\"(idtr));\n"
+                   "    for (;;)\n        ;\n    return EFI_SUCCESS;\n}\n")
+    app = build_efi([src], tmp_path / "triple_fault.efi")
+    image = make_image(built["BOOTX64.EFI"], tmp_path / "tf.img", chain=app)
+    with QemuMachine(image, cpus=1, cpu_model="EPYC", run_dir=run_dir) as vm:
+        event = vm.wait_event("SHUTDOWN", timeout=120)
+        serial = vm.serial
+    first = serial.index("guest: triple fault next")
+    assert "uefi-hv: cpu 0: the guest triple-faulted (shutdown)" in serial[first:], serial[-2000:]
+    assert "uefi-hv: cpu 0: guest RIP 0x" in serial[first:] and "guest CR0 0x" in serial[first:]
+    assert "uefi-hv: resetting the machine" in serial[first:]
+    assert event["data"]["reason"] == "guest-reset", event

@@ -45,6 +45,12 @@ static __attribute__((unused)) UINT64 *gpr(struct hv_guest_regs *regs, UINT32 n)
 
 static void log_guest_state(struct hv_cpu *cpu)
 {
+#if HV_SVM
+    if (hv.svm) {
+        hv_svm_log_guest_state(cpu);
+        return;
+    }
+#endif
     hv_log_fatal("uefi-hv: cpu %u: guest RIP 0x%lx RSP 0x%lx RFLAGS 0x%lx CS 0x%lx activity %lu\n",
                  cpu->index, vmread(GUEST_RIP), vmread(GUEST_RSP), vmread(GUEST_RFLAGS),
                  vmread(GUEST_CS_SELECTOR), vmread(GUEST_ACTIVITY_STATE));

@@ -592,7 +592,7 @@ static BOOLEAN svm_msr(struct hv_cpu *cpu, struct hv_guest_regs *regs, enum hv_e
     return TRUE;
 }
 
-static void log_guest_state(struct hv_cpu *cpu)
+void hv_svm_log_guest_state(struct hv_cpu *cpu)
 {
     hv_log_fatal("uefi-hv: cpu %u: guest RIP 0x%lx RSP 0x%lx RFLAGS 0x%lx CS 0x%x CPL %u\n", cpu->index,
                  VMCB64(cpu, VMCB_RIP), VMCB64(cpu, VMCB_RSP), VMCB64(cpu, VMCB_RFLAGS),
@@ -610,7 +610,7 @@ static void vmrun_failed(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     hv_log_fatal("uefi-hv: cpu %u: VMRUN failed: the guest state is invalid (VMEXIT_INVALID, APM 15.5.1)\n",
                  cpu->index);
-    log_guest_state(cpu);
+    hv_svm_log_guest_state(cpu);
     if (hv_exits_total(cpu))
         hv_power_off();
     hv_snprintf(
@@ -738,7 +738,7 @@ void hv_svm_exit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
     } else {
         hv_log_fatal("uefi-hv: cpu %u: unhandled #VMEXIT 0x%lx (%s): stopping the machine\n", cpu->index,
                      code, exit ? exit->name : "not in the catalogue");
-        log_guest_state(cpu);
+        hv_svm_log_guest_state(cpu);
         hv_power_off();
     }
     switch (result) {
@@ -757,7 +757,7 @@ void hv_svm_exit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
     case HV_RESUME_SAME:
         break;
     case HV_STOP:
-        log_guest_state(cpu);
+        hv_svm_log_guest_state(cpu);
         hv_power_off();
     }
     VMCB64(cpu, VMCB_RAX) = regs->rax;
