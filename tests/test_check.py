@@ -13,6 +13,7 @@ from uefi_hv.check import CHECKS, check_spec, checks_markdown, load_and_check, r
 from uefi_hv.parse import SpecError, load_spec, parse_text
 
 DEFAULT = (DSL_DIR / "default.hv").read_text()
+VMCB = (DSL_DIR / "vmcb.hv").read_text()
 
 
 def variant(replace=(), append=""):
@@ -26,6 +27,12 @@ def variant(replace=(), append=""):
 
 def diagnose(text, name="spec.hv"):
     return check_spec(parse_text(text, name, DSL_DIR / name))
+
+
+def vmcb_variant(old, new):
+    """The default spec with dsl/vmcb.hv in place of its import, `old` replaced by `new` in it."""
+    assert old in VMCB, old
+    return variant([('import "vmcb.hv"', VMCB.replace(old, new, 1))])
 
 
 # check id -> a spec that breaks the rule
@@ -82,6 +89,11 @@ VIOLATIONS = {
     "VMCB-ALIGN": variant(append="vmcb control at 0x000 { ODD at 0x3F1 size 4 }"),
     "VMCB-OVERLAP": variant(append="vmcb control at 0x000 { EXITCODE_LOW at 0x070 size 4 }"),
     "SVM-EXIT-CODE": variant(append="svm_exit_codes { cpuid_too = 0x172 intercept misc1.cpuid means cpuid }"),
+    # VMRUN's consistency checks (vmrun_checks in dsl/vmcb.hv)
+    "VMRUN-LIST": vmcb_variant('    asid            "ASID is equal to zero"\n', '    asid_gone "ASID"\n'),
+    "VMRUN-KINDS": vmcb_variant("kind long_mode field EFER mask 0x500", "kind mbz field EFER mask 0x500"),
+    "VMRUN-INTERCEPT": vmcb_variant("kind forbidden when misc2.vmrun clear", "kind forbidden when misc2.vmmcall clear"),
+    "VMRUN-EVENTINJ": variant(append="event_types { reserved = 5 }"),
 }
 
 
@@ -293,3 +305,72 @@ def test_an_intercepts_exit_code_is_its_vectors_base_plus_its_bit():
     assert "exits with 0x80 + 0 = 0x80" in d.message
     # vector 5 (misc3) has no such rule here
     assert vmcb_diagnostics("SVM-EXIT-CODE", "svm_exit_codes { invpcid = 0xA2 intercept misc3.invpcid }") == []
+
+
+# --- VMRUN's consistency checks ---------------------------------------------------
+
+def diagnostics_of(check_id, text):
+    return [d for d in diagnose(text) if d.check_id == check_id]
+
+
+def test_a_catalogue_without_one_of_vmruns_checks_names_it_by_id():
+    (d,) = diagnostics_of("VMRUN-LIST", VIOLATIONS["VMRUN-LIST"])
+    assert d.message.startswith("vmrun_checks lacks VMRUN-ASID of APM 15.5.1")
+    assert "error[VMRUN-LIST, APM vol. 2 15.5.1]" in str(d)
+
+
+def test_every_kind_the_runtime_evaluates_is_used_by_a_check():
+    (d,) = diagnostics_of("VMRUN-KINDS", VIOLATIONS["VMRUN-KINDS"])
+    assert d.message.startswith("no VMRUN check is of kind long_mode, which the runtime evaluates")
+    assert diagnostics_of("VMRUN-KINDS", vmcb_variant(
+        '    eventinj        "illegal event injection" apm "15.5.1, 15.20"\n'
+        '                    kind event_injection field EVENTINJ exceptions 0..1, 3..8, 10..14, 16..19, 21, 28..30\n',
+        ""))[0].message.startswith("no VMRUN check is of kind event_injection")
+
+
+def test_the_vmrun_intercept_check_tests_the_bit_svm_c_sets():
+    (d,) = diagnostics_of("VMRUN-INTERCEPT", VIOLATIONS["VMRUN-INTERCEPT"])
+    assert d.message == ("VMRUN-INTERCEPT is `kind forbidden when misc2.vmmcall clear`, but svm.c sets misc2.vmrun: "
+                         "write `kind forbidden when misc2.vmrun clear`")
+    no_intercept = vmcb_variant("vmrun           = 0x80  intercept misc2.vmrun ", "vmrun = 0x80 ")
+    (d,) = diagnostics_of("VMRUN-INTERCEPT", no_intercept)
+    assert d.message.startswith("the exit code vmrun names the intercept (none), not misc2.vmrun")
+
+
+def test_the_event_injection_check_accepts_only_the_apms_types_and_exception_vectors():
+    (d,) = diagnostics_of("VMRUN-EVENTINJ", VIOLATIONS["VMRUN-EVENTINJ"])
+    assert d.message.startswith("event type reserved = 5 is reserved (APM 15.20 defines 0 INTR, 2 NMI, 3 exception")
+    (d,) = diagnostics_of("VMRUN-EVENTINJ", vmcb_variant("exceptions 0..1, 3..8", "exceptions 0..8, 32"))
+    assert d.message == "VMRUN-EVENTINJ lets vectors 2, 32 through as an exception; exceptions are vectors 0-31 " \
+                        "and 2 is the NMI's"
+    diags = diagnostics_of("VMRUN-EVENTINJ", vmcb_variant("    valid            bit 31 ", "    v bit 31 "))
+    assert [d.message for d in diags] == \
+        ["event_injection lacks valid, which VMRUN-EVENTINJ reads (SVM_EVENTINJ_VALID)"]
+
+
+def test_a_spec_without_the_vmcb_catalogue_needs_no_vmrun_checks():
+    text = DEFAULT.replace('import "vmcb.hv"', "").replace("hide = vmx, smx, svm", "hide = vmx, smx")
+    assert [d for d in diagnose(text) if d.check_id and d.check_id.startswith("VMRUN-")] == []
+
+
+@pytest.mark.parametrize("check_id", ["VMRUN-EFER-SVME", "VMRUN-CR4-MBZ", "VMRUN-EVENTINJ"])
+def test_cli_explain_knows_vmruns_checks(check_id):
+    out = run_cli("explain", check_id.lower())
+    assert out.returncode == 0, out.stderr
+    assert f"{check_id} (APM vol. 2 15.5.1" in out.stdout and ", run-time): " in out.stdout
+    assert f"run-time check {check_id} (APM 15.5.1" in out.stdout and "dsl/vmcb.hv:" in out.stdout
+    assert 'APM vol. 2 15.5.1 "Basic Operation: Canonicalization and Consistency Checks"' in out.stdout
+    if check_id == "VMRUN-EVENTINJ":       # a static check too: both are shown
+        assert out.stdout.startswith("VMRUN-EVENTINJ (APM vol. 2 15.5.1, 15.20, error)")
+    unknown = run_cli("explain", "VMRUN-CR4")
+    assert unknown.returncode == 2 and "did you mean 'VMRUN-CR4-MBZ'" in unknown.stderr
+
+
+def test_docs_list_the_catalogues_vmrun_checks():
+    from uefi_hv.check import VMRUN_DOC_BEGIN, VMRUN_DOC_END, vmrun_checks_markdown
+
+    doc = (ROOT / "docs" / "dsl.md").read_text()
+    table = doc.split(VMRUN_DOC_BEGIN, 1)[1].split(VMRUN_DOC_END, 1)[0]
+    assert table.strip() == vmrun_checks_markdown().strip(), \
+        "docs/dsl.md is stale: python -m uefi_hv.check --update-docs docs/dsl.md"
+    assert "| `VMRUN-EFER-SVME` | APM 15.5.1 | EFER.SVME is zero | `kind forbidden when EFER clear 0x1000` |" in table

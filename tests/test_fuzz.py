@@ -28,6 +28,8 @@ WORDS = [
     "interrupt_window", "triple_fault", "feature_control_locked", "inject_gp", "control", "guest", "host",
     "natural", "16", "64", "vmcb", "save", "at", "size", "intercepts", "svm_exit_codes", "intercept", "means",
     "event_injection", "bits", "event_types", '"vmcb.hv"', "misc1.cpuid", "INTERCEPT_MISC1", "RIP",
+    "vmrun_checks", "apm", '"15.5.1"', "kind", "forbidden", "mbz", "field", "mask", "set", "clear", "and",
+    "exceptions", "EFER", "misc2.vmrun",
     "\t", "\u00e9", "\u0000", "\ufeff", "\r", "\\",
 ]
 

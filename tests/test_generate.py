@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from uefi_hv import DSL_DIR, RUNTIME_DIR
+from uefi_hv import model as m
 from uefi_hv.build import build_efi
 from uefi_hv.errors import UserError
 from uefi_hv.generate import generate_hypervisor
@@ -158,6 +159,7 @@ def test_a_spec_without_the_vmcb_catalogue_generates_hv_svm_0(tmp_path):
     svm_h = (tmp_path / "out" / "hv" / "svm.h").read_text()
     assert "#define HV_SVM 0" in svm_h and "VMCB_" not in svm_h and "struct" not in svm_h
     assert "hv_svm_exits" not in (tmp_path / "out" / "hv" / "svm_exits.c").read_text()
+    assert "hv_svm_rules" not in (tmp_path / "out" / "hv" / "svm_rules.c").read_text()
 
 
 @pytest.mark.parametrize("with_vmcb", [True, False])
@@ -172,14 +174,36 @@ def test_the_svm_sources_compile_with_werror(tmp_path, with_vmcb):
         Path(spec).write_text((DSL_DIR / "default.hv").read_text().replace('import "vmcb.hv"', ""))
     generate_hypervisor(spec, tmp_path / "src", check=False)
     hv = tmp_path / "src" / "hv"
-    run = subprocess.run(["gcc", *CFLAGS, f"-I{hv}", *(f"-I{d}" for d in INCLUDE_DIRS), "-c", str(hv / "svm_exits.c"),
-                          "-o", str(tmp_path / "svm_exits.o")], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    for source, defines in ((hv / "svm_exits.c", ()), (hv / "svm_rules.c", ()),
+                            (RUNTIME_DIR / "hv" / "svm_checks.c", ()),
+                            (RUNTIME_DIR / "hv" / "svm_checks.c", ("-DHV_TEST_BREAK_VMCB",))):
+        run = subprocess.run(["gcc", *CFLAGS, *defines, f"-I{hv}", f"-I{RUNTIME_DIR / 'hv'}",
+                              *(f"-I{d}" for d in INCLUDE_DIRS), "-c", str(source), "-o", str(tmp_path / "x.o")],
+                             capture_output=True, text=True)
+        assert run.returncode == 0, f"{source.name} {defines}: {run.stderr}"
     asm = tmp_path / "uses.S"
     asm.write_text('#include "svm.h"\n#if HV_SVM\nmov $VMCB_RIP, %eax\ncmp $SVM_EXIT_CPUID, %eax\n#endif\n')
     run = subprocess.run(["gcc", f"-I{hv}", "-c", str(asm), "-o", str(tmp_path / "uses.o")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_svm_rules_c_lists_vmruns_checks_in_catalogue_order_as_data(tmp_path):
+    generate_hypervisor(DEFAULT, tmp_path, check=True)
+    rules = (tmp_path / "hv" / "svm_rules.c").read_text()
+    ids = re.findall(r'\.id = "(VMRUN-[A-Z0-9-]+)"', rules)
+    assert ids[:3] == ["VMRUN-EFER-SVME", "VMRUN-CR0-CD-NW", "VMRUN-CR0-HIGH"] and ids[-1] == "VMRUN-ASID"
+    assert len(ids) == 17 and "{ .kind = HV_SVM_RULE_END }," in rules
+    # a term a field's offset, size, state and bits; an intercept its vector's field and bit
+    assert '{ VMCB_CR0, 8, 1, 0x20000000ULL, "CR0" },' in rules
+    assert '{ VMCB_INTERCEPT_MISC2, 4, 0, 0x1ULL, "INTERCEPT_MISC2" },' in rules
+    assert '.offset = VMCB_MSRPM_BASE_PA, .size = 8, .name = "MSRPM_BASE_PA",' in rules and ".bytes = 0x2000," in rules
+    # event injection: the exception vectors (0-1, 3-8, 10-14, 16-19, 21, 28-30) and the types 0, 2, 3, 4
+    assert '.section = "APM 15.5.1, 15.20",' in rules
+    assert ".mask = 0x702F7DFBULL," in rules and ".types = 0x1D," in rules
+    svm_h = (tmp_path / "hv" / "svm.h").read_text()
+    kinds = re.search(r"enum hv_svm_rule_kind \{(.*?)\};", svm_h, re.S).group(1).split()
+    assert kinds == ["HV_SVM_RULE_END,"] + [f"HV_SVM_RULE_{k.upper()}," for k in m.VMRUN_CHECK_KINDS]
 
 
 def test_the_plans_parts_give_the_templates_distinct_names():

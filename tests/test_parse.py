@@ -365,3 +365,98 @@ def test_the_two_catalogues_are_shared_between_specs_not_declared_again():
     assert again.svm_exits == first.svm_exits and again.vmcb_fields == first.vmcb_fields
     again.svm_exits.clear()
     assert load_spec(DSL_DIR / "default.hv").svm_exits == first.svm_exits
+
+
+# --- VMRUN's consistency checks (vmrun_checks in dsl/vmcb.hv) ---------------------------------
+
+def test_the_vmcb_catalogue_lists_every_consistency_check_of_vmrun_by_id():
+    from uefi_hv.check import APM_VMRUN_CHECKS
+
+    spec = load_spec(DSL_DIR / "default.hv")
+    checks = spec.vmrun_checks
+    assert [c.id for c in checks.values()] == list(APM_VMRUN_CHECKS)        # catalogue order, the APM's
+    svme = checks["efer_svme"]
+    assert (svme.id, svme.section, svme.title, svme.kind) == \
+        ("VMRUN-EFER-SVME", "APM vol. 2 15.5.1", "EFER.SVME is zero", "forbidden")
+    assert svme.when == (m.VmcbTerm("EFER", 0x1000, False),) and svme.loc.file.endswith("vmcb.hv")
+    assert checks["cr0_cd_nw"].when == (m.VmcbTerm("CR0", 1 << 30, False), m.VmcbTerm("CR0", 1 << 29, True))
+    assert checks["cs_l_d"].when[-1] == m.VmcbTerm("CS_ATTRIB", 0x600, True)
+    assert checks["intercept"].when == (m.VmcbTerm("INTERCEPT_MISC2", 1, False, "misc2.vmrun"),)
+    assert (checks["cr0_high"].kind, checks["cr0_high"].field, checks["cr0_high"].mask) == \
+        ("mbz", "CR0", 0xFFFFFFFF00000000)
+    assert (checks["msrpm"].field, checks["msrpm"].size, checks["iopm"].size) == ("MSRPM_BASE_PA", 0x2000, 0x3000)
+    inject = checks["eventinj"]
+    assert inject.sections == ("15.5.1", "15.20") and inject.section == "APM vol. 2 15.5.1, 15.20"
+    assert 2 not in inject.exceptions and {0, 13, 14, 18} <= set(inject.exceptions) and max(inject.exceptions) < 32
+    assert inject.arguments() == "kind event_injection field EVENTINJ exceptions 0..1, 3..8, 10..14, 16..19, 21, 28..30"
+    assert {c.kind for c in checks.values()} == set(m.VMRUN_CHECK_KINDS)
+
+
+def test_a_vmrun_check_of_a_spec_reads_as_written():
+    spec = parse(CATALOGUES + 'vmrun_checks apm "15.20" {\n'
+                              '    mine "mine fails" apm "15.5.1, 15.20" kind forbidden when misc1.cpuid set\n'
+                              '         and TSC_OFFSET clear 0xFF ;\n'
+                              '    wide "wide fails" kind mbz field CPL mask 0x80\n'
+                              '}\n')
+    mine, wide = spec.vmrun_checks["mine"], spec.vmrun_checks["wide"]
+    assert mine.id == "VMRUN-MINE" and mine.sections == ("15.5.1", "15.20") and mine.loc.line == 4
+    assert mine.when == (m.VmcbTerm("INTERCEPT_MISC1", 1 << 18, True, "misc1.cpuid"),
+                         m.VmcbTerm("TSC_OFFSET", 0xFF, False))
+    assert wide.sections == ("15.20",) and (wide.field, wide.mask) == ("CPL", 0x80)
+    assert list(spec.vmrun_checks)[-2:] == ["mine", "wide"]
+
+
+def test_the_words_of_vmrun_checks_are_still_names_elsewhere():
+    spec = parse(CATALOGUES + "const apm = 1\nconst kind = 2\nconst mask = 3\nconst set = 4\nconst clear = 5\n"
+                              "const exceptions = 6\nconst field = 7\n"
+                              'vmrun_checks apm "15.5.1" { kind "k" kind mbz field CR0 mask 1 }\n')
+    assert [spec.constants[n].value for n in ("apm", "kind", "mask", "set", "clear", "exceptions", "field")] == \
+        [1, 2, 3, 4, 5, 6, 7]
+    assert spec.vmrun_checks["kind"].id == "VMRUN-KIND"
+
+
+VMRUN = 'vmrun_checks apm "15.5.1" { mine "mine" '
+
+
+@pytest.mark.parametrize("text, message", [
+    (VMRUN + "kind mbzz field CR0 mask 1 }", "unknown VMRUN check kind 'mbzz'; did you mean 'mbz'?; the runtime "
+                                            "evaluates forbidden, mbz, cr4_mbz"),
+    (VMRUN + "kind mbz field CR00 mask 1 }", "unknown VMCB field 'CR00'; did you mean 'CR0'"),
+    (VMRUN + "kind forbidden when EFR clear 1 }", "unknown VMCB field 'EFR'; did you mean 'EFER'"),
+    (VMRUN + "kind forbidden when misc2.vmrunn clear }",
+     "unknown intercept 'misc2.vmrunn'; did you mean 'misc2.vmrun'"),
+    (VMRUN + "kind mbz field CR0 }", "VMRUN check mine: kind mbz needs mask: `kind mbz field FIELD mask MASK`"),
+    (VMRUN + "kind forbidden }", "kind forbidden needs when: `kind forbidden when FIELD set|clear MASK and ...`"),
+    (VMRUN + "kind mbz field CR0 mask 1 size 4 }", "kind mbz takes no size; it takes field and mask"),
+    (VMRUN + "kind mbz field CR0 field CR4 mask 1 }", "field is given twice"),
+    (VMRUN + "kind mbz field GUEST_ASID mask 0x1_0000_0000 }", "mask 0x100000000 is wider than GUEST_ASID (4 bytes)"),
+    (VMRUN + "kind mbz field CR0 mask 0 }", "mask 0 tests no bit"),
+    (VMRUN + "kind mbz field GUEST_INSN_BYTES mask 1 }",
+     "VMCB field GUEST_INSN_BYTES is 15 bytes; a check reads a field of 1, 2, 4 or 8 bytes"),
+    (VMRUN + "kind below_maxphyaddr field CR3 size 0 }", "size 0: a table is at least 1 byte"),
+    (VMRUN + "kind forbidden when EFER clear }", "`EFER clear` needs the bits it tests: `EFER clear MASK`"),
+    (VMRUN + "kind forbidden when misc2.vmrun clear 1 }", "an intercept is one bit: write `misc2.vmrun clear`"),
+    (VMRUN + "kind event_injection field EVENTINJ exceptions 8..3 }", "vectors 8..3 run backwards; write 3..8"),
+    (VMRUN + "kind event_injection field EVENTINJ exceptions 1, 0..3 }", "vector 1 is listed twice"),
+    (VMRUN + "kind event_injection field EVENTINJ exceptions 256 }", "vector 256 is not a vector (0 to 255)"),
+    ('vmrun_checks apm "15.5.9" { mine "mine" kind mbz field CR0 mask 1 }',
+     "unknown APM section '15.5.9'; did you mean '15.5.1'?"),
+    ('vmrun_checks apm "15.5.1" { asid "again" kind mbz field CR0 mask 1 }',
+     "VMRUN check asid (VMRUN-ASID) is declared twice (first at dsl/vmcb.hv:"),
+    (VMRUN + "kind forbidden when }", "unexpected '}'"),
+])
+def test_vmrun_check_errors_point_at_their_line(text, message):
+    out, diags = errors(CATALOGUES + text + "\n")
+    assert message in out, out
+    assert diags and all(d.loc.file == "spec.hv" and d.loc.line == 3 for d in diags), out
+
+
+def test_a_wrong_field_in_an_imported_vmrun_check_points_into_that_file(tmp_path):
+    (tmp_path / "cat.hv").write_text((DSL_DIR / "vmcb.hv").read_text().replace("field DR6 mask", "field DR66 mask"))
+    (tmp_path / "top.hv").write_text('import "vmcs.hv"\nimport "cat.hv"\n')
+    with pytest.raises(SpecError) as e:
+        load_spec(tmp_path / "top.hv")
+    (d,) = e.value.diagnostics
+    assert d.loc.file.endswith("cat.hv") and "unknown VMCB field 'DR66'; did you mean 'DR6'" in d.message
+    line = (tmp_path / "cat.hv").read_text().splitlines()[d.loc.line - 1]
+    assert line.strip().endswith("field DR66 mask 0xFFFF_FFFF_0000_0000")

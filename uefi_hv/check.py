@@ -18,6 +18,7 @@ import inspect
 import json
 import os
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -26,10 +27,10 @@ from uefi_hv import DSL_DIR
 from uefi_hv import model as m
 from uefi_hv.errors import UsageError
 from uefi_hv.diagnostics import Diagnostic, SpecError, did_you_mean, source_line
-from uefi_hv.parse import load_spec
+from uefi_hv.parse import load_spec, parse_text
 
 __all__ = ["CHECKS", "CheckInfo", "Diagnostic", "SpecError", "check_spec", "load_and_check",
-           "runtime_rules", "checks_markdown", "cmd_check", "cmd_fields", "cmd_explain"]
+           "runtime_rules", "checks_markdown", "cmd_check", "cmd_fields", "cmd_explain", "vmrun_checks"]
 
 
 #: The one edition of the Intel SDM whose section numbers the project cites.
@@ -69,11 +70,8 @@ SDM_SECTIONS = {
 APM_EDITION = ("AMD64 Architecture Programmer's Manual, Volume 2: System Programming (publication 24593): "
                "SVM in chapter 15")
 
-#: The APM vol. 2 sections the checks cite -> their titles.
-APM_SECTIONS = {
-    "Appendix B": "Layout of VMCB",
-    "Appendix C": "SVM Intercept Exit Codes",
-}
+#: The APM vol. 2 sections the checks and the catalogue's VMRUN checks cite -> their titles.
+APM_SECTIONS = m.APM_SECTIONS
 
 
 def apm(*numbers: str) -> str:
@@ -653,6 +651,121 @@ def check_svm_exit_codes(ctx: Ctx):
                    f"{x.name} = {base + bit.bit:#x}, or name its own intercept"), x.loc
 
 
+# --- VMRUN's consistency checks: APM vol. 2 15.5.1 -------------------------------------
+
+#: The consistency checks of APM vol. 2 15.5.1 "Canonicalization and
+#: Consistency Checks", by the ids of the catalogue's vmrun_checks (one APM
+#: item, the MSR or IOIO intercept tables, is two checks: VMRUN-MSRPM, VMRUN-IOPM).
+APM_VMRUN_CHECKS = (
+    "VMRUN-EFER-SVME", "VMRUN-CR0-CD-NW", "VMRUN-CR0-HIGH", "VMRUN-CR3-MBZ", "VMRUN-CR4-MBZ", "VMRUN-DR6-HIGH",
+    "VMRUN-DR7-HIGH", "VMRUN-EFER-MBZ", "VMRUN-EFER-LONG-MODE", "VMRUN-LME-PG-PAE", "VMRUN-LME-PG-PE",
+    "VMRUN-CS-L-D", "VMRUN-INTERCEPT", "VMRUN-MSRPM", "VMRUN-IOPM", "VMRUN-EVENTINJ", "VMRUN-ASID",
+)
+
+#: EVENTINJ.TYPE values APM vol. 2 15.20 defines; the others are reserved.
+APM_EVENT_TYPES = {0: "INTR", 2: "NMI", 3: "exception", 4: "software interrupt"}
+
+
+def _vmrun_loc(ctx: Ctx) -> m.Loc:
+    """Where a problem of the VMRUN checks as a whole is shown: the first
+    check, else the VMCB catalogue's first field."""
+    spec = ctx.spec
+    first = next(iter(spec.vmrun_checks.values()), None) or next(iter(spec.vmcb_fields.values()), None)
+    return (first.loc if first else None) or m.Loc(spec.file, 1, 1)
+
+
+@check("VMRUN-LIST", apm("15.5.1"), "the VMCB catalogue lists every consistency check VMRUN makes")
+def check_vmrun_list(ctx: Ctx):
+    """VMRUN exits with VMEXIT_INVALID when the guest's VMCB fails any of the
+    checks APM 15.5.1 lists. A VMCB catalogue (dsl/vmcb.hv) lists each in
+    `vmrun_checks`, by its id (check.APM_VMRUN_CHECKS), so that the
+    hypervisor checks the VMCB as VMRUN will before its first VMRUN and names
+    the check that fails."""
+    if not ctx.spec.vmcb_fields:
+        return
+    ids = {c.id for c in ctx.spec.vmrun_checks.values()}
+    missing = [i for i in APM_VMRUN_CHECKS if i not in ids]
+    if missing:
+        them = "it" if len(missing) == 1 else "them"
+        yield (f"vmrun_checks lacks {', '.join(missing)} of APM 15.5.1; without {them} a VMCB that VMRUN "
+               f"refuses goes unnamed"), _vmrun_loc(ctx)
+
+
+@check("VMRUN-KINDS", apm("15.5.1"), "every kind of VMRUN check the runtime evaluates is used")
+def check_vmrun_kinds(ctx: Ctx):
+    """svm_checks.c evaluates each kind of VMRUN check that
+    model.VMRUN_CHECK_KINDS lists (forbidden, mbz, cr4_mbz, efer_mbz,
+    long_mode, below_maxphyaddr, event_injection); the catalogue's
+    `vmrun_checks` use every one. A kind no check uses is code that never
+    runs, or a check the catalogue lost. (A check of a kind the runtime does
+    not know is an error of the catalogue itself.)"""
+    if not ctx.spec.vmcb_fields:
+        return
+    used = {c.kind for c in ctx.spec.vmrun_checks.values()}
+    unused = [k for k in m.VMRUN_CHECK_KINDS if k not in used]
+    if unused:
+        yield (f"no VMRUN check is of kind {', '.join(unused)}, which the runtime evaluates "
+               f"(model.VMRUN_CHECK_KINDS); add the check of the APM that needs it"), _vmrun_loc(ctx)
+
+
+@check("VMRUN-INTERCEPT", apm("15.5.1", "Appendix C"), "the VMRUN intercept svm.c sets is the one VMRUN requires")
+def check_vmrun_intercept(ctx: Ctx):
+    """VMRUN requires the VMRUN intercept set in the guest's VMCB. svm.c sets
+    the catalogue's intercept `vmrun` (SVM_INTERCEPT_VMRUN) for every guest,
+    whatever exits the spec handles, so this is decided here: the catalogue
+    declares the intercept vmrun, its exit code `vmrun` is that intercept's,
+    and the run-time check VMRUN-INTERCEPT tests that very bit
+    (`kind forbidden when GROUP.vmrun clear`)."""
+    spec = ctx.spec
+    if not spec.vmcb_fields:
+        return
+    bit = next((b for b in spec.intercepts.values() if b.name == "vmrun"), None)
+    if bit is None:
+        yield ("the catalogue declares no intercept vmrun, which svm.c sets for every guest "
+               "(SVM_INTERCEPT_VMRUN); APM Table B-1 puts it at bit 0 of vector 4 (misc2)"), _vmrun_loc(ctx)
+        return
+    exit_code = spec.svm_exits.get("vmrun")
+    if exit_code is not None and exit_code.intercept != bit.qualname:
+        yield (f"the exit code vmrun names the intercept {exit_code.intercept or '(none)'}, not {bit.qualname}, "
+               f"the one svm.c sets"), exit_code.loc
+    rule = next((c for c in spec.vmrun_checks.values() if c.id == "VMRUN-INTERCEPT"), None)
+    if rule is not None and [(t.intercept, t.set) for t in rule.when] != [(bit.qualname, False)]:
+        yield (f"VMRUN-INTERCEPT is `{rule.arguments()}`, but svm.c sets {bit.qualname}: write "
+               f"`kind forbidden when {bit.qualname} clear`"), rule.loc
+
+
+@check("VMRUN-EVENTINJ", apm("15.5.1", "15.20"), "the event types and exception vectors VMRUN accepts are the APM's")
+def check_vmrun_eventinj(ctx: Ctx):
+    """VMRUN refuses an EVENTINJ with a reserved TYPE, or of TYPE 3
+    (exception) with a vector that is not an exception's, vector 2 (NMI)
+    among them. The run-time check VMRUN-EVENTINJ accepts the types of
+    `event_types` and the vectors of its `exceptions`, so those are the
+    APM's: types 0 (INTR), 2 (NMI), 3 (`exception`) and 4 (software
+    interrupt); exception vectors below 32, never 2. It reads the fields
+    `vector`, `type` and `valid` of `event_injection`."""
+    spec = ctx.spec
+    if not spec.vmcb_fields:
+        return
+    for t in spec.event_types.values():
+        if t.number not in APM_EVENT_TYPES:
+            yield (f"event type {t.name} = {t.number} is reserved (APM 15.20 defines "
+                   f"{', '.join(f'{n} {w}' for n, w in APM_EVENT_TYPES.items())}); VMRUN refuses it, and "
+                   f"VMRUN-EVENTINJ would let it through"), t.loc
+    exception = spec.event_types.get("exception")
+    if exception is None or exception.number != 3:
+        loc = exception.loc if exception else _vmrun_loc(ctx)
+        yield "event_types names type 3 `exception`: VMRUN-EVENTINJ checks the vector of that type", loc
+    lacking = [f for f in ("vector", "type", "valid") if f not in spec.event_injection]
+    if lacking:
+        yield (f"event_injection lacks {', '.join(lacking)}, which VMRUN-EVENTINJ reads "
+               f"(SVM_EVENTINJ_{lacking[0].upper()})"), _vmrun_loc(ctx)
+    for c in spec.vmrun_checks.values():
+        bad = [v for v in c.exceptions if v == 2 or v > 31]
+        if c.kind == "event_injection" and bad:
+            yield (f"{c.id} lets vector{'s' if len(bad) > 1 else ''} {m.vector_ranges(bad)} through as an "
+                   f"exception; exceptions are vectors 0-31 and 2 is the NMI's"), c.loc
+
+
 # --- the language's own rules ----------------------------------------------------
 
 @check("VALUE-WIDTH", sdm("Appendix B"), "constant values fit their field's width")
@@ -921,8 +1034,23 @@ def actions_markdown() -> str:
     return "\n".join(rows) + "\n"
 
 
+VMRUN_DOC_BEGIN = ("<!-- vmrun-checks:begin (generated by `python -m uefi_hv.check --doc`; "
+                   "do not edit) -->")
+VMRUN_DOC_END = "<!-- vmrun-checks:end -->"
+
+
+def vmrun_checks_markdown() -> str:
+    """The table of dsl/vmcb.hv's VMRUN checks for docs/dsl.md."""
+    rows = ["| id | section | VMRUN fails when | kind and arguments |", "|---|---|---|---|"]
+    for c in vmrun_checks().values():
+        title = c.title.replace("|", "\\|")
+        rows.append(f"| `{c.id}` | APM {', '.join(c.sections)} | {title} | `{c.arguments()}` |")
+    return "\n".join(rows) + "\n"
+
+
 #: The generated tables of docs/dsl.md: (begin marker, end marker, table).
-DOC_TABLES = ((DOC_BEGIN, DOC_END, checks_markdown), (ACTIONS_DOC_BEGIN, ACTIONS_DOC_END, actions_markdown))
+DOC_TABLES = ((DOC_BEGIN, DOC_END, checks_markdown), (ACTIONS_DOC_BEGIN, ACTIONS_DOC_END, actions_markdown),
+              (VMRUN_DOC_BEGIN, VMRUN_DOC_END, vmrun_checks_markdown))
 
 
 def update_docs(path) -> bool:
@@ -981,22 +1109,49 @@ def _print_fields(args) -> int:
     return 0
 
 
+def vmrun_checks() -> dict[str, m.VmrunCheck]:
+    """The consistency checks VMRUN makes, as dsl/vmcb.hv lists them, by id."""
+    spec = parse_text('import "vmcs.hv"\nimport "vmcb.hv"\n', "catalogues.hv", DSL_DIR / "catalogues.hv")
+    return {c.id: c for c in spec.vmrun_checks.values()}
+
+
 def cmd_explain(args) -> int:
     wanted = args.check_id.strip().upper()
     info = CHECKS.get(wanted)
-    if info is None:
-        starting = [c for c in CHECKS if c.startswith(wanted)] if wanted else []
+    rules = vmrun_checks()
+    rule = rules.get(wanted)
+    if info is None and rule is None:
+        known = list(CHECKS) + [i for i in rules if i not in CHECKS]
+        starting = [c for c in known if c.startswith(wanted)] if wanted else []
         hint = (f"; did you mean {' or '.join(repr(c) for c in starting[:4])}?" if starting
-                else did_you_mean(wanted, CHECKS))
+                else did_you_mean(wanted, known))
         raise UsageError(f"error: no check '{args.check_id}'{hint}; "
-                         f"'uefi-hv explain' knows: {', '.join(CHECKS)}")
-    print(f"{info.id} ({info.section}, {info.severity}): {info.title}\n")
-    print(info.text)
-    if info.section.startswith("SDM "):
-        print(f"\n{cited(info.section)}; {SDM_EDITION}")
-    elif info.section.startswith("APM "):
-        print(f"\n{cited(info.section)}; {APM_EDITION}")
+                         f"'uefi-hv explain' knows: {', '.join(known)}")
+    if info is not None:
+        print(f"{info.id} ({info.section}, {info.severity}): {info.title}\n")
+        print(info.text)
+        if info.section.startswith("SDM "):
+            print(f"\n{cited(info.section)}; {SDM_EDITION}")
+        elif info.section.startswith("APM ") and rule is None:
+            print(f"\n{cited(info.section)}; {APM_EDITION}")
+    if rule is not None:
+        if info is not None:
+            print()
+        _explain_vmrun_check(rule)
     return 0
+
+
+def _explain_vmrun_check(rule: m.VmrunCheck) -> None:
+    """A VMRUN check of the catalogue, as `uefi-hv explain` shows it."""
+    kind = m.VMRUN_CHECK_KINDS[rule.kind]
+    print(f"{rule.id} ({rule.section}, run-time): {rule.title}\n")
+    print("VMRUN exits with VMEXIT_INVALID when this holds of the guest's VMCB. The hypervisor decides it on\n"
+          "the VMCB before each CPU's first VMRUN (svm_checks.c); when it holds, the CPU goes back to the\n"
+          "firmware and the failure is named: \"run-time check "
+          f"{rule.id} (APM {', '.join(rule.sections)}) failed: ...\".\n")
+    print(f"{rule.loc}: {rule.arguments()}" if rule.loc else rule.arguments())
+    print(textwrap.fill(f"{rule.kind}: {kind.text}", 100, initial_indent="  ", subsequent_indent="    "))
+    print(f"\n{cited(rule.section)}; {APM_EDITION}")
 
 
 def main(argv=None) -> int:
@@ -1008,7 +1163,7 @@ def main(argv=None) -> int:
     if args.update_docs:
         print("updated" if update_docs(args.update_docs) else "up to date")
     else:
-        sys.stdout.write(checks_markdown() + "\n" + actions_markdown())
+        sys.stdout.write(checks_markdown() + "\n" + actions_markdown() + "\n" + vmrun_checks_markdown())
     return 0
 
 

@@ -219,6 +219,40 @@ class EventFieldDecl:
 
 
 @dataclass(frozen=True)
+class VmcbTermDecl:
+    """A term of `when`: `EFER clear 0x1000`, `CR0 set 0x8000_0000`, or an
+    intercept, `misc2.vmrun clear` (its mask is its bit)."""
+
+    target: Name                   # a VMCB field, or an intercept's group.name
+    set: bool                      # set: every bit of the mask set; clear: every one clear
+    mask: Optional[Number]         # None for an intercept
+    loc: Loc
+
+
+@dataclass(frozen=True)
+class VmrunArg:
+    """An argument of a VMRUN check, after its kind: `field EFER`, `mask 0x1000`,
+    `size 0x2000`, `exceptions 0..1, 3..8`, `when EFER set 0x100 and ...`."""
+
+    key: str                       # a word of model.VMRUN_CHECK_ARGS
+    value: Union[Name, Number, tuple]   # field: Name; mask, size: Number; exceptions: the vectors;
+    loc: Loc                            # when: the VmcbTermDecls
+
+
+@dataclass(frozen=True)
+class VmrunCheckDecl:
+    """A line of `vmrun_checks`: the kind and the fields it names are looked up
+    by resolve.py."""
+
+    name: str                      # the id is VMRUN- and the name: efer_svme -> VMRUN-EFER-SVME
+    title: str                     # the APM's words
+    sections: Text                 # the APM sections, "15.5.1" (the block's, or the check's own)
+    kind: Name
+    args: tuple[VmrunArg, ...]
+    loc: Loc
+
+
+@dataclass(frozen=True)
 class HostAssignDecl:
     field: str
     source: Source
@@ -258,9 +292,9 @@ class ExitDecl:
 
 #: The declarations of the catalogues (dsl/vmcs.hv, dsl/vmcb.hv); the rest are the hypervisor's.
 CatalogueDecl = Union[FieldDecl, ControlBitDecl, NumberedDecl, VmcbFieldDecl, InterceptGroupDecl,
-                      InterceptBitDecl, SvmExitDecl, EventFieldDecl]
+                      InterceptBitDecl, SvmExitDecl, EventFieldDecl, VmrunCheckDecl]
 CATALOGUE_DECLS = (FieldDecl, ControlBitDecl, NumberedDecl, VmcbFieldDecl, InterceptGroupDecl, InterceptBitDecl,
-                   SvmExitDecl, EventFieldDecl)
+                   SvmExitDecl, EventFieldDecl, VmrunCheckDecl)
 SpecDecl = Union[HypervisorDecl, OptionDecl, ConstDecl, GlobalDecl, HostAssignDecl, ControlReqDecl,
                  InterceptDecl, ExitDecl]
 Declaration = Union[CatalogueDecl, SpecDecl]

@@ -84,7 +84,7 @@ def template_context(plan, idt_base_from_vmcs: bool = False) -> dict:
 
 
 HV_TEMPLATES = ("vmx.h", "svm.h", "spec.h", "hv.h", "globals.c", "names.c", "dispatch.c", "rules.c",
-                "host_state.c", "svm_exits.c")
+                "host_state.c", "svm_exits.c", "svm_rules.c")
 HVCHECK_TEMPLATES = ("hvcheck.h", "hvcheck_names.c")
 
 

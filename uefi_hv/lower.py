@@ -177,6 +177,10 @@ class SvmPlan:
                                        # expressions (macros), in catalogue order
     svm_event_injection: list          # {name, first, width, mask, description}, by first bit
     svm_event_types: list              # {name, number, description}, by number
+    svm_rules: list                    # VMRUN's consistency checks, in catalogue order: {name, id, section,
+                                       # title, kind, field, size, mask, bytes, types, when: [{field, size,
+                                       # mask, set}]}
+    svm_rule_kinds: list               # model.VMRUN_CHECK_KINDS, the enum svm_checks.c switches on
 
 
 @dataclass
@@ -424,6 +428,19 @@ def _lower_svm(spec: model.Spec) -> SvmPlan:
             "intercept_mask": f"SVM_INTERCEPT_{cause.name.upper()}" if cause else "0",
             "text": x.description or x.name,
         })
+    sizes = {f.name: f.size for f in spec.vmcb_fields.values()}
+    # EVENTINJ.TYPE is 3 bits: the types the catalogue defines, as a mask (the
+    # static check VMRUN-EVENTINJ holds them to the APM's).
+    event_types = sum(1 << t.number for t in spec.event_types.values() if t.number < 64)
+    rules = []
+    for c in spec.vmrun_checks.values():
+        rules.append({
+            "name": c.name, "id": c.id, "section": "APM " + ", ".join(c.sections), "title": c.title,
+            "kind": c.kind, "field": c.field, "size": sizes.get(c.field or "", 0),
+            "mask": sum(1 << v for v in c.exceptions if v < 64) if c.kind == "event_injection" else c.mask,
+            "bytes": c.size, "types": event_types if c.kind == "event_injection" else 0,
+            "when": [{"field": t.field, "size": sizes[t.field], "mask": t.mask, "set": t.set} for t in c.when],
+        })
     return SvmPlan(
         svm=bool(spec.vmcb_fields),
         vmcb_fields=[{"name": f.name, "offset": f.offset, "size": f.size, "description": f.description}
@@ -435,6 +452,8 @@ def _lower_svm(spec: model.Spec) -> SvmPlan:
                              for f in sorted(spec.event_injection.values(), key=lambda f: f.first)],
         svm_event_types=[{"name": t.name, "number": t.number, "description": t.description}
                          for t in sorted(spec.event_types.values(), key=lambda t: (t.number, t.name))],
+        svm_rules=rules,
+        svm_rule_kinds=list(model.VMRUN_CHECK_KINDS),
     )
 
 

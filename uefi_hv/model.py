@@ -219,6 +219,7 @@ class Spec:
     svm_exits: dict[str, "SvmExit"] = field(default_factory=dict)                # by name, in catalogue order
     event_injection: dict[str, "EventField"] = field(default_factory=dict)       # by name
     event_types: dict[str, "EventType"] = field(default_factory=dict)            # by name
+    vmrun_checks: dict[str, "VmrunCheck"] = field(default_factory=dict)          # by name, in catalogue order
     setting_locs: dict[str, Loc] = field(default_factory=dict)      # where each setting was written
     files: list[str] = field(default_factory=list)                  # spec files, in load order
     file_order: dict[str, tuple] = field(default_factory=dict, repr=False)  # file -> lines of its import chain
@@ -363,6 +364,121 @@ class EventType:
     name: str
     description: str = ""
     loc: Optional[Loc] = None
+
+
+#: The AMD64 APM vol. 2 sections the catalogue and the checks cite -> their
+#: titles (check.APM_EDITION names the edition).
+APM_SECTIONS = {
+    "15.5.1": "Basic Operation: Canonicalization and Consistency Checks",
+    "15.20": "Event Injection",
+    "Appendix B": "Layout of VMCB",
+    "Appendix C": "SVM Intercept Exit Codes",
+}
+
+
+@dataclass(frozen=True)
+class VmrunKind:
+    """What the runtime (svm_checks.c) evaluates for a VMRUN check of a kind."""
+
+    args: tuple                    # the arguments a check of the kind gives, in order
+    text: str
+
+
+#: VmrunCheck.kind -> its arguments and what svm_checks.c decides; the C has
+#: one case per kind (HV_SVM_RULE_<KIND>, svm.h).
+VMRUN_CHECK_KINDS = {
+    "forbidden": VmrunKind(("when",), "fails when every term holds: `FIELD set MASK` (every bit of MASK set), "
+                                      "`FIELD clear MASK` (every bit clear); an intercept, `misc2.vmrun clear`, "
+                                      "is its vector's field and bit"),
+    "mbz": VmrunKind(("field", "mask"), "fails when a bit of `mask` is set in the field"),
+    "cr4_mbz": VmrunKind(("field", "mask"), "fails when a bit of `mask` is set in the field, or a CR4 bit of a "
+                                            "feature CPUID lacks (UMIP, LA57, VMXE, SMXE, FSGSBASE, PCIDE, OSXSAVE, "
+                                            "SMEP, SMAP, PKE, CET)"),
+    "efer_mbz": VmrunKind(("field", "mask"), "fails when a bit of `mask` is set in the field, or an EFER bit of a "
+                                             "feature CPUID lacks (NXE, SVME, LMSLE, FFXSR, TCE, AIBRSE)"),
+    "long_mode": VmrunKind(("field", "mask"), "fails when a bit of `mask` is set in the field and the CPU has no "
+                                              "long mode (CPUID.80000001:EDX.LM[29] = 0)"),
+    "below_maxphyaddr": VmrunKind(("field", "size"), "fails when the `size` bytes at the physical address in the "
+                                                     "field (its bits 11:0 ignored) reach 2^MAXPHYADDR "
+                                                     "(CPUID.80000008:EAX[7:0])"),
+    "event_injection": VmrunKind(("field", "exceptions"), "with the field's `valid` bit set (event_injection): "
+                                                          "fails when its `type` is not a number of event_types, or "
+                                                          "is `exception` with a `vector` not among `exceptions`"),
+}
+
+#: The sizes of a VMCB field a check can read as a number.
+VMRUN_FIELD_SIZES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class VmcbTerm:
+    """A term of a `forbidden` check: every bit of `mask` set (or clear) in a VMCB field."""
+
+    field: str                     # a VmcbField's name
+    mask: int
+    set: bool
+    intercept: Optional[str] = None    # the InterceptBit's qualname, when written as one
+
+    def __str__(self) -> str:
+        state = "set" if self.set else "clear"
+        return f"{self.intercept} {state}" if self.intercept else f"{self.field} {state} {self.mask:#x}"
+
+
+@dataclass(frozen=True)
+class VmrunCheck:
+    """One of the consistency checks VMRUN makes (APM vol. 2 15.5.1): VMRUN
+    exits with VMEXIT_INVALID when it fails. svm_checks.c decides it on the
+    VMCB before the first VMRUN, by its kind (VMRUN_CHECK_KINDS)."""
+
+    name: str                      # e.g. "efer_svme"
+    title: str                     # the APM's words: "EFER.SVME is zero"
+    kind: str                      # a key of VMRUN_CHECK_KINDS
+    sections: tuple = ("15.5.1",)  # keys of APM_SECTIONS
+    field: Optional[str] = None    # the VmcbField it reads (all kinds but forbidden)
+    mask: int = 0                  # mbz, cr4_mbz, efer_mbz, long_mode
+    size: int = 0                  # below_maxphyaddr: bytes
+    exceptions: tuple = ()         # event_injection: the vectors an exception may have
+    when: tuple = ()               # forbidden: its VmcbTerms
+    loc: Optional[Loc] = None
+
+    @property
+    def id(self) -> str:           # "VMRUN-EFER-SVME"
+        return vmrun_check_id(self.name)
+
+    @property
+    def section(self) -> str:      # "APM vol. 2 15.5.1", as check.apm() writes it
+        return "APM vol. 2 " + ", ".join(self.sections)
+
+    def arguments(self) -> str:
+        """Its kind and arguments as the catalogue writes them."""
+        words = [f"kind {self.kind}"]
+        if self.field is not None:
+            words.append(f"field {self.field}")
+        if self.kind in ("mbz", "cr4_mbz", "efer_mbz", "long_mode"):
+            words.append(f"mask {self.mask:#x}")
+        if self.kind == "below_maxphyaddr":
+            words.append(f"size {self.size:#x}")
+        if self.exceptions:
+            words.append("exceptions " + vector_ranges(self.exceptions))
+        if self.when:
+            words.append("when " + " and ".join(str(t) for t in self.when))
+        return " ".join(words)
+
+
+def vector_ranges(vectors) -> str:
+    """Sorted vectors as the catalogue writes them: 0..1, 3..8, 21."""
+    runs: list[list[int]] = []
+    for v in sorted(vectors):
+        if runs and v == runs[-1][1] + 1:
+            runs[-1][1] = v
+        else:
+            runs.append([v, v])
+    return ", ".join(str(a) if a == b else f"{a}..{b}" for a, b in runs)
+
+
+def vmrun_check_id(name: str) -> str:
+    """The id of the VMRUN check `name`: efer_svme -> VMRUN-EFER-SVME."""
+    return "VMRUN-" + name.upper().replace("_", "-")
 
 
 #: Registers `read(...)` can name (see ReadReg); all are read in the

@@ -81,7 +81,7 @@ _WORDS = {
 
 _DECLARATIONS = {"import", "hypervisor", "const", "global", "option", "fields", "control_bits", "exit_reasons",
                  "vm_instruction_errors", "msrs", "vmcb", "intercepts", "svm_exit_codes", "event_injection",
-                 "event_types", "host_state", "controls", "msr_bitmap", "exit"}
+                 "event_types", "vmrun_checks", "host_state", "controls", "msr_bitmap", "exit"}
 
 
 def _words(terminals) -> str:
@@ -191,6 +191,17 @@ class _VmcbLine:
     offset: int
     size: int
     description: str
+
+
+@dataclass(frozen=True)
+class _VmrunLine:
+    """A line of vmrun_checks, before the block gives it its sections."""
+
+    name: d.Name
+    title: str
+    sections: Optional[d.Text]     # its own `apm "..."`, or None
+    kind: d.Name
+    args: tuple[d.VmrunArg, ...]
 
 
 @v_args(meta=True)
@@ -421,6 +432,93 @@ class _Declarations(Transformer):
 
     def event_types(self, meta, lines) -> list:
         return self._numbered("event_types", lines)
+
+    # -- VMRUN's consistency checks (APM vol. 2 15.5.1)
+    def vmrun_checks(self, meta, children) -> list:
+        sections_tok, *lines = children
+        sections = d.Text(_string(sections_tok), self._loc(sections_tok))
+        return _up_to_oversized(
+            line if isinstance(line, d.Problem) else
+            d.VmrunCheckDecl(line.name.value, line.title, line.sections or sections, line.kind, line.args,
+                             line.name.loc)
+            for line in lines)
+
+    def vmrun_check(self, meta, children) -> Union[_VmrunLine, d.Problem]:
+        """NAME STRING ("apm" STRING)? "kind" NAME vmrun_arg*"""
+        tokens = [c for c in children if isinstance(c, Token)]
+        args = [c for c in children if not isinstance(c, Token)]
+        name, title, *own, kind = tokens
+        problem = next((a for a in args if isinstance(a, d.Problem)), None)
+        if problem is not None:
+            return problem
+        return _VmrunLine(d.Name(str(name), self._loc(name)), _string(title),
+                          d.Text(_string(own[0]), self._loc(own[0])) if own else None,
+                          d.Name(str(kind), self._loc(kind)), tuple(args))
+
+    def _number_arg(self, key: str, meta, children) -> Union[d.VmrunArg, d.Oversized]:
+        value = self._literal(children[0])
+        if isinstance(value, d.Oversized):
+            return value
+        return d.VmrunArg(key, d.Number(value, self._loc(children[0])), self._loc(meta))
+
+    def check_field(self, meta, children) -> d.VmrunArg:
+        return d.VmrunArg("field", d.Name(str(children[0]), self._loc(children[0])), self._loc(meta))
+
+    def check_mask(self, meta, children) -> Union[d.VmrunArg, d.Oversized]:
+        return self._number_arg("mask", meta, children)
+
+    def check_size(self, meta, children) -> Union[d.VmrunArg, d.Oversized]:
+        return self._number_arg("size", meta, children)
+
+    def check_exceptions(self, meta, ranges) -> Union[d.VmrunArg, d.Problem]:
+        problem = next((r for r in ranges if isinstance(r, d.Problem)), None)
+        if problem is not None:
+            return problem
+        vectors: list[int] = []
+        for r in ranges:
+            for v in r:
+                if v in vectors:
+                    return d.Problem(f"vector {v} is listed twice", self._loc(meta))
+                vectors.append(v)
+        return d.VmrunArg("exceptions", tuple(sorted(vectors)), self._loc(meta))
+
+    def vector_range(self, meta, children) -> Union[tuple, d.Problem]:
+        values = [self._literal(t) for t in children]
+        oversized = next((v for v in values if isinstance(v, d.Oversized)), None)
+        if oversized is not None:
+            return oversized
+        first, last = values[0], values[-1]
+        assert isinstance(first, int) and isinstance(last, int)
+        if last < first:
+            return d.Problem(f"vectors {first}..{last} run backwards; write {last}..{first}", self._loc(meta))
+        if last > 255:
+            return d.Problem(f"vector {last} is not a vector (0 to 255)", self._loc(children[-1]))
+        return tuple(range(first, last + 1))
+
+    def check_when(self, meta, terms) -> Union[d.VmrunArg, d.Problem]:
+        problem = next((t for t in terms if isinstance(t, d.Problem)), None)
+        return problem or d.VmrunArg("when", tuple(terms), self._loc(meta))
+
+    def vmcb_term(self, meta, children) -> Union[d.VmcbTermDecl, d.Problem]:
+        """(NAME | QNAME) ("set" | "clear") INT?"""
+        target, state, *mask_tok = children
+        name = d.Name(str(target), self._loc(target))
+        if target.type == "QNAME" and mask_tok:
+            return d.Problem(f"an intercept is one bit: write `{target} {state}`, without a mask",
+                             self._loc(mask_tok[0]))
+        if target.type == "NAME" and not mask_tok:
+            return d.Problem(f"`{target} {state}` needs the bits it tests: `{target} {state} MASK`, "
+                             f"e.g. EFER clear 0x1000", self._loc(meta))
+        mask = None
+        if mask_tok:
+            value = self._literal(mask_tok[0])
+            if isinstance(value, d.Oversized):
+                return value
+            mask = d.Number(value, self._loc(mask_tok[0]))
+        return d.VmcbTermDecl(name, state == "set", mask, self._loc(meta))
+
+    def bit_state(self, meta, children) -> str:
+        return str(children[0])
 
     # -- the hypervisor
     def host_state(self, meta, assigns) -> list:

@@ -3,8 +3,8 @@
 
 Two passes over the spec as if every import were pasted in place. The first
 declares: the catalogue's fields, control bits, exit reasons, VM-instruction
-errors and MSRs, the VMCB's fields, intercepts, exit codes and event
-injection, the identity and the options, each as it comes, with the
+errors and MSRs, the VMCB's fields, intercepts, exit codes, event
+injection and VMRUN's consistency checks, the identity and the options, each as it comes, with the
 problems parse found where they stand. The second resolves the names the
 spec uses against the whole, so a spec may use a field, control or constant
 that an import declares; an unknown name gets a "did you mean".
@@ -50,6 +50,7 @@ class Catalogue:
     svm_exits: Mapping[str, d.SvmExitDecl]               # their intercepts and meanings: the same
     event_injection: Mapping[str, m.EventField]
     event_types: Mapping[str, m.EventType]
+    vmrun_checks: Mapping[str, d.VmrunCheckDecl]         # their kinds and fields: looked up as svm_exits'
     problems: tuple[d.Problem, ...]                      # found reading and declaring them, in order
 
     @cached_property
@@ -61,12 +62,15 @@ class Catalogue:
         return MappingProxyType(fields), tuple(problems)
 
     @cached_property
-    def own_svm(self) -> tuple[Mapping[str, m.InterceptGroup], Mapping[str, m.SvmExit], tuple[d.Problem, ...]]:
-        """Its intercept groups and SVM exit codes, resolved (as own_fields)."""
+    def own_svm(self) -> tuple[Mapping[str, m.InterceptGroup], Mapping[str, m.SvmExit],
+                               Mapping[str, m.VmrunCheck], tuple[d.Problem, ...]]:
+        """Its intercept groups, SVM exit codes and VMRUN checks, resolved (as own_fields)."""
         problems: list[d.Problem] = []
         groups, exits = _resolve_svm(self.intercept_groups, self.svm_exits, self.vmcb_fields, self.intercepts,
                                      self.exit_reasons, problems.append)
-        return MappingProxyType(groups), MappingProxyType(exits), tuple(problems)
+        checks = _resolve_vmrun_checks(self.vmrun_checks, self.vmcb_fields, self.intercepts, groups,
+                                       problems.append)
+        return MappingProxyType(groups), MappingProxyType(exits), MappingProxyType(checks), tuple(problems)
 
 
 # The model class and the word for an entry of each numbered table.
@@ -80,7 +84,7 @@ _NUMBERED = {
 #: The catalogue's tables of model objects, declared as they come (the numbered ones aside).
 _TABLES = ("controls", "vmcb_fields", "intercepts", "event_injection")
 #: ... and of declarations that name something, resolved once all is declared.
-_PENDING = ("intercept_groups", "svm_exits")
+_PENDING = ("intercept_groups", "svm_exits", "vmrun_checks")
 
 
 class _CatalogueTables:
@@ -98,6 +102,7 @@ class _CatalogueTables:
         self.intercepts: dict[str, m.InterceptBit] = dict(start.intercepts) if start else {}
         self.svm_exits: dict[str, d.SvmExitDecl] = dict(start.svm_exits) if start else {}
         self.event_injection: dict[str, m.EventField] = dict(start.event_injection) if start else {}
+        self.vmrun_checks: dict[str, d.VmrunCheckDecl] = dict(start.vmrun_checks) if start else {}
 
     def empty(self) -> bool:
         return not (self.fields or any(self.numbered.values())
@@ -119,6 +124,8 @@ class _CatalogueTables:
             self._intercept(decl)
         elif isinstance(decl, d.SvmExitDecl):
             self._svm_exit(decl)
+        elif isinstance(decl, d.VmrunCheckDecl):
+            self._vmrun_check(decl)
         else:
             self._event_field(decl)
 
@@ -185,6 +192,14 @@ class _CatalogueTables:
         else:
             self.svm_exits[decl.name] = decl
 
+    def _vmrun_check(self, decl: d.VmrunCheckDecl) -> None:
+        first = self.vmrun_checks.get(decl.name)
+        if first is not None:
+            self.report(d.Problem(f"VMRUN check {decl.name} ({m.vmrun_check_id(decl.name)}) is declared twice "
+                                  f"(first at {first.loc})", decl.loc))
+        else:
+            self.vmrun_checks[decl.name] = decl
+
     def _event_field(self, decl: d.EventFieldDecl) -> None:
         field = m.EventField(decl.name, decl.first, decl.last, decl.description, decl.loc)
         other = next((f for f in self.event_injection.values() if f.mask & field.mask), None)
@@ -205,7 +220,7 @@ class _CatalogueTables:
                          vmcb_fields=view(self.vmcb_fields), intercept_groups=view(self.intercept_groups),
                          intercepts=view(self.intercepts), svm_exits=view(self.svm_exits),
                          event_injection=view(self.event_injection), event_types=view(self.numbered["event_types"]),
-                         problems=problems)
+                         vmrun_checks=view(self.vmrun_checks), problems=problems)
 
 
 def _resolve_fields(decls: Iterable[d.FieldDecl], controls: Mapping[str, m.ControlBit],
@@ -272,6 +287,128 @@ def _resolve_svm(group_decls: Mapping[str, d.InterceptGroupDecl], exit_decls: Ma
             exits[x.name] = m.SvmExit(x.name, x.code, x.intercept.value if x.intercept else None,
                                       x.means.value if x.means else None, x.description, x.loc)
     return groups, exits
+
+
+def _resolve_vmrun_checks(decls: Mapping[str, d.VmrunCheckDecl], vmcb_fields: Mapping[str, m.VmcbField],
+                          intercepts: Mapping[str, m.InterceptBit], groups: Mapping[str, m.InterceptGroup],
+                          report: Report) -> dict[str, m.VmrunCheck]:
+    """VMRUN's consistency checks, once the whole catalogue is known: each
+    names a kind the runtime evaluates (model.VMRUN_CHECK_KINDS) with the
+    arguments that kind takes, APM sections the project knows, and VMCB
+    fields (or intercepts) that it can read as numbers."""
+    checks: dict[str, m.VmrunCheck] = {}
+    for decl in decls.values():
+        check = _VmrunCheckResolution(decl, vmcb_fields, intercepts, groups, report).resolve()
+        if check is not None:
+            checks[decl.name] = check
+    return checks
+
+
+class _VmrunCheckResolution:
+    """One VMRUN check being resolved; `ok` turns False at its first problem (all are reported)."""
+
+    def __init__(self, decl: d.VmrunCheckDecl, vmcb_fields: Mapping[str, m.VmcbField],
+                 intercepts: Mapping[str, m.InterceptBit], groups: Mapping[str, m.InterceptGroup], report: Report):
+        self.decl, self.vmcb_fields, self.intercepts, self.groups = decl, vmcb_fields, intercepts, groups
+        self.report = report
+        self.ok = True
+
+    def problem(self, message: str, loc: m.Loc) -> None:
+        self.report(d.Problem(message, loc))
+        self.ok = False
+
+    def resolve(self) -> Optional[m.VmrunCheck]:
+        decl = self.decl
+        sections = tuple(s.strip() for s in decl.sections.value.split(","))
+        for s in sections:
+            if s not in m.APM_SECTIONS:
+                self.problem(f"unknown APM section '{s}'{did_you_mean(s, m.APM_SECTIONS)}; the sections cited are "
+                             f"{', '.join(m.APM_SECTIONS)} (model.APM_SECTIONS)", decl.sections.loc)
+        kind = m.VMRUN_CHECK_KINDS.get(decl.kind.value)
+        if kind is None:
+            hint = did_you_mean(decl.kind.value, m.VMRUN_CHECK_KINDS)
+            self.problem(f"unknown VMRUN check kind '{decl.kind.value}'{hint}; the runtime evaluates "
+                         f"{', '.join(m.VMRUN_CHECK_KINDS)}", decl.kind.loc)
+            return None
+        given: dict[str, d.VmrunArg] = {}
+        for arg in decl.args:
+            if arg.key in given:
+                self.problem(f"{arg.key} is given twice", arg.loc)
+            elif arg.key not in kind.args:
+                self.problem(f"kind {decl.kind.value} takes no {arg.key}; it takes {_words(kind.args)}", arg.loc)
+            else:
+                given[arg.key] = arg
+        missing = [a for a in kind.args if a not in given]
+        if missing:
+            self.problem(f"VMRUN check {decl.name}: kind {decl.kind.value} needs {_words(missing)}: "
+                         f"`kind {decl.kind.value} {' '.join(_ARG_SHAPES[a] for a in kind.args)}`", decl.loc)
+        if not self.ok:
+            return None
+        # parse.py gives each argument its shape: field a Name, mask and size
+        # a Number, exceptions the vectors, when the terms
+        value_of = {key: a.value for key, a in given.items()}
+        values: dict = {}
+        field_name, mask, size = value_of.get("field"), value_of.get("mask"), value_of.get("size")
+        if isinstance(field_name, d.Name):
+            field = self.field(field_name)
+            values["field"] = field.name if field else None
+            if field is not None and isinstance(mask, d.Number):
+                values["mask"] = self.mask(mask, field)
+        if isinstance(size, d.Number):
+            if size.value == 0:
+                self.problem("size 0: a table is at least 1 byte", size.loc)
+            values["size"] = size.value
+        if isinstance(value_of.get("exceptions"), tuple):
+            values["exceptions"] = value_of["exceptions"]
+        terms = value_of.get("when")
+        if isinstance(terms, tuple):
+            values["when"] = tuple(self.term(t) for t in terms)
+        if not self.ok:
+            return None
+        return m.VmrunCheck(decl.name, decl.title, decl.kind.value, sections, loc=decl.loc, **values)
+
+    def field(self, name: d.Name) -> Optional[m.VmcbField]:
+        field = self.vmcb_fields.get(name.value)
+        if field is None:
+            self.problem(f"unknown VMCB field '{name.value}'{did_you_mean(name.value, self.vmcb_fields)}", name.loc)
+        elif field.size not in m.VMRUN_FIELD_SIZES:
+            self.problem(f"VMCB field {field.name} is {field.size} bytes; a check reads a field of 1, 2, 4 or 8 "
+                         f"bytes", name.loc)
+            return None
+        return field
+
+    def mask(self, mask: d.Number, field: m.VmcbField) -> int:
+        if mask.value == 0:
+            self.problem("mask 0 tests no bit", mask.loc)
+        elif mask.value >> (8 * field.size):
+            self.problem(f"mask {mask.value:#x} is wider than {field.name} ({field.size} "
+                         f"byte{'s' if field.size > 1 else ''})", mask.loc)
+        return mask.value
+
+    def term(self, term: d.VmcbTermDecl) -> m.VmcbTerm:
+        if term.mask is None:                   # an intercept (parse.py lets no field go without a mask)
+            bit = self.intercepts.get(term.target.value)
+            group = self.groups.get(bit.group) if bit else None
+            if bit is None or group is None:
+                hint = did_you_mean(term.target.value, self.intercepts)
+                self.problem(f"unknown intercept '{term.target.value}'{hint}; a term without a mask is an "
+                             f"intercept, group.name", term.target.loc)
+                return m.VmcbTerm("", 0, term.set)
+            return m.VmcbTerm(group.field, bit.mask, term.set, bit.qualname)
+        field = self.field(term.target)
+        if field is None:
+            return m.VmcbTerm("", 0, term.set)
+        return m.VmcbTerm(field.name, self.mask(term.mask, field), term.set)
+
+
+#: How each argument of a VMRUN check is written, for messages.
+_ARG_SHAPES = {"field": "field FIELD", "mask": "mask MASK", "size": "size BYTES",
+               "exceptions": "exceptions V, A..B", "when": "when FIELD set|clear MASK and ..."}
+
+
+def _words(names) -> str:
+    names = list(names)
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _unknown_control(name: str, controls: Mapping[str, m.ControlBit]) -> str:
@@ -396,14 +533,16 @@ class _Resolution:
             fields, problems = self.catalogue.unchanged.own_fields
             spec.fields = dict(fields)
             self.problems.extend(problems)
-            groups, exits, problems = self.catalogue.unchanged.own_svm
-            spec.intercept_groups, spec.svm_exits = dict(groups), dict(exits)
+            groups, exits, checks, problems = self.catalogue.unchanged.own_svm
+            spec.intercept_groups, spec.svm_exits, spec.vmrun_checks = dict(groups), dict(exits), dict(checks)
             self.problems.extend(problems)
         else:
             spec.fields = _resolve_fields(self.catalogue.fields, spec.controls, self.problems.append)
             spec.intercept_groups, spec.svm_exits = _resolve_svm(
                 self.catalogue.intercept_groups, self.catalogue.svm_exits, spec.vmcb_fields, spec.intercepts,
                 spec.exit_reasons, self.problems.append)
+            spec.vmrun_checks = _resolve_vmrun_checks(self.catalogue.vmrun_checks, spec.vmcb_fields, spec.intercepts,
+                                                      spec.intercept_groups, self.problems.append)
         for const in self._declared(d.ConstDecl):
             self.constant(const)
         globals_ = self._declared(d.GlobalDecl)
