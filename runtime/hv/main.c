@@ -162,7 +162,8 @@ static EFI_STATUS give_up(EFI_HANDLE image, EFI_STATUS status)
 {
     hv_free_all();
     hv.cpus = NULL; /* freed with the rest */
-    hv_say("uefi-hv: VMX is off on every CPU and the hypervisor's memory is freed; the boot continues\n");
+    hv_say("uefi-hv: %s is off on every CPU and the hypervisor's memory is freed; the boot continues\n",
+           hv.svm ? "SVM" : "VMX");
     hv_start_next_image(image);
     return status;
 }
