@@ -230,6 +230,14 @@ class _Declarations(Transformer):
             return d.Oversized(f"{tok[:24]}{'...' if len(tok) > 24 else ''} does not fit in 64 bits", self._loc(tok))
         return value
 
+    def _literals(self, *toks: Token) -> Union[list[int], d.Oversized]:
+        """The tokens' values, or the first that does not fit in 64 bits."""
+        values = [self._literal(t) for t in toks]
+        for value in values:
+            if isinstance(value, d.Oversized):
+                return value
+        return [v for v in values if isinstance(v, int)]
+
     def start(self, meta, items) -> list:
         return [entry for item in items for entry in (item if isinstance(item, list) else [item])]
 
@@ -376,11 +384,10 @@ class _Declarations(Transformer):
 
     def vmcb_field(self, meta, children) -> Union[_VmcbLine, d.Problem]:
         name, offset_tok, size_tok, *desc = children
-        offset, size = self._literal(offset_tok), self._literal(size_tok)
-        if isinstance(offset, d.Oversized):
-            return offset
-        if isinstance(size, d.Oversized):
-            return size
+        values = self._literals(offset_tok, size_tok)
+        if isinstance(values, d.Oversized):
+            return values
+        offset, size = values
         if size == 0:
             return d.Problem(f"VMCB field {name} has size 0; a field is at least 1 byte", self._loc(size_tok))
         return _VmcbLine(d.Name(str(name), self._loc(name)), offset, size, _string(desc[0]) if desc else "")
@@ -421,11 +428,10 @@ class _Declarations(Transformer):
 
     def bits_def(self, meta, children) -> Union[d.EventFieldDecl, d.Problem]:
         name, first_tok, last_tok, *desc = children
-        first, last = self._literal(first_tok), self._literal(last_tok)
-        if isinstance(first, d.Oversized):
-            return first
-        if isinstance(last, d.Oversized):
-            return last
+        values = self._literals(first_tok, last_tok)
+        if isinstance(values, d.Oversized):
+            return values
+        first, last = values
         if last < first:
             return d.Problem(f"bits {first}..{last} run backwards; write {last}..{first}", self._loc(first_tok))
         return d.EventFieldDecl(str(name), first, last, _string(desc[0]) if desc else "", self._loc(name))
@@ -483,12 +489,10 @@ class _Declarations(Transformer):
         return d.VmrunArg("exceptions", tuple(sorted(vectors)), self._loc(meta))
 
     def vector_range(self, meta, children) -> Union[tuple, d.Problem]:
-        values = [self._literal(t) for t in children]
-        oversized = next((v for v in values if isinstance(v, d.Oversized)), None)
-        if oversized is not None:
-            return oversized
+        values = self._literals(*children)
+        if isinstance(values, d.Oversized):
+            return values
         first, last = values[0], values[-1]
-        assert isinstance(first, int) and isinstance(last, int)
         if last < first:
             return d.Problem(f"vectors {first}..{last} run backwards; write {last}..{first}", self._loc(meta))
         if last > 255:

@@ -60,6 +60,7 @@ extern const struct hv_cpuid_bit hv_cpuid_hidden[];
 
 /* Exception and interrupt vectors the runtime raises or recognises (SDM
  * Vol. 3A, "Exception and Interrupt Vectors"), and RFLAGS bits it reads. */
+#define VECTOR_DB  1
 #define VECTOR_NMI 2
 #define VECTOR_UD  6
 #define VECTOR_DF  8

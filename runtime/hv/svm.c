@@ -32,7 +32,6 @@
 #define GUEST_ASID                1 /* any but 0, the host's (APM 15.16 "TLB Control") */
 #define INTERRUPT_SHADOW          1ULL
 #define DR6_BS                    (1ULL << 14)
-#define VECTOR_DB                 1
 #define NPT_PRESENT_WRITE_USER    7ULL /* every nested walk is a user access (APM 15.25.5) */
 #define NPT_LARGE                 (1ULL << 7)
 #define NPT_WRITE                 (1ULL << 1)
@@ -55,7 +54,8 @@ static struct {
     UINT64 decoy;  /* the zeroed page hidden pages map to */
     UINT8 *msrpm;
     UINT8 *iopm;
-    UINT64 ncr3; /* the nested page tables */
+    UINT64 ncr3;          /* the nested page tables */
+    UINT32 npt_top_shift; /* what one top-level entry spans: 39, or 48 with five levels */
     UINT64 npt_gib;
 } svm;
 
@@ -104,7 +104,7 @@ const char *hv_svm_unavailable(void)
     return NULL;
 }
 
-BOOLEAN hv_svm_has_nrips(void)
+static BOOLEAN has_nrips(void)
 {
     return (svm.features & SVM_FEATURE_NRIPS) != 0;
 }
@@ -170,6 +170,7 @@ static EFI_STATUS build_npt(void)
     if (!pml4)
         return EFI_OUT_OF_RESOURCES;
     svm.ncr3 = (UINT64)pml4;
+    svm.npt_top_shift = 39;
     /* The nested walk has as many levels as the host's paging (CR4.LA57,
      * APM 15.25.3): with five, a PML5 on top. */
     if (read_cr4() & X86_CR4_LA57) {
@@ -178,6 +179,7 @@ static EFI_STATUS build_npt(void)
             return EFI_OUT_OF_RESOURCES;
         pml5[0] = (UINT64)pml4 | NPT_PRESENT_WRITE_USER;
         svm.ncr3 = (UINT64)pml5;
+        svm.npt_top_shift = 48;
     }
     return EFI_SUCCESS;
 }
@@ -199,10 +201,7 @@ static UINT64 *npt_table(void)
 static UINT64 *npt_entry_4k(UINT64 gpa)
 {
     UINT64 *table = (UINT64 *)svm.ncr3;
-    if (read_cr4() & X86_CR4_LA57) /* the PML5 first */
-        table = (UINT64 *)(table[(gpa >> 48) & 511] & NPT_FRAME);
-    table = (UINT64 *)(table[(gpa >> 39) & 511] & NPT_FRAME);
-    for (UINT32 shift = 30; shift > 12; shift -= 9) {
+    for (UINT32 shift = svm.npt_top_shift; shift > 12; shift -= 9) { /* large pages at 30 and 21 only */
         UINT64 *e = &table[(gpa >> shift) & 511];
         if (*e & NPT_LARGE) {
             UINT64 *smaller = npt_table(), base = *e & NPT_FRAME, size = 1ULL << (shift - 9);
@@ -255,7 +254,7 @@ BOOLEAN hv_npt_show_page(UINT64 gpa)
 BOOLEAN hv_npt_page_hidden(UINT64 gpa)
 {
     UINT64 *table = (UINT64 *)svm.ncr3;
-    for (UINT32 shift = read_cr4() & X86_CR4_LA57 ? 48 : 39; shift >= 12; shift -= 9) {
+    for (UINT32 shift = svm.npt_top_shift; shift >= 12; shift -= 9) {
         UINT64 entry = table[(gpa >> shift) & 511];
         if (!(entry & 1))
             return FALSE;
@@ -292,7 +291,7 @@ EFI_STATUS hv_svm_build(void)
     svm.built = TRUE;
     if (!EFI_ERROR(status))
         hv_say("uefi-hv: nested paging maps guest-physical 0-%lu GiB (MAXPHYADDR %u bits)%s\n", svm.npt_gib,
-               hv.max_phys_bits, hv_svm_has_nrips() ? "" : "; no NRIPS: instruction lengths are decoded");
+               hv.max_phys_bits, has_nrips() ? "" : "; no NRIPS: instruction lengths are decoded");
     return status;
 }
 
@@ -456,6 +455,8 @@ BOOLEAN hv_svm_launch_cpu(struct hv_cpu *cpu)
 
 /* --- leaving SVM ----------------------------------------------------------- */
 
+static UINT64 next_rip(struct hv_cpu *cpu); /* after the instruction that exited */
+
 /* SVM off on this CPU, and the guest's state (from the VMCB) loaded into
  * the CPU, which goes on natively at `rip` with the GPRs of `regs`.
  * VMLOAD gives FS, GS, TR, LDTR and the system-call MSRs their guest values. */
@@ -488,7 +489,7 @@ void hv_svm_devirtualize(struct hv_cpu *cpu, struct hv_guest_regs *regs)
 {
     __atomic_store_n(&cpu->status, HV_CPU_NEW, __ATOMIC_SEQ_CST);
     __atomic_sub_fetch(&hv.launched_count, 1, __ATOMIC_SEQ_CST);
-    leave_svm(cpu, regs, hv_svm_next_rip(cpu));
+    leave_svm(cpu, regs, next_rip(cpu));
 }
 
 /* --- exits ----------------------------------------------------------------- */
@@ -539,9 +540,9 @@ static UINT64 instruction_length(struct hv_cpu *cpu, UINT64 code)
     return n + opcode;
 }
 
-UINT64 hv_svm_next_rip(struct hv_cpu *cpu)
+static UINT64 next_rip(struct hv_cpu *cpu)
 {
-    if (hv_svm_has_nrips())
+    if (has_nrips())
         return VMCB64(cpu, VMCB_NEXT_RIP);
     return VMCB64(cpu, VMCB_RIP) + instruction_length(cpu, VMCB64(cpu, VMCB_EXITCODE));
 }
@@ -743,15 +744,14 @@ void hv_svm_exit_handler(struct hv_guest_regs *regs, struct hv_cpu *cpu)
     }
     switch (result) {
     case HV_RESUME_NEXT:
-        VMCB64(cpu, VMCB_RIP) = hv_svm_next_rip(cpu);
+        VMCB64(cpu, VMCB_RIP) = next_rip(cpu);
         VMCB64(cpu, VMCB_INTERRUPT_SHADOW) &= ~INTERRUPT_SHADOW; /* an STI or MOV SS shadow ends */
         /* With RFLAGS.TF, the instruction done here ends in a single-step
          * #DB, DR6.BS set (SDM 19.3.1.4 "Single-Step Exception Condition"):
          * the CPU never ran it, so it is injected (a trap: RF stays). */
         if (VMCB64(cpu, VMCB_RFLAGS) & RFLAGS_TF) {
             VMCB64(cpu, VMCB_DR6) |= DR6_BS;
-            VMCB64(cpu, VMCB_EVENTINJ) =
-                VECTOR_DB | (UINT64)SVM_EVENT_TYPE_EXCEPTION << SVM_EVENTINJ_TYPE_SHIFT | SVM_EVENTINJ_VALID;
+            hv_inject_exception(VECTOR_DB, FALSE, 0);
         }
         break;
     case HV_RESUME_SAME:
